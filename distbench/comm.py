@@ -1,0 +1,155 @@
+"""Communication accounting.
+
+Two sides that a test holds equal:
+- pure functions that say what the model must send (`expected_bytes`, `bus_bytes`, bandwidths);
+- the CommMeter, which counts what really goes to a collective, from inside the DDP comm hook.
+
+Definitions (ARCHITECTURE.md): payload bytes are the bytes of the tensors handed to a collective per
+optimizer step; bus bytes per rank for a ring all-reduce are payload x 2(n-1)/n, and algbw / busbw are
+as nccl-tests defines them (docs/PERFORMANCE.md there).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from distbench.registry import Registry
+
+
+# ------------------------------------------------------------------------------------------ pure functions
+def tensor_bytes(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> int:
+    """Bytes of `tensors` if each were held in `dtype` (default: its own dtype)."""
+    return sum(t.numel() * (dtype or t.dtype).itemsize for t in tensors)
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def expected_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Gradient bytes data parallelism must reduce per step: every trainable parameter, in the
+    reduced dtype (its own, or e.g. float16 under a compression hook)."""
+    return tensor_bytes(trainable(model), dtype)
+
+
+def bus_bytes(payload_bytes: float, world_size: int) -> float:
+    """Bytes each rank moves in a ring all-reduce of `payload_bytes`: 2(n-1)/n x payload
+    (n-1 reduce-scatter steps and n-1 all-gather steps, each of payload/n)."""
+    return payload_bytes * 2 * (world_size - 1) / world_size
+
+
+def algbw(payload_bytes: float, seconds: float) -> float:
+    """Algorithm bandwidth in bytes/s (nccl-tests): payload / time."""
+    return payload_bytes / seconds if seconds > 0 else float("nan")
+
+
+def busbw(payload_bytes: float, seconds: float, world_size: int) -> float:
+    """All-reduce bus bandwidth in bytes/s (nccl-tests): algbw x 2(n-1)/n."""
+    return bus_bytes(algbw(payload_bytes, seconds), world_size)
+
+
+def fixed_weights(model: nn.Module) -> Iterable[torch.Tensor]:
+    """Weights that exist but are never trained and so are buffers, not parameters (a fixed head's
+    projection). Modules name them in a `fixed_weights` attribute."""
+    for m in model.modules():
+        for name in getattr(m, "fixed_weights", ()):
+            yield getattr(m, name)
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """Weight counts for the record. Fixed weights count as frozen parameters, so `total` is the same
+    for a learned and a fixed head of the same shape."""
+
+    def count(m: nn.Module) -> tuple[int, int]:
+        total = sum(p.numel() for p in m.parameters()) + sum(t.numel() for t in fixed_weights(m))
+        return total, sum(p.numel() for p in trainable(m))
+
+    total, learned = count(model)
+    head_total, head_learned = count(model.head) if hasattr(model, "head") else (0, 0)
+    return {"total": total, "trainable": learned, "frozen": total - learned, "head_total": head_total,
+            "head_trainable": head_learned}
+
+
+# ----------------------------------------------------------------------------------------------- the meter
+@dataclass
+class StepTraffic:
+    bytes_by_op: dict[str, int]
+    buckets: int
+
+
+class CommMeter:
+    """Counts the bytes handed to each collective, step by step.
+
+    The training loop brackets each optimizer step with `start_step()` / `end_step()`; hooks call
+    `count()` as they launch a collective. Counting happens at launch, on the host, so it costs no
+    synchronisation.
+    """
+
+    def __init__(self) -> None:
+        self._open: StepTraffic | None = None
+        self.steps: list[StepTraffic] = []
+
+    def count(self, op: str, tensor: torch.Tensor, bucket: bool = True) -> None:
+        if self._open is None:  # traffic outside a bracketed step (e.g. evaluation) is not training traffic
+            return
+        self._open.bytes_by_op[op] = self._open.bytes_by_op.get(op, 0) + tensor.numel() * tensor.element_size()
+        self._open.buckets += int(bucket)
+
+    def start_step(self) -> None:
+        self._open = StepTraffic({}, 0)
+
+    def end_step(self) -> StepTraffic:
+        step, self._open = self._open, None
+        self.steps.append(step)
+        return step
+
+    def summary(self, steps: list[StepTraffic], world_size: int, payload_op: str = "all_reduce") -> dict[str, Any]:
+        """Per-step averages over `steps` (the timed window). In DDP every step sends the same bytes,
+        so the averages are exact integers; anything else is reported as a float, never rounded."""
+        n = max(len(steps), 1)
+        totals: dict[str, int] = defaultdict(int)
+        for s in steps:
+            for op, b in s.bytes_by_op.items():
+                totals[op] += b
+
+        def per_step(total: int) -> int | float:
+            return total // n if total % n == 0 else total / n
+
+        payload = per_step(totals.get(payload_op, 0))
+        return {
+            "payload_bytes_per_step": payload,
+            "bus_bytes_per_step": bus_bytes(payload, world_size),
+            "buckets_per_step": per_step(sum(s.buckets for s in steps)),
+            "collectives": {op: per_step(b) for op, b in sorted(totals.items())},
+        }
+
+
+# ------------------------------------------------------------------------------------------------- hooks
+@dataclass(frozen=True)
+class CommHook:
+    """A DDP comm hook that reports to a meter, and the bytes it is expected to send."""
+
+    make: Callable[[CommMeter, Any], Callable]  # (meter, process_group) -> hook(state, bucket) -> Future
+    expected: Callable[[nn.Module], int]
+
+
+COMM_HOOKS: Registry = Registry("comm hook")
+
+
+def _metered_allreduce(meter: CommMeter, group: Any) -> Callable:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    # DDP inspects the hook's signature: `bucket` must be unannotated or dist.GradBucket itself, which
+    # `from __future__ import annotations` would turn into a string.
+    def hook(_state, bucket):  # noqa: ANN001,ANN202
+        meter.count("all_reduce", bucket.buffer())
+        return default_hooks.allreduce_hook(group, bucket)
+
+    return hook
+
+
+COMM_HOOKS.register("allreduce")(CommHook(make=_metered_allreduce, expected=expected_bytes))

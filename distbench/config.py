@@ -1,0 +1,248 @@
+"""One typed, validated, frozen run configuration: TOML file (`--config`) overlaid by command-line flags.
+
+Each field is documented where it is declared; its flag is `--` + the field name with dashes, and its
+TOML key is `[section] field`. A bad value raises ConfigError naming both.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. `field` is the dotted config path, e.g. 'train.steps'."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.rsplit(".", 1)[-1].replace("_", "-")
+
+    def __str__(self) -> str:
+        return f"{self.flag} ({self.field}): {self.args[0]}"
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field, message)
+
+
+def _check_name(field: str, lookup) -> None:
+    from distbench.registry import UnknownName
+
+    try:
+        lookup()
+    except UnknownName as e:
+        raise ConfigError(field, str(e)) from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = opt("tiny", "backbone: tiny, wrn-<depth>-<width>, or any torchvision classification model")
+    num_classes: int = opt(100, "classes C; the head maps the backbone's N features to C logits")
+    head: str = opt("learned", "classifier head: learned, fixed (Hadamard), fixed-orthogonal")
+    head_bias: bool = opt(True, "learn a bias in the head (--no-head-bias drops it)")
+    image_size: int | None = opt(None, "input height = width; default: the model's own (32 or 224)")
+
+    def __post_init__(self) -> None:
+        from distbench.heads import HEADS
+        from distbench.models import check_model_name
+
+        _check_name("model.model", lambda: check_model_name(self.model))
+        _check_name("model.head", lambda: HEADS.get(self.head))
+        _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2, got {self.num_classes}")
+        _check(self.image_size is None or self.image_size >= 8, "model.image_size",
+               f"must be >= 8, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = opt("synthetic", "data: synthetic, digits, imagefolder")
+    data_dir: str | None = opt(None, "imagefolder root holding train/ and val/ class folders")
+    eval_samples: int = opt(2048, "held-out samples evaluated after training, all ranks together (0: all)")
+    noise: float = opt(1.0, "synthetic task difficulty: code noise relative to the spread of class codes")
+    workers: int = opt(4, "data-loader worker processes per rank (imagefolder)")
+
+    def __post_init__(self) -> None:
+        from distbench.data import DATASETS
+
+        _check_name("data.dataset", lambda: DATASETS.get(self.dataset))
+        _check(self.eval_samples >= 0, "data.eval_samples", f"must be >= 0, got {self.eval_samples}")
+        _check(self.dataset != "synthetic" or self.eval_samples > 0, "data.eval_samples",
+               "synthetic data has no natural end: give a positive count")
+        _check(self.noise >= 0, "data.noise", f"must be >= 0, got {self.noise}")
+        _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
+        if self.dataset == "imagefolder":
+            _check(bool(self.data_dir), "data.data_dir", "imagefolder needs --data-dir")
+            _check(Path(self.data_dir).is_dir(), "data.data_dir", f"no such directory: {self.data_dir}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = opt("sgd", "sgd (with momentum) or adamw")
+    lr: float = opt(0.05, "learning rate (constant)")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(0.0, "weight decay")
+    batch_size: int = opt(32, "samples per rank per step")
+    steps: int = opt(200, "timed training steps (after warm-up)")
+    warmup_steps: int = opt(10, "untimed steps first; covers DDP's bucket rebuild after iteration 0")
+    nosync_steps: int = opt(20, "steps timed again with gradient sync off, for exposed communication (0: skip)")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    seed: int = opt(0, "seed for weights, fixed heads and data")
+
+    def __post_init__(self) -> None:
+        _check(self.optimizer in ("sgd", "adamw"), "train.optimizer",
+               f"unknown optimizer {self.optimizer!r}; choose from: adamw, sgd")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+               f"unknown precision {self.precision!r}; choose from: auto, bf16, fp16, fp32")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.steps > 0, "train.steps", f"must be > 0, got {self.steps}")
+        _check(self.warmup_steps >= 1, "train.warmup_steps",
+               f"must be >= 1 (iteration 0 is never timed: DDP rebuilds its buckets after it), got {self.warmup_steps}")
+        _check(self.nosync_steps >= 0, "train.nosync_steps", f"must be >= 0, got {self.nosync_steps}")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    backend: str = opt("ddp", "data-parallel engine: ddp")
+    dist_backend: str = opt("auto", "process-group backend: auto (nccl on CUDA, else gloo), nccl, gloo")
+    comm_hook: str = opt("allreduce", "DDP communication hook, wrapped by the byte meter")
+    bucket_cap_mb: float = opt(25.0, "DDP gradient bucket size in MiB")
+
+    def __post_init__(self) -> None:
+        from distbench.comm import COMM_HOOKS
+        from distbench.engines import ENGINES
+
+        _check_name("dist.backend", lambda: ENGINES.get(self.backend))
+        _check_name("dist.comm_hook", lambda: COMM_HOOKS.get(self.comm_hook))
+        _check(self.dist_backend in ("auto", "nccl", "gloo"), "dist.dist_backend",
+               f"unknown process-group backend {self.dist_backend!r}; choose from: auto, gloo, nccl")
+        _check(self.bucket_cap_mb > 0, "dist.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    out: str = opt("results/runs.jsonl", "results file; one JSON record is appended per run")
+    run_id: str | None = opt(None, "record id; default: derived from the config and start time")
+    dry_run: bool = opt(False, "build the model, print parameter and expected byte counts, train nothing")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.out), "output.out", "must be a file path")
+        _check(not Path(self.out).is_dir(), "output.out", f"{self.out} is a directory; give a .jsonl file")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        from distbench.data import DataError, check_data
+
+        try:
+            check_data(self.data, self.model.num_classes)
+        except DataError as e:
+            section = "model" if e.field == "num_classes" else "data"
+            raise ConfigError(f"{section}.{e.field}", str(e)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(RunConfig)
+
+
+def _fields():
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield section, f, hints[f.name]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="distbench: train one configuration under data parallelism and "
+                "append one distbench.run/1 record.", argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="TOML file with [model] [data] [train] [dist] [output] tables; flags win")
+    for section, f, hint in _fields():
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{f.metadata['help']} (default: {f.default})"
+        if hint is bool:
+            p.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, help=help_)
+            continue
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        p.add_argument(flag, dest=f"{section}.{f.name}", type=base, help=help_, metavar=f.name.upper())
+    return p
+
+
+def _load_toml(path: str) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+    for section, table in doc.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            raise ConfigError(section, f"unknown table [{section}] in {path}; choose from: {', '.join(SECTIONS)}")
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        for key in table:
+            if key not in known:
+                raise ConfigError(f"{section}.{key}", f"unknown key in {path}; [{section}] takes: {', '.join(sorted(known))}")
+    return doc
+
+
+def from_dict(values: dict[str, dict[str, Any]]) -> RunConfig:
+    """Build and validate a RunConfig from {section: {field: value}} (missing fields take defaults)."""
+    sections = {}
+    for section, cls in SECTIONS.items():
+        table = dict(values.get(section, {}))
+        hints = typing.get_type_hints(cls)
+        for key, value in table.items():
+            hint = hints.get(key)
+            base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+            if base is float and isinstance(value, int) and not isinstance(value, bool):
+                table[key] = float(value)
+            elif value is not None and base in (int, float, str, bool) and type(value) is not base:
+                raise ConfigError(f"{section}.{key}", f"must be {base.__name__}, got {value!r}")
+        sections[section] = cls(**table)
+    return RunConfig(**sections)
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = "run.py") -> RunConfig:
+    """Command line (+ optional TOML) -> validated RunConfig. Raises ConfigError on bad values;
+    argparse itself exits 2 with one line on malformed flags."""
+    ns = vars(build_parser(prog).parse_args(argv))
+    values: dict[str, dict[str, Any]] = _load_toml(ns.pop("config")) if "config" in ns else {}
+    for dotted, value in ns.items():
+        section, name = dotted.split(".")
+        values.setdefault(section, {})[name] = value
+    return from_dict(values)
+
+
+def fail(error: Exception, prog: str = "run.py", quiet: bool = False) -> int:
+    """Report a configuration error in one line (unless quiet) and return exit status 2."""
+    if not quiet:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2

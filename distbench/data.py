@@ -1,0 +1,260 @@
+"""Data sets behind one interface: infinite per-rank training batches and a finite per-rank share of
+held-out batches, already on the training device.
+
+- `synthetic`: a learnable C-class task generated on the device (no loader in the step time).
+- `digits`: scikit-learn's bundled 8x8 handwritten digits (real, 10 classes, fixed split).
+- `imagefolder`: ImageNet-1K layout (DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from distbench.registry import Registry
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+DATASETS: Registry = Registry("dataset")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """Bad data settings found while building a data set; `field` names the config field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class Shard:
+    """Where this process sits: the data it reads depends on it."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+@dataclass
+class Dataset:
+    num_classes: int
+    train: Callable[[], Iterator[Batch]]  # infinite
+    eval: Callable[[], Iterator[Batch]]  # this rank's share of the held-out set, finite
+    eval_size: int  # held-out samples over all ranks
+
+
+def eval_share(total: int, shard: Shard) -> range:
+    """Indices of `total` held-out samples that this rank evaluates (rank::world, no padding)."""
+    return range(shard.rank, total, shard.world_size)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+def _hash_uniform(keys: torch.Tensor) -> torch.Tensor:
+    """Counter-based uniform(0, 1) from int64 keys: a 32-bit integer bijection (xorshift-multiply),
+    so distinct keys < 2^32 give distinct values. Products stay below 2^58: no int64 overflow."""
+    x = keys & 0xFFFFFFFF
+    for _ in range(3):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    x = (x >> 16) ^ x
+    return (x.to(torch.float64) + 0.5) / 2.0**32
+
+
+class SyntheticTask:
+    """Class c has a code z_c in R^d drawn from N(0, I) by hashing (seed, c, k): no C x d table exists,
+    so memory does not grow with C (1M classes cost nothing). A sample of class c is
+
+        x = upsample(G (z_c + noise * e)) ,   e ~ N(0, I)
+
+    with G a fixed random map from R^d to a coarse 3 x 8 x 8 image, upsampled to the model's input
+    size. `noise` sets the difficulty: the Bayes error grows with noise / (distance between codes);
+    more classes crowd the code space, so the task gets harder with C at fixed noise.
+    """
+
+    code_dim = 32
+    coarse = 8
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], noise: float, seed: int,
+                 device: torch.device) -> None:
+        self.num_classes, self.input_shape, self.noise, self.seed = num_classes, input_shape, noise, seed
+        self.device = device
+        gen = torch.Generator().manual_seed(seed)
+        c = input_shape[0]
+        self.proj = (torch.randn(self.code_dim, c * self.coarse**2, generator=gen) / math.sqrt(self.code_dim)).to(
+            device
+        )
+
+    def codes(self, labels: torch.Tensor) -> torch.Tensor:
+        k = torch.arange(self.code_dim, device=labels.device)
+        base = ((self.seed % 1000) * self.num_classes + labels[:, None]) * (2 * self.code_dim) + 2 * k
+        u1, u2 = _hash_uniform(base), _hash_uniform(base + 1)
+        normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)  # Box-Muller
+        return normal.to(torch.float32)
+
+    def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
+        labels = torch.randint(self.num_classes, (batch_size,), generator=gen, device=self.device)
+        z = self.codes(labels)
+        z = z + self.noise * torch.randn(z.shape, generator=gen, device=self.device)
+        c, h, w = self.input_shape
+        img = (z @ self.proj).view(batch_size, c, self.coarse, self.coarse)
+        return F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False), labels
+
+
+@DATASETS.register("synthetic")
+def synthetic(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
+              seed: int) -> Dataset:
+    task = SyntheticTask(num_classes, input_shape, cfg.noise, seed, shard.device)
+
+    def generator(stream: int) -> torch.Generator:
+        # Distinct streams per rank and for train/eval, so held-out samples are never trained on.
+        return torch.Generator(device=shard.device).manual_seed((seed * 1_000_003 + stream) * 65_537 + shard.rank)
+
+    def train() -> Iterator[Batch]:
+        gen = generator(0)
+        while True:
+            yield task.sample(batch_size, gen)
+
+    def evaluate() -> Iterator[Batch]:
+        gen, left = generator(1), len(eval_share(cfg.eval_samples, shard))
+        while left > 0:
+            n = min(batch_size, left)
+            left -= n
+            yield task.sample(n, gen)
+
+    return Dataset(num_classes, train, evaluate, cfg.eval_samples)
+
+
+# ------------------------------------------------------------------------------------------------ tensors
+def _tensor_dataset(x_train, y_train, x_eval, y_eval, batch_size: int, shard: Shard, seed: int,
+                    num_classes: int) -> Dataset:
+    """Small in-memory data sets: whole tensors on the device, DistributedSampler-style sharding."""
+    from torch.utils.data import DistributedSampler
+
+    x_train, y_train = x_train.to(shard.device), y_train.to(shard.device)
+    sampler = DistributedSampler(range(len(y_train)), shard.world_size, shard.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+
+    def train() -> Iterator[Batch]:
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            idx = torch.tensor(list(sampler), device=shard.device)
+            for i in range(0, len(idx) - batch_size + 1, batch_size):
+                yield x_train[idx[i : i + batch_size]], y_train[idx[i : i + batch_size]]
+            epoch += 1
+
+    share = torch.tensor(eval_share(len(y_eval), shard))
+
+    def evaluate() -> Iterator[Batch]:
+        for i in range(0, len(share), batch_size):
+            idx = share[i : i + batch_size]
+            yield x_eval[idx].to(shard.device), y_eval[idx].to(shard.device)
+
+    return Dataset(num_classes, train, evaluate, len(y_eval))
+
+
+def _fit_images(x: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Grey N x 1 x h x w images in [0, 1] -> standardised N x C x H x W for the model."""
+    c, h, w = input_shape
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False) if x.shape[-2:] != (h, w) else x
+    x = (x - x.mean()) / x.std()
+    return x.expand(-1, c, -1, -1).contiguous()
+
+
+@DATASETS.register("digits")
+def digits(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
+           seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # fixed split, any --seed
+    x, y = _fit_images(x[order], input_shape), y[order]
+    n_eval = 297  # 1500 train / 297 test
+    eval_n = n_eval if cfg.eval_samples <= 0 else min(n_eval, cfg.eval_samples)
+    return _tensor_dataset(x[:-n_eval], y[:-n_eval], x[-n_eval:][:eval_n], y[-n_eval:][:eval_n], batch_size, shard,
+                           seed, 10)
+
+
+# -------------------------------------------------------------------------------------------- imagefolder
+def _class_dirs(split: Path) -> list[str]:
+    return sorted(p.name for p in split.iterdir() if p.is_dir())
+
+
+def check_imagefolder(data_dir: str | None, num_classes: int) -> None:
+    """Cheap checks before any process starts work: the layout exists and the class count matches."""
+    if not data_dir:
+        raise DataError("data_dir", "imagefolder needs --data-dir (a folder with train/ and val/)")
+    root = Path(data_dir)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError("data_dir", f"{root / split} is not a directory (expected ImageNet layout)")
+    n_train, n_val = len(_class_dirs(root / "train")), len(_class_dirs(root / "val"))
+    if n_train != n_val:
+        raise DataError("data_dir", f"train/ has {n_train} classes but val/ has {n_val}")
+    if n_train != num_classes:
+        raise DataError("num_classes", f"{root / 'train'} has {n_train} classes, got --num-classes {num_classes}")
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
+                seed: int) -> Dataset:
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torchvision import datasets, transforms
+
+    check_imagefolder(cfg.data_dir, num_classes)
+    size = input_shape[1]
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_set = datasets.ImageFolder(
+        str(Path(cfg.data_dir) / "train"),
+        transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                            transforms.ToTensor(), normalize]),
+    )
+    val_set = datasets.ImageFolder(
+        str(Path(cfg.data_dir) / "val"),
+        transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
+                            transforms.ToTensor(), normalize]),
+    )
+    eval_n = len(val_set) if cfg.eval_samples <= 0 else min(len(val_set), cfg.eval_samples)
+    pin = shard.device.type == "cuda"
+    sampler = DistributedSampler(train_set, shard.world_size, shard.rank, shuffle=True, seed=seed, drop_last=True)
+    loader_args = dict(batch_size=batch_size, num_workers=cfg.workers, pin_memory=pin,
+                       persistent_workers=cfg.workers > 0)
+
+    def to_device(batches) -> Iterator[Batch]:
+        for x, y in batches:
+            yield x.to(shard.device, non_blocking=True), y.to(shard.device, non_blocking=True)
+
+    def train() -> Iterator[Batch]:
+        loader = DataLoader(train_set, sampler=sampler, drop_last=True, **loader_args)
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            yield from to_device(loader)
+            epoch += 1
+
+    def evaluate() -> Iterator[Batch]:
+        share = Subset(val_set, list(eval_share(eval_n, shard)))
+        yield from to_device(DataLoader(share, shuffle=False, **{**loader_args, "persistent_workers": False}))
+
+    return Dataset(num_classes, train, evaluate, eval_n)
+
+
+FIXED_CLASSES = {"digits": 10}
+
+
+def check_data(cfg, num_classes: int) -> None:
+    """Checks that need no data loaded, run while the config is validated (before any process group)."""
+    if cfg.dataset in FIXED_CLASSES and num_classes != FIXED_CLASSES[cfg.dataset]:
+        raise DataError("num_classes", f"{cfg.dataset} has {FIXED_CLASSES[cfg.dataset]} classes, got {num_classes}")
+    if cfg.dataset == "imagefolder":
+        check_imagefolder(cfg.data_dir, num_classes)
+
+
+def build_dataset(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
+                  seed: int) -> Dataset:
+    """`cfg` is a `distbench.config.DataConfig`."""
+    return DATASETS.get(cfg.dataset)(cfg, num_classes, input_shape, batch_size, shard, seed)

@@ -1,0 +1,60 @@
+"""PyTorch DistributedDataParallel with the byte-counting comm hook."""
+from __future__ import annotations
+
+from typing import ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from distbench.comm import COMM_HOOKS, CommMeter, trainable
+from distbench.engines import ENGINES, Engine, Place
+from distbench.optim import autocast, autocast_dtype, build_optimizer
+
+
+def fixed_weight_names(model: torch.nn.Module) -> list[str]:
+    return [f"{prefix}.{name}" if prefix else name for prefix, m in model.named_modules()
+            for name in getattr(m, "fixed_weights", ())]
+
+
+@ENGINES.register("ddp")
+class DDPEngine(Engine):
+    def __init__(self, cfg, model: torch.nn.Module, place: Place) -> None:
+        self.place, self.module, self.meter = place, model, CommMeter()
+        self.channels_last = place.device.type == "cuda"
+        model.to(place.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        # Fixed weights are rebuilt identically from the seed on every rank: DDP need not broadcast them
+        # at start-up (hundreds of MB for a 100K-class head).
+        DDP._set_params_and_buffers_to_ignore_for_model(model, fixed_weight_names(model))
+        self.ddp = DDP(
+            model,
+            device_ids=[place.device.index] if place.device.type == "cuda" else None,
+            bucket_cap_mb=cfg.dist.bucket_cap_mb,
+            gradient_as_bucket_view=True,
+            # Off so that the step's only collective is the gradient all-reduce the meter sees; each rank
+            # keeps its own BatchNorm statistics (as without SyncBatchNorm). Buffers still sync once at init.
+            forward_sync_buffers=False,
+        )
+        hook = COMM_HOOKS.get(cfg.dist.comm_hook)
+        self.hook_name = cfg.dist.comm_hook
+        self.ddp.register_comm_hook(None, hook.make(self.meter, None))
+        self.expected_bytes_per_step = hook.expected(model)
+        self.optimizer = build_optimizer(cfg.train, trainable(model))
+        self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
+        self.scaler = torch.amp.GradScaler(place.device.type, enabled=self.amp_dtype is torch.float16)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.place.device, self.amp_dtype):
+            loss = F.cross_entropy(self.ddp(x), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def no_sync(self) -> ContextManager:
+        return self.ddp.no_sync()

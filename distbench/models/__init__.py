@@ -1,0 +1,92 @@
+"""Backbones (images -> N features) and the Classifier that puts a head on one.
+
+Every backbone has `num_features` (N) and `input_shape` (C, H, W). Models never talk to process
+groups: wrapping for data parallelism lives in `distbench.engines`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+from torch import nn
+
+from distbench.registry import Registry, UnknownName
+
+BACKBONES: Registry = Registry("model")
+# Parametrised families, e.g. "wrn-28-10": (pattern shown to users, regex, builder(match)).
+FAMILIES: list[tuple[str, re.Pattern, Callable[[re.Match], nn.Module]]] = []
+
+
+def register_family(shown: str, pattern: str) -> Callable:
+    def add(fn: Callable[[re.Match], nn.Module]) -> Callable[[re.Match], nn.Module]:
+        FAMILIES.append((shown, re.compile(pattern), fn))
+        return fn
+
+    return add
+
+
+class Classifier(nn.Module):
+    """backbone (-> N features) followed by head (N -> C)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.backbone.input_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def model_names() -> list[str]:
+    from distbench.models import torchvision_models
+
+    return BACKBONES.names() + [shown for shown, _, _ in FAMILIES] + torchvision_models.names()
+
+
+def check_model_name(name: str) -> None:
+    """Raise UnknownName unless `name` can be built; cheap (builds nothing)."""
+    if name in BACKBONES or any(p.fullmatch(name) for _, p, _ in FAMILIES):
+        return
+    from distbench.models import torchvision_models
+
+    if name not in torchvision_models.names():
+        raise UnknownName(BACKBONES.miss_message(name, model_names()))
+
+
+def build_backbone(name: str, image_size: int | None = None) -> nn.Module:
+    check_model_name(name)
+    if name in BACKBONES:
+        backbone = BACKBONES.get(name)()
+    else:
+        match = next((m for _, p, _ in FAMILIES if (m := p.fullmatch(name))), None)
+        if match is not None:
+            builder = next(fn for _, p, fn in FAMILIES if p is match.re)
+            backbone = builder(match)
+        else:
+            from distbench.models import torchvision_models
+
+            backbone = torchvision_models.build(name)
+    if image_size is not None:
+        c, _, _ = backbone.input_shape
+        backbone.input_shape = (c, image_size, image_size)
+    return backbone
+
+
+
+
+from distbench.models import tiny, wrn  # noqa: E402,F401  (registration side effects)
+
+
+def build_model(cfg, seed: int = 0, head_dtype: torch.dtype = torch.float32) -> Classifier:
+    """`cfg` is a `distbench.config.ModelConfig`; weights are drawn from the global RNG (seed it first)."""
+    from distbench.heads import build_head
+
+    backbone = build_backbone(cfg.model, cfg.image_size)
+    head = build_head(cfg.head, backbone.num_features, cfg.num_classes, bias=cfg.head_bias, dtype=head_dtype,
+                      seed=seed)
+    return Classifier(backbone, head)

@@ -1,0 +1,193 @@
+"""The `distbench.run/1` results schema: one JSON object per line, appended whole by rank 0.
+
+`append(path, record)` writes a record atomically; `load(path_or_dir)` returns a pandas DataFrame with
+dotted columns (`comm.payload_bytes_per_step`, `config.model.head`, ...); `validate(record)` is the
+machine check that the tests and the loader use.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "distbench.run/1"
+STATUSES = ("ok", "failed", "diverged")
+Number = (int, float)
+
+# The shape of a record: section -> {field: allowed types}. Sections other than the top level may be
+# null in a failed record. New fields are added, never renamed; a breaking change bumps the version.
+SPEC: dict[str, Any] = {
+    "schema": str,
+    "run_id": str,
+    "status": str,
+    "error": (str, type(None)),
+    "started_at": str,
+    "finished_at": str,
+    "config": dict,
+    "env": {
+        "torch": str, "torchvision": (str, type(None)), "deepspeed": (str, type(None)), "cuda": (str, type(None)),
+        "nccl": (str, type(None)), "device": str, "world_size": int, "backend": str, "hostname": str,
+        "git_sha": (str, type(None)), "python": str,
+    },
+    "params": {"total": int, "trainable": int, "frozen": int, "head_total": int, "head_trainable": int},
+    "comm": {
+        "payload_bytes_per_step": Number, "expected_bytes_per_step": Number, "bus_bytes_per_step": Number,
+        "buckets_per_step": Number, "hook": str, "collectives": dict,
+    },
+    "perf": {
+        "samples_per_s": Number, "step_time_ms": dict, "exposed_comm_ms": (int, float, type(None)),
+        "peak_memory_bytes": int, "timed_steps": int, "warmup_steps": int,
+    },
+    "accuracy": {"top1": Number, "top5": Number, "eval_samples": int, "final_loss": (int, float, type(None))},
+}
+NULLABLE_IN_FAILED = ("env", "params", "comm", "perf", "accuracy")
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def validate(record: dict[str, Any]) -> None:
+    """Raise SchemaError naming the first field that does not fit the schema."""
+
+    def check(spec: dict[str, Any], obj: dict[str, Any], where: str) -> None:
+        for key, want in spec.items():
+            name = f"{where}{key}"
+            if key not in obj:
+                raise SchemaError(f"missing field {name}")
+            value = obj[key]
+            if isinstance(want, dict):
+                if value is None and key in NULLABLE_IN_FAILED and record.get("status") == "failed":
+                    continue
+                if not isinstance(value, dict):
+                    raise SchemaError(f"{name} must be an object, got {type(value).__name__}")
+                check(want, value, name + ".")
+            elif not isinstance(value, want) or (isinstance(value, bool) and bool not in _tuple(want)):
+                raise SchemaError(f"{name} has type {type(value).__name__}")
+
+    check(SPEC, record, "")
+    if record["schema"] != SCHEMA:
+        raise SchemaError(f"schema is {record['schema']!r}, expected {SCHEMA!r}")
+    if record["status"] not in STATUSES:
+        raise SchemaError(f"status {record['status']!r} not in {STATUSES}")
+    if record["perf"] is not None:
+        for q in ("p50", "p90", "mean"):
+            if not isinstance(record["perf"]["step_time_ms"].get(q), Number):
+                raise SchemaError(f"missing field perf.step_time_ms.{q}")
+
+
+def _tuple(t: Any) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def environment(device, world_size: int, backend: str) -> dict[str, Any]:
+    import torch
+
+    def version(package: str) -> str | None:  # from metadata: importing deepspeed would take seconds
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    cuda = device.type == "cuda"
+    nccl = ".".join(map(str, torch.cuda.nccl.version())) if cuda and backend == "nccl" else None
+    return {
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "deepspeed": version("deepspeed"),
+        "cuda": torch.version.cuda if cuda else None,
+        "nccl": nccl,
+        "device": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
+        "world_size": world_size,
+        "backend": backend,
+        "hostname": socket.gethostname(),
+        "git_sha": git_sha(),
+        "python": platform.python_version(),
+    }
+
+
+def finite(obj: Any) -> Any:
+    """JSON has no NaN or infinity: a diverged run's loss becomes null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def append(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one record as one line, whole or not at all.
+
+    The line is built in memory and written with a single write() while holding an exclusive lock on
+    the file, so concurrent writers (Slurm array tasks sharing a results file) never interleave. If the
+    write fails part-way (disk full), the file is cut back to its old length: a reader never sees half
+    a record, and lines already written are never touched.
+    """
+    record = finite(record)
+    validate(record)
+    line = (json.dumps(record, allow_nan=False) + "\n").encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError("short write")
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def read_records(path: str | os.PathLike, schema: str = SCHEMA) -> list[dict[str, Any]]:
+    """Records of `schema` from a .jsonl file or every .jsonl file under a directory."""
+    path = Path(path)
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    records = []
+    for file in files:
+        with open(file) as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SchemaError(f"{file}:{n}: not JSON ({e.msg})") from None
+                if record.get("schema") == schema:
+                    records.append(record)
+    return records
+
+
+def load(path: str | os.PathLike, schema: str = SCHEMA):
+    """Results as a pandas DataFrame, one row per record, nested fields as dotted columns."""
+    import pandas as pd
+
+    records = read_records(path, schema)
+    return pd.json_normalize(records, sep=".") if records else pd.DataFrame()

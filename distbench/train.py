@@ -1,0 +1,202 @@
+"""One benchmark run: build, warm up, time, evaluate, measure exposed communication, make the record.
+
+Timing follows nanoGPT's bench.py and timm's benchmark.py: warm-up steps first (they include
+iteration 0, after which DDP rebuilds its buckets), then a window of individually timed steps. On GPU,
+CUDA events bracket each step and are read after one synchronise at the end, so timing neither stalls
+the host nor hides asynchronous work.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import statistics
+import sys
+import time
+import uuid
+from typing import Any, Iterator
+
+import torch
+
+from distbench.comm import param_counts
+from distbench.config import RunConfig
+from distbench.data import Batch, Shard, build_dataset
+from distbench.engines import Engine, Place, all_reduce, build_engine, init_distributed
+from distbench.models import build_model
+from distbench.optim import autocast, autocast_dtype
+from distbench.results import SCHEMA, environment, now
+
+log = logging.getLogger("distbench")
+
+
+class StepTimer:
+    """Per-step wall times in ms: CUDA events on GPU (read once at the end), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def times_ms(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def run_steps(engine: Engine, batches: Iterator[Batch], n: int, progress) -> tuple[list[float], torch.Tensor]:
+    """n metered optimizer steps; returns their times (ms) and the last loss. Fetching the batch is part
+    of the step: a loader that cannot keep up shows in the throughput, as it would in training."""
+    timer, loss = StepTimer(engine.place.device), torch.tensor(float("nan"))
+    timer.mark()
+    for _ in range(n):
+        engine.meter.start_step()
+        x, y = next(batches)
+        loss = engine.step(x, y)
+        engine.meter.end_step()
+        timer.mark()
+        progress.update()
+    return timer.times_ms(), loss
+
+
+@torch.no_grad()
+def evaluate(engine: Engine, dataset, amp_dtype) -> dict[str, Any]:
+    """Top-1/top-5 over the held-out set; each rank scores its own share and the counts are summed."""
+    model, device = engine.module, engine.place.device
+    model.eval()
+    stats = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, samples, loss sum
+    for x, y in dataset.eval():
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        stats += torch.tensor([hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y),
+                               torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()],
+                              dtype=torch.float64)
+    model.train()
+    stats = all_reduce(stats.to(device)).cpu()
+    n = max(stats[2].item(), 1)
+    return {"top1": stats[0].item() / n, "top5": stats[1].item() / n, "eval_samples": int(stats[2].item()),
+            "eval_loss": stats[3].item() / n}
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA allocator peak on GPU; peak resident set size of this process on CPU (Linux reports KiB)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def make_progress(place: Place, total: int):
+    from tqdm import tqdm
+
+    # Rank 0 only, and only on a terminal: logs from Slurm or CI stay clean.
+    return tqdm(total=total, disable=place.rank != 0 or not sys.stderr.isatty(), desc="steps", leave=False)
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run the benchmark and return its record (every rank returns it; rank 0 writes it)."""
+    started_at = now()
+    place = init_distributed(cfg.dist.dist_backend)
+    amp_dtype = autocast_dtype(cfg.train.precision, place.device)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
+    tc = cfg.train
+    dataset = build_dataset(cfg.data, cfg.model.num_classes, model.input_shape, tc.batch_size,
+                            Shard(place.rank, place.world_size, place.device), tc.seed)
+    engine = build_engine(cfg, model, place)
+    batches = dataset.train()
+    total_steps = tc.warmup_steps + tc.steps + tc.nosync_steps
+    with make_progress(place, total_steps) as progress:
+        run_steps(engine, batches, tc.warmup_steps, progress)
+        if place.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(place.device)
+        timed_ms, loss = run_steps(engine, batches, tc.steps, progress)
+        timed_traffic = engine.meter.steps[-tc.steps:]
+        final_loss = all_reduce(loss.float().reshape(1).clone()).item() / place.world_size
+        accuracy = evaluate(engine, dataset, amp_dtype)
+        # Last, because steps without sync let the replicas drift apart.
+        with engine.no_sync():
+            nosync_ms, _ = run_steps(engine, batches, tc.nosync_steps, progress)
+    peak = all_reduce(torch.tensor([peak_memory_bytes(place.device)], device=place.device), "max").item()
+
+    step_ms = {"p50": quantile(timed_ms, 0.5), "p90": quantile(timed_ms, 0.9), "mean": statistics.fmean(timed_ms)}
+    exposed = step_ms["p50"] - quantile(nosync_ms, 0.5) if nosync_ms else None
+    comm = engine.meter.summary(timed_traffic, place.world_size)
+    comm = {"payload_bytes_per_step": comm.pop("payload_bytes_per_step"),
+            "expected_bytes_per_step": engine.expected_bytes_per_step, **comm, "hook": engine.hook_name}
+    status = "ok" if math.isfinite(final_loss) else "diverged"
+    return {
+        "schema": SCHEMA,
+        "run_id": cfg.output.run_id or f"{started_at.replace(':', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}",
+        "status": status,
+        "error": None if status == "ok" else f"loss is {final_loss} after {tc.steps} timed steps",
+        "started_at": started_at,
+        "finished_at": now(),
+        "config": cfg.to_dict(),
+        "env": environment(place.device, place.world_size, place.backend),
+        "params": param_counts(model),
+        "comm": comm,
+        "perf": {
+            "samples_per_s": tc.batch_size * place.world_size * len(timed_ms) / (sum(timed_ms) / 1e3),
+            "step_time_ms": step_ms,
+            "exposed_comm_ms": exposed,
+            "peak_memory_bytes": int(peak),
+            "timed_steps": len(timed_ms),
+            "warmup_steps": tc.warmup_steps,
+        },
+        "accuracy": {**accuracy, "final_loss": final_loss},
+    }
+
+
+def failed_record(cfg: RunConfig, error: BaseException, started_at: str) -> dict[str, Any]:
+    """A record for a run that raised after it started: the sweep sees why, and moves on."""
+    message = " ".join(f"{type(error).__name__}: {error}".split())[:500]  # one line, bounded
+    return {
+        "schema": SCHEMA, "run_id": cfg.output.run_id or f"failed-{uuid.uuid4().hex[:8]}", "status": "failed",
+        "error": message, "started_at": started_at, "finished_at": now(), "config": cfg.to_dict(),
+        "env": None, "params": None, "comm": None, "perf": None, "accuracy": None,
+    }
+
+
+def summary(record: dict[str, Any]) -> str:
+    c, p, a = record["comm"], record["perf"], record["accuracy"]
+    match = "==" if c["payload_bytes_per_step"] == c["expected_bytes_per_step"] else "!="
+    exposed = "n/a" if p["exposed_comm_ms"] is None else f"{p['exposed_comm_ms']:.1f} ms"
+    return (
+        f"{record['status']}: {record['run_id']}\n"
+        f"  bytes/step   payload {c['payload_bytes_per_step']:,} {match} expected {c['expected_bytes_per_step']:,}"
+        f" in {c['buckets_per_step']} buckets ({c['hook']})\n"
+        f"  throughput   {p['samples_per_s']:,.1f} samples/s; step p50 {p['step_time_ms']['p50']:.1f} ms,"
+        f" p90 {p['step_time_ms']['p90']:.1f} ms; exposed comm {exposed}\n"
+        f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f} on {a['eval_samples']} held-out samples;"
+        f" final loss {a['final_loss']:.4f}"
+    )
+
+
+def describe(cfg: RunConfig) -> str:
+    """Parameter and expected byte counts of the configured model, built on the CPU (`--dry-run`)."""
+    from distbench.comm import COMM_HOOKS
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, seed=cfg.train.seed)
+    counts = param_counts(model)
+    expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(model)
+    lines = [f"{cfg.model.model} + {cfg.model.head} head, {cfg.model.num_classes} classes"]
+    lines += [f"  params.{k:<15} {v:>14,}" for k, v in counts.items()]
+    lines.append(f"  expected bytes/step {expected:>14,} ({cfg.dist.comm_hook})")
+    return "\n".join(lines)
