@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "launch" / "run.py"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+# Small and fast: 2 warm-up, 4 timed and 2 unsynchronised steps; still a real 2-process gloo job.
+FAST = ["--steps", "4", "--warmup-steps", "2", "--nosync-steps", "2", "--batch-size", "8", "--eval-samples", "64"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    records: list[dict]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+
+def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180) -> Result:
+    """launch/run.py under a real torchrun with `nproc` gloo ranks on this machine."""
+    # --standalone: a c10d rendezvous on a free local port, so concurrent jobs never collide.
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(RUN), "--out", str(out), *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
+    return Result(p.returncode, p.stdout, p.stderr, _records(out))
+
+
+def python_run(args: list[str], out: Path, timeout: int = 180) -> Result:
+    """launch/run.py as a plain single process (a world of one, no torchrun)."""
+    p = subprocess.run([sys.executable, str(RUN), "--out", str(out), *args], capture_output=True, text=True,
+                       timeout=timeout, env=_env(), cwd=ROOT)
+    return Result(p.returncode, p.stdout, p.stderr, _records(out))
+
+
+@pytest.fixture(scope="session")
+def head_pair(tmp_path_factory) -> dict[str, dict]:
+    """ResNet-18 at 100K classes with a learned and a fixed head, 2 ranks each (small images: bytes do not
+    depend on image size)."""
+    out = tmp_path_factory.mktemp("pair") / "runs.jsonl"
+    common = ["--model", "resnet18", "--num-classes", "100000", "--image-size", "32", "--steps", "2",
+              "--warmup-steps", "1", "--nosync-steps", "1", "--batch-size", "2", "--eval-samples", "8"]
+    records = {}
+    for head in ("learned", "fixed"):
+        r = torchrun([*common, "--head", head], out)
+        assert r.returncode == 0, r.stderr[-3000:]
+        records[head] = r.records[-1]
+    return records

@@ -1,0 +1,54 @@
+import pytest
+import torch
+from torch import nn
+
+from distbench.comm import CommMeter, algbw, bus_bytes, busbw, expected_bytes, tensor_bytes
+from distbench.config import ModelConfig
+from distbench.models import build_model
+
+
+def test_expected_bytes_counts_trainable_params_in_reduced_dtype():
+    m = nn.Sequential(nn.Linear(10, 20), nn.Linear(20, 3))
+    assert expected_bytes(m) == (10 * 20 + 20 + 20 * 3 + 3) * 4
+    m[0].weight.requires_grad_(False)
+    assert expected_bytes(m) == (20 + 20 * 3 + 3) * 4
+    assert expected_bytes(m, torch.float16) == (20 + 20 * 3 + 3) * 2
+
+
+@pytest.mark.parametrize("head,params", [
+    ("learned", 11_689_512),        # torchvision's resnet18 at 1000 classes
+    ("fixed", 11_176_512 + 1 + 1000),  # backbone + alpha + bias
+])
+def test_expected_bytes_resnet18(head, params):
+    model = build_model(ModelConfig(model="resnet18", num_classes=1000, head=head))
+    assert expected_bytes(model) == 4 * params
+
+
+def test_resnet18_100k_fixed_to_learned_ratio():
+    learned = expected_bytes(build_model(ModelConfig(model="resnet18", num_classes=100_000, head="learned")))
+    fixed = expected_bytes(build_model(ModelConfig(model="resnet18", num_classes=100_000, head="fixed")))
+    assert learned - fixed == 4 * (512 * 100_000 - 1)  # the head weight, less the learned alpha
+    assert round(fixed / learned, 3) == 0.180
+
+
+def test_bus_bytes_and_bandwidths():
+    assert bus_bytes(1000, 1) == 0
+    assert bus_bytes(1000, 2) == 1000
+    assert bus_bytes(1000, 8) == 1750
+    assert algbw(1e9, 0.5) == 2e9
+    assert busbw(1e9, 0.5, 4) == 2e9 * 1.5
+
+
+def test_meter_counts_only_bracketed_steps():
+    meter = CommMeter()
+    t = torch.zeros(10)
+    meter.count("all_reduce", t)  # outside a step: ignored
+    for _ in range(3):
+        meter.start_step()
+        meter.count("all_reduce", t)
+        meter.count("all_reduce", torch.zeros(5, dtype=torch.float16))
+        meter.end_step()
+    s = meter.summary(meter.steps, world_size=4)
+    assert s["payload_bytes_per_step"] == 50 and s["buckets_per_step"] == 2
+    assert s["bus_bytes_per_step"] == 75 and s["collectives"] == {"all_reduce": 50}
+    assert tensor_bytes([t]) == 40

@@ -1,0 +1,61 @@
+import dataclasses
+
+import pytest
+
+from distbench.config import ConfigError, RunConfig, build_parser, parse_args
+
+
+def test_defaults_are_the_cpu_minute_run():
+    cfg = parse_args([])
+    assert cfg == RunConfig()
+    assert (cfg.model.model, cfg.model.head, cfg.data.dataset, cfg.dist.backend) == ("tiny", "learned", "synthetic",
+                                                                                     "ddp")
+
+
+def test_flags_override_and_config_is_frozen():
+    cfg = parse_args(["--head", "fixed", "--num-classes", "1000", "--no-head-bias", "--lr", "0.1"])
+    assert (cfg.model.head, cfg.model.num_classes, cfg.model.head_bias, cfg.train.lr) == ("fixed", 1000, False, 0.1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.head = "learned"
+
+
+def test_toml_then_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[model]\nhead = "fixed"\nnum_classes = 50\n[train]\nsteps = 7\nlr = 1\n')
+    cfg = parse_args(["--config", str(f), "--steps", "9"])
+    assert (cfg.model.head, cfg.model.num_classes, cfg.train.steps, cfg.train.lr) == ("fixed", 50, 9, 1.0)
+
+
+@pytest.mark.parametrize("argv,field,text", [
+    (["--num-classes", "1"], "model.num_classes", "must be >= 2"),
+    (["--batch-size", "0"], "train.batch_size", "must be > 0"),
+    (["--steps", "-3"], "train.steps", "must be > 0"),
+    (["--model", "resnet19"], "model.model", "unknown model 'resnet19'"),
+    (["--head", "fxied"], "model.head", "choose from: fixed, fixed-orthogonal, learned"),
+    (["--dataset", "mnist"], "data.dataset", "choose from: digits, imagefolder, synthetic"),
+    (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "data.data_dir", "no such directory"),
+    (["--dataset", "digits"], "model.num_classes", "digits has 10 classes"),
+    (["--optimizer", "lamb"], "train.optimizer", "choose from: adamw, sgd"),
+    (["--warmup-steps", "0"], "train.warmup_steps", "iteration 0 is never timed"),
+])
+def test_bad_values_name_their_field(argv, field, text):
+    with pytest.raises(ConfigError, match=text) as e:
+        parse_args(argv)
+    assert e.value.field == field
+    assert str(e.value).startswith("--" + field.split(".")[1].replace("_", "-"))
+
+
+def test_unknown_toml_key(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[train]\nstepz = 3\n")
+    with pytest.raises(ConfigError, match="unknown key") as e:
+        parse_args(["--config", str(f)])
+    assert e.value.field == "train.stepz"
+
+
+def test_every_field_has_a_flag_and_help():
+    text = build_parser().format_help()
+    for section in dataclasses.fields(RunConfig):
+        for f in dataclasses.fields(section.default_factory()):
+            assert "--" + f.name.replace("_", "-") in text
+            assert f.metadata["help"]

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from distbench.config import ConfigError, DataConfig, parse_args
+from distbench.data import Shard, SyntheticTask, build_dataset
+
+CPU = torch.device("cpu")
+
+
+def shard(rank=0, world=1):
+    return Shard(rank, world, CPU)
+
+
+def test_synthetic_is_deterministic_and_rank_dependent():
+    cfg = DataConfig(eval_samples=10)
+    a = next(build_dataset(cfg, 100, (3, 32, 32), 4, shard(), 0).train())
+    b = next(build_dataset(cfg, 100, (3, 32, 32), 4, shard(), 0).train())
+    c = next(build_dataset(cfg, 100, (3, 32, 32), 4, shard(1, 2), 0).train())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert a[0].shape == (4, 3, 32, 32) and a[1].dtype == torch.long
+
+
+def test_synthetic_memory_does_not_grow_with_classes():
+    small = SyntheticTask(10, (3, 32, 32), 1.0, 0, CPU)
+    huge = SyntheticTask(1_000_000, (3, 32, 32), 1.0, 0, CPU)
+    state = lambda t: sum(v.numel() for v in vars(t).values() if isinstance(v, torch.Tensor))  # noqa: E731
+    assert state(small) == state(huge)
+    x, y = huge.sample(16, torch.Generator().manual_seed(0))
+    assert x.shape == (16, 3, 32, 32) and int(y.max()) < 1_000_000
+    codes = huge.codes(torch.tensor([0, 999_999, 0]))
+    assert torch.equal(codes[0], codes[2]) and not torch.equal(codes[0], codes[1])
+    assert abs(huge.codes(torch.arange(2000)).std().item() - 1) < 0.05  # N(0, 1) codes
+
+
+def test_eval_shares_cover_the_held_out_set_once():
+    cfg = DataConfig(eval_samples=101)
+    sizes = [sum(len(y) for _, y in build_dataset(cfg, 10, (3, 32, 32), 8, shard(r, 3), 0).eval()) for r in range(3)]
+    assert sum(sizes) == 101
+
+
+def test_digits_split_and_shapes():
+    cfg = DataConfig(dataset="digits", eval_samples=0)
+    ds = build_dataset(cfg, 10, (3, 32, 32), 16, shard(), 0)
+    x, y = next(ds.train())
+    assert x.shape == (16, 3, 32, 32) and ds.eval_size == 297
+    assert sum(len(y) for _, y in ds.eval()) == 297
+
+
+def make_imagefolder(root, classes=3, per_class=4, size=40):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size + i), color=(40 * c, 10 * i, 100)).save(d / f"{i}.jpg")
+    return root
+
+
+def test_imagefolder_loads_with_distributed_sampler(tmp_path):
+    root = make_imagefolder(tmp_path)
+    cfg = DataConfig(dataset="imagefolder", data_dir=str(root), workers=0, eval_samples=0)
+    ds0 = build_dataset(cfg, 3, (3, 32, 32), 2, shard(0, 2), 0)
+    ds1 = build_dataset(cfg, 3, (3, 32, 32), 2, shard(1, 2), 0)
+    x, y = next(ds0.train())
+    assert x.shape == (2, 3, 32, 32) and y.max() < 3
+    assert sum(len(y) for _, y in ds0.eval()) + sum(len(y) for _, y in ds1.eval()) == 12
+
+
+def test_imagefolder_class_count_mismatch_is_a_config_error(tmp_path):
+    root = make_imagefolder(tmp_path)
+    with pytest.raises(ConfigError, match="has 3 classes, got --num-classes 5") as e:
+        parse_args(["--dataset", "imagefolder", "--data-dir", str(root), "--num-classes", "5"])
+    assert e.value.field == "model.num_classes"
+    with pytest.raises(ConfigError, match="not a directory") as e:
+        parse_args(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "train"), "--num-classes", "3"])
+    assert e.value.field == "data.data_dir"

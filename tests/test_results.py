@@ -1,0 +1,80 @@
+import copy
+import json
+import multiprocessing as mp
+
+import pytest
+
+from distbench.results import SchemaError, append, load, read_records, validate
+
+
+def record(**over):
+    r = {
+        "schema": "distbench.run/1", "run_id": "r1", "status": "ok", "error": None,
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
+        "config": {"model": {"head": "fixed"}},
+        "env": {"torch": "2", "torchvision": "0", "deepspeed": None, "cuda": None, "nccl": None, "device": "cpu",
+                "world_size": 2, "backend": "gloo", "hostname": "h", "git_sha": None, "python": "3.11"},
+        "params": {"total": 10, "trainable": 4, "frozen": 6, "head_total": 5, "head_trainable": 1},
+        "comm": {"payload_bytes_per_step": 16, "expected_bytes_per_step": 16, "bus_bytes_per_step": 16.0,
+                 "buckets_per_step": 1, "hook": "allreduce", "collectives": {"all_reduce": 16}},
+        "perf": {"samples_per_s": 1.0, "step_time_ms": {"p50": 1.0, "p90": 2.0, "mean": 1.5},
+                 "exposed_comm_ms": 0.1, "peak_memory_bytes": 100, "timed_steps": 4, "warmup_steps": 2},
+        "accuracy": {"top1": 0.5, "top5": 0.9, "eval_samples": 64, "final_loss": 1.0},
+    }
+    r.update(over)
+    return r
+
+
+def test_valid_record_passes_and_broken_ones_name_the_field():
+    validate(record())
+    bad = record()
+    del bad["comm"]["payload_bytes_per_step"]
+    with pytest.raises(SchemaError, match="comm.payload_bytes_per_step"):
+        validate(bad)
+    with pytest.raises(SchemaError, match="status"):
+        validate(record(status="meh"))
+    with pytest.raises(SchemaError, match="perf must be an object"):
+        validate(record(perf=None))
+    validate(record(status="failed", error="x", perf=None, comm=None, env=None, params=None, accuracy=None))
+
+
+def test_append_and_load_with_dotted_columns(tmp_path):
+    out = tmp_path / "sub" / "runs.jsonl"
+    append(out, record(run_id="a"))
+    append(out, record(run_id="b", accuracy={**record()["accuracy"], "final_loss": float("nan")},
+                       status="diverged"))
+    (tmp_path / "other.jsonl").write_text(json.dumps({"schema": "distbench.commbench/1"}) + "\n")
+    df = load(tmp_path)
+    assert list(df["run_id"]) == ["a", "b"]
+    assert df["comm.payload_bytes_per_step"].tolist() == [16, 16]
+    assert df["config.model.head"].tolist() == ["fixed", "fixed"]
+    assert df["accuracy.final_loss"].isna().tolist() == [False, True]  # NaN stored as null
+
+
+def test_invalid_record_is_not_written(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    append(out, record())
+    before = out.read_bytes()
+    with pytest.raises(SchemaError):
+        append(out, record(status="nope"))
+    assert out.read_bytes() == before
+
+
+def _writer(path, n, tag):
+    big = "x" * 200_000  # larger than a pipe buffer: interleaving would show
+    for i in range(n):
+        append(path, record(run_id=f"{tag}-{i}", config={"pad": big}))
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(out, 10, t)) for t in "abc"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    recs = read_records(out)
+    assert sorted(r["run_id"] for r in recs) == sorted(f"{t}-{i}" for t in "abc" for i in range(10))
+    for r in recs:
+        validate(copy.deepcopy(r))

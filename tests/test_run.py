@@ -1,0 +1,90 @@
+"""Real 2-rank gloo jobs through torchrun and launch/run.py: no mocks of torch.distributed."""
+import pytest
+
+from conftest import FAST, python_run, torchrun
+from distbench.results import validate
+
+
+@pytest.mark.parametrize("head", ["learned", "fixed", "fixed-orthogonal"])
+def test_two_rank_run_writes_a_valid_record_with_exact_bytes(tmp_path, head):
+    r = torchrun([*FAST, "--head", head], tmp_path / "runs.jsonl")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(r.records) == 1  # rank 0 alone writes
+    rec = r.records[0]
+    validate(rec)
+    assert rec["status"] == "ok" and rec["env"]["world_size"] == 2 and rec["env"]["backend"] == "gloo"
+    assert rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
+    assert rec["comm"]["expected_bytes_per_step"] == 4 * rec["params"]["trainable"]
+    assert rec["comm"]["bus_bytes_per_step"] == rec["comm"]["payload_bytes_per_step"]  # 2(n-1)/n = 1 at n = 2
+    assert rec["perf"]["timed_steps"] == 4 and rec["accuracy"]["eval_samples"] == 64
+    assert rec["perf"]["samples_per_s"] > 0 and rec["perf"]["exposed_comm_ms"] is not None
+
+
+def test_learned_minus_fixed_payload_is_the_head_weight(head_pair):
+    learned, fixed = head_pair["learned"], head_pair["fixed"]
+    for rec in (learned, fixed):
+        validate(rec)
+        assert rec["status"] == "ok"
+        assert rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
+    diff = learned["comm"]["payload_bytes_per_step"] - fixed["comm"]["payload_bytes_per_step"]
+    # The learned head's 512 x 100K weight is gone; the fixed head adds one learned scale (alpha).
+    assert diff == 4 * 512 * 100_000 - 4
+    ratio = fixed["comm"]["payload_bytes_per_step"] / learned["comm"]["payload_bytes_per_step"]
+    assert round(ratio, 3) == 0.180
+    assert fixed["params"]["head_trainable"] == 100_001 and learned["params"]["head_trainable"] == 51_300_000
+
+
+KEPT = '{"earlier": "record"}\n'  # must survive every failed run untouched
+BAD = [
+    (["--steps", "0"], "--steps"),
+    (["--batch-size", "-1"], "--batch-size"),
+    (["--num-classes", "1"], "--num-classes"),
+    (["--model", "resnet19"], "--model"),
+    (["--head", "fxied"], "--head"),
+    (["--dataset", "nope"], "--dataset"),
+    (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "--data-dir"),
+    (["--steps", "many"], "--steps"),
+]
+
+
+@pytest.mark.parametrize("args,flag", BAD)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, flag):
+    out = tmp_path / "runs.jsonl"
+    out.write_text(KEPT)
+    r = python_run(args, out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and "error" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert out.read_text() == KEPT
+
+
+def test_bad_input_under_torchrun(tmp_path, ):
+    out = tmp_path / "runs.jsonl"
+    out.write_text(KEPT)
+    r = torchrun(["--head", "fxied"], out)
+    # Every rank exits 2 and rank 0 alone prints the one line; torchrun itself always exits 1 and
+    # reports the failed workers (its own behaviour, which no worker can change).
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("run.py: error:")]
+    assert ours == ["run.py: error: --head (model.head): unknown head 'fxied' (did you mean 'fixed'?); "
+                    "choose from: fixed, fixed-orthogonal, learned"]
+    assert "exitcode  : 2" in r.stderr and "exitcode  : 1" not in r.stderr
+    assert out.read_text() == KEPT
+
+
+def test_single_process_run_without_torchrun(tmp_path):
+    r = python_run([*FAST, "--dataset", "digits", "--num-classes", "10", "--eval-samples", "0"], tmp_path / "r.jsonl")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = r.records[0]
+    assert rec["env"]["world_size"] == 1 and rec["accuracy"]["eval_samples"] == 297
+    assert rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
+    assert rec["comm"]["bus_bytes_per_step"] == 0
+
+
+def test_dry_run_prints_counts_and_writes_nothing(tmp_path):
+    out = tmp_path / "r.jsonl"
+    r = python_run(["--dry-run", "--model", "resnet18", "--num-classes", "1000"], out)
+    assert r.returncode == 0
+    assert "46,758,048" in r.stdout  # 11,689,512 parameters x 4 bytes
+    assert not out.exists()
