@@ -8,11 +8,13 @@ Definitions (ARCHITECTURE.md): payload bytes are the bytes of the tensors handed
 optimizer step; bus bytes per rank for a ring all-reduce are payload x 2(n-1)/n, and algbw / busbw are
 as nccl-tests defines them (docs/PERFORMANCE.md there).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,8 +72,13 @@ def param_counts(model: nn.Module) -> dict[str, int]:
 
     total, learned = count(model)
     head_total, head_learned = count(model.head) if hasattr(model, "head") else (0, 0)
-    return {"total": total, "trainable": learned, "frozen": total - learned, "head_total": head_total,
-            "head_trainable": head_learned}
+    return {
+        "total": total,
+        "trainable": learned,
+        "frozen": total - learned,
+        "head_total": head_total,
+        "head_trainable": head_learned,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- the meter
@@ -145,7 +152,7 @@ def _metered_allreduce(meter: CommMeter, group: Any) -> Callable:
 
     # DDP inspects the hook's signature: `bucket` must be unannotated or dist.GradBucket itself, which
     # `from __future__ import annotations` would turn into a string.
-    def hook(_state, bucket):  # noqa: ANN001,ANN202
+    def hook(_state, bucket):
         meter.count("all_reduce", bucket.buffer())
         return default_hooks.allreduce_hook(group, bucket)
 

@@ -3,6 +3,7 @@
 Each field is documented where it is declared; its flag is `--` + the field name with dashes, and its
 TOML key is `[section] field`. A bad value raises ConfigError naming both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,10 @@ import dataclasses
 import sys
 import tomllib
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -63,8 +65,9 @@ class ModelConfig:
         _check_name("model.model", lambda: check_model_name(self.model))
         _check_name("model.head", lambda: HEADS.get(self.head))
         _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2, got {self.num_classes}")
-        _check(self.image_size is None or self.image_size >= 8, "model.image_size",
-               f"must be >= 8, got {self.image_size}")
+        _check(
+            self.image_size is None or self.image_size >= 8, "model.image_size", f"must be >= 8, got {self.image_size}"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,11 @@ class DataConfig:
 
         _check_name("data.dataset", lambda: DATASETS.get(self.dataset))
         _check(self.eval_samples >= 0, "data.eval_samples", f"must be >= 0, got {self.eval_samples}")
-        _check(self.dataset != "synthetic" or self.eval_samples > 0, "data.eval_samples",
-               "synthetic data has no natural end: give a positive count")
+        _check(
+            self.dataset != "synthetic" or self.eval_samples > 0,
+            "data.eval_samples",
+            "synthetic data has no natural end: give a positive count",
+        )
         _check(self.noise >= 0, "data.noise", f"must be >= 0, got {self.noise}")
         _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
         if self.dataset == "imagefolder":
@@ -103,15 +109,24 @@ class TrainConfig:
     seed: int = opt(0, "seed for weights, fixed heads and data")
 
     def __post_init__(self) -> None:
-        _check(self.optimizer in ("sgd", "adamw"), "train.optimizer",
-               f"unknown optimizer {self.optimizer!r}; choose from: adamw, sgd")
-        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
-               f"unknown precision {self.precision!r}; choose from: auto, bf16, fp16, fp32")
+        _check(
+            self.optimizer in ("sgd", "adamw"),
+            "train.optimizer",
+            f"unknown optimizer {self.optimizer!r}; choose from: adamw, sgd",
+        )
+        _check(
+            self.precision in ("auto", "fp32", "bf16", "fp16"),
+            "train.precision",
+            f"unknown precision {self.precision!r}; choose from: auto, bf16, fp16, fp32",
+        )
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.steps > 0, "train.steps", f"must be > 0, got {self.steps}")
-        _check(self.warmup_steps >= 1, "train.warmup_steps",
-               f"must be >= 1 (iteration 0 is never timed: DDP rebuilds its buckets after it), got {self.warmup_steps}")
+        _check(
+            self.warmup_steps >= 1,
+            "train.warmup_steps",
+            f"must be >= 1 (iteration 0 is never timed: DDP rebuilds its buckets after it), got {self.warmup_steps}",
+        )
         _check(self.nosync_steps >= 0, "train.nosync_steps", f"must be >= 0, got {self.nosync_steps}")
 
 
@@ -128,8 +143,11 @@ class DistConfig:
 
         _check_name("dist.backend", lambda: ENGINES.get(self.backend))
         _check_name("dist.comm_hook", lambda: COMM_HOOKS.get(self.comm_hook))
-        _check(self.dist_backend in ("auto", "nccl", "gloo"), "dist.dist_backend",
-               f"unknown process-group backend {self.dist_backend!r}; choose from: auto, gloo, nccl")
+        _check(
+            self.dist_backend in ("auto", "nccl", "gloo"),
+            "dist.dist_backend",
+            f"unknown process-group backend {self.dist_backend!r}; choose from: auto, gloo, nccl",
+        )
         _check(self.bucket_cap_mb > 0, "dist.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
 
 
@@ -181,8 +199,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="distbench: train one configuration under data parallelism and "
-                "append one distbench.run/1 record.", argument_default=argparse.SUPPRESS)
+    p = _Parser(
+        prog=prog,
+        description="distbench: train one configuration under data parallelism and append one distbench.run/1 record.",
+        argument_default=argparse.SUPPRESS,
+    )
     p.add_argument("--config", help="TOML file with [model] [data] [train] [dist] [output] tables; flags win")
     for section, f, hint in _fields():
         flag = "--" + f.name.replace("_", "-")
@@ -209,7 +230,8 @@ def _load_toml(path: str) -> dict[str, dict[str, Any]]:
         known = {f.name for f in dataclasses.fields(SECTIONS[section])}
         for key in table:
             if key not in known:
-                raise ConfigError(f"{section}.{key}", f"unknown key in {path}; [{section}] takes: {', '.join(sorted(known))}")
+                takes = ", ".join(sorted(known))
+                raise ConfigError(f"{section}.{key}", f"unknown key in {path}; [{section}] takes: {takes}")
     return doc
 
 

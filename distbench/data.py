@@ -5,12 +5,13 @@ held-out batches, already on the training device.
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (real, 10 classes, fixed split).
 - `imagefolder`: ImageNet-1K layout (DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +78,9 @@ class SyntheticTask:
     code_dim = 32
     coarse = 8
 
-    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], noise: float, seed: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, num_classes: int, input_shape: tuple[int, int, int], noise: float, seed: int, device: torch.device
+    ) -> None:
         self.num_classes, self.input_shape, self.noise, self.seed = num_classes, input_shape, noise, seed
         self.device = device
         gen = torch.Generator().manual_seed(seed)
@@ -104,8 +106,9 @@ class SyntheticTask:
 
 
 @DATASETS.register("synthetic")
-def synthetic(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
-              seed: int) -> Dataset:
+def synthetic(
+    cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
+) -> Dataset:
     task = SyntheticTask(num_classes, input_shape, cfg.noise, seed, shard.device)
 
     def generator(stream: int) -> torch.Generator:
@@ -128,14 +131,16 @@ def synthetic(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_si
 
 
 # ------------------------------------------------------------------------------------------------ tensors
-def _tensor_dataset(x_train, y_train, x_eval, y_eval, batch_size: int, shard: Shard, seed: int,
-                    num_classes: int) -> Dataset:
+def _tensor_dataset(
+    x_train, y_train, x_eval, y_eval, batch_size: int, shard: Shard, seed: int, num_classes: int
+) -> Dataset:
     """Small in-memory data sets: whole tensors on the device, DistributedSampler-style sharding."""
     from torch.utils.data import DistributedSampler
 
     x_train, y_train = x_train.to(shard.device), y_train.to(shard.device)
-    sampler = DistributedSampler(range(len(y_train)), shard.world_size, shard.rank, shuffle=True, seed=seed,
-                                 drop_last=True)
+    sampler = DistributedSampler(
+        range(len(y_train)), shard.world_size, shard.rank, shuffle=True, seed=seed, drop_last=True
+    )
 
     def train() -> Iterator[Batch]:
         epoch = 0
@@ -165,9 +170,11 @@ def _fit_images(x: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Ten
 
 
 @DATASETS.register("digits")
-def digits(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
-           seed: int) -> Dataset:
+def digits(
+    cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
+) -> Dataset:
     from sklearn.datasets import load_digits
+
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(data.target, dtype=torch.long)
@@ -175,8 +182,9 @@ def digits(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size:
     x, y = _fit_images(x[order], input_shape), y[order]
     n_eval = 297  # 1500 train / 297 test
     eval_n = n_eval if cfg.eval_samples <= 0 else min(n_eval, cfg.eval_samples)
-    return _tensor_dataset(x[:-n_eval], y[:-n_eval], x[-n_eval:][:eval_n], y[-n_eval:][:eval_n], batch_size, shard,
-                           seed, 10)
+    return _tensor_dataset(
+        x[:-n_eval], y[:-n_eval], x[-n_eval:][:eval_n], y[-n_eval:][:eval_n], batch_size, shard, seed, 10
+    )
 
 
 # -------------------------------------------------------------------------------------------- imagefolder
@@ -200,8 +208,9 @@ def check_imagefolder(data_dir: str | None, num_classes: int) -> None:
 
 
 @DATASETS.register("imagefolder")
-def imagefolder(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
-                seed: int) -> Dataset:
+def imagefolder(
+    cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
+) -> Dataset:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
     from torchvision import datasets, transforms
 
@@ -210,19 +219,25 @@ def imagefolder(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_set = datasets.ImageFolder(
         str(Path(cfg.data_dir) / "train"),
-        transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                            transforms.ToTensor(), normalize]),
+        transforms.Compose(
+            [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+        ),
     )
     val_set = datasets.ImageFolder(
         str(Path(cfg.data_dir) / "val"),
-        transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
-                            transforms.ToTensor(), normalize]),
+        transforms.Compose(
+            [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), normalize]
+        ),
     )
     eval_n = len(val_set) if cfg.eval_samples <= 0 else min(len(val_set), cfg.eval_samples)
     pin = shard.device.type == "cuda"
     sampler = DistributedSampler(train_set, shard.world_size, shard.rank, shuffle=True, seed=seed, drop_last=True)
-    loader_args = dict(batch_size=batch_size, num_workers=cfg.workers, pin_memory=pin,
-                       persistent_workers=cfg.workers > 0)
+    loader_args = {
+        "batch_size": batch_size,
+        "num_workers": cfg.workers,
+        "pin_memory": pin,
+        "persistent_workers": cfg.workers > 0,
+    }
 
     def to_device(batches) -> Iterator[Batch]:
         for x, y in batches:
@@ -254,7 +269,8 @@ def check_data(cfg, num_classes: int) -> None:
         check_imagefolder(cfg.data_dir, num_classes)
 
 
-def build_dataset(cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard,
-                  seed: int) -> Dataset:
+def build_dataset(
+    cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
+) -> Dataset:
     """`cfg` is a `distbench.config.DataConfig`."""
     return DATASETS.get(cfg.dataset)(cfg, num_classes, input_shape, batch_size, shard, seed)

@@ -6,6 +6,7 @@ xhat = x / ||x||_2, W a fixed C x N matrix, alpha one learned scalar and b an op
 W is a non-persistent buffer: it is never a parameter, so DDP and DeepSpeed never reduce it, and it
 is rebuilt from (C, N, seed) instead of being stored in checkpoints.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,7 +101,9 @@ def fixed_hadamard(
         log.warning(
             "fixed head: %d classes > %d distinct Hadamard rows for %d features; classes that share a "
             "row differ only by their bias (use fixed-orthogonal for distinct rows)",
-            num_classes, distinct, in_features,
+            num_classes,
+            distinct,
+            in_features,
         )
     return FixedHead(hadamard_block(num_classes, in_features, dtype), bias=bias)
 
@@ -118,7 +121,12 @@ def fixed_orthogonal(
 
 
 def build_head(
-    name: str, in_features: int, num_classes: int, *, bias: bool = True, dtype: torch.dtype = torch.float32,
+    name: str,
+    in_features: int,
+    num_classes: int,
+    *,
+    bias: bool = True,
+    dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> nn.Module:
     return HEADS.get(name)(in_features, num_classes, bias=bias, dtype=dtype, seed=seed)

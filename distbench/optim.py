@@ -1,8 +1,9 @@
 """Optimizers and mixed precision, shared by the engines."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 
@@ -10,8 +11,9 @@ import torch
 def build_optimizer(train_cfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """Only trainable parameters are given: frozen weights get no optimizer state."""
     if train_cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
-                               weight_decay=train_cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=train_cfg.lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay
+        )
     return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 

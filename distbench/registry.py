@@ -1,8 +1,10 @@
 """Small name -> builder registries with helpful misses (after timm's register_model/create_model)."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T", bound=Callable)
 

@@ -4,6 +4,7 @@
 dotted columns (`comm.payload_bytes_per_step`, `config.model.head`, ...); `validate(record)` is the
 machine check that the tests and the loader use.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -14,7 +15,7 @@ import os
 import platform
 import socket
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,34 @@ SPEC: dict[str, Any] = {
     "finished_at": str,
     "config": dict,
     "env": {
-        "torch": str, "torchvision": (str, type(None)), "deepspeed": (str, type(None)), "cuda": (str, type(None)),
-        "nccl": (str, type(None)), "device": str, "world_size": int, "backend": str, "hostname": str,
-        "git_sha": (str, type(None)), "python": str,
+        "torch": str,
+        "torchvision": (str, type(None)),
+        "deepspeed": (str, type(None)),
+        "cuda": (str, type(None)),
+        "nccl": (str, type(None)),
+        "device": str,
+        "world_size": int,
+        "backend": str,
+        "hostname": str,
+        "git_sha": (str, type(None)),
+        "python": str,
     },
     "params": {"total": int, "trainable": int, "frozen": int, "head_total": int, "head_trainable": int},
     "comm": {
-        "payload_bytes_per_step": Number, "expected_bytes_per_step": Number, "bus_bytes_per_step": Number,
-        "buckets_per_step": Number, "hook": str, "collectives": dict,
+        "payload_bytes_per_step": Number,
+        "expected_bytes_per_step": Number,
+        "bus_bytes_per_step": Number,
+        "buckets_per_step": Number,
+        "hook": str,
+        "collectives": dict,
     },
     "perf": {
-        "samples_per_s": Number, "step_time_ms": dict, "exposed_comm_ms": (int, float, type(None)),
-        "peak_memory_bytes": int, "timed_steps": int, "warmup_steps": int,
+        "samples_per_s": Number,
+        "step_time_ms": dict,
+        "exposed_comm_ms": (int, float, type(None)),
+        "peak_memory_bytes": int,
+        "timed_steps": int,
+        "warmup_steps": int,
     },
     "accuracy": {"top1": Number, "top5": Number, "eval_samples": int, "final_loss": (int, float, type(None))},
 }
@@ -89,13 +106,19 @@ def _tuple(t: Any) -> tuple:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None

@@ -5,6 +5,7 @@ iteration 0, after which DDP rebuilds its buckets), then a window of individuall
 CUDA events bracket each step and are read after one synchronise at the end, so timing neither stalls
 the host nor hides asynchronous work.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,8 @@ import statistics
 import sys
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -47,8 +49,8 @@ class StepTimer:
     def times_ms(self) -> list[float]:
         if self.cuda:
             torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
-        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -84,14 +86,24 @@ def evaluate(engine: Engine, dataset, amp_dtype) -> dict[str, Any]:
             logits = model(x).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit = top == y[:, None]
-        stats += torch.tensor([hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y),
-                               torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()],
-                              dtype=torch.float64)
+        stats += torch.tensor(
+            [
+                hit[:, 0].sum().item(),
+                hit.any(1).sum().item(),
+                len(y),
+                torch.nn.functional.cross_entropy(logits, y, reduction="sum").item(),
+            ],
+            dtype=torch.float64,
+        )
     model.train()
     stats = all_reduce(stats.to(device)).cpu()
     n = max(stats[2].item(), 1)
-    return {"top1": stats[0].item() / n, "top5": stats[1].item() / n, "eval_samples": int(stats[2].item()),
-            "eval_loss": stats[3].item() / n}
+    return {
+        "top1": stats[0].item() / n,
+        "top5": stats[1].item() / n,
+        "eval_samples": int(stats[2].item()),
+        "eval_loss": stats[3].item() / n,
+    }
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -116,8 +128,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
     tc = cfg.train
-    dataset = build_dataset(cfg.data, cfg.model.num_classes, model.input_shape, tc.batch_size,
-                            Shard(place.rank, place.world_size, place.device), tc.seed)
+    dataset = build_dataset(
+        cfg.data,
+        cfg.model.num_classes,
+        model.input_shape,
+        tc.batch_size,
+        Shard(place.rank, place.world_size, place.device),
+        tc.seed,
+    )
     engine = build_engine(cfg, model, place)
     batches = dataset.train()
     total_steps = tc.warmup_steps + tc.steps + tc.nosync_steps
@@ -126,7 +144,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if place.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(place.device)
         timed_ms, loss = run_steps(engine, batches, tc.steps, progress)
-        timed_traffic = engine.meter.steps[-tc.steps:]
+        timed_traffic = engine.meter.steps[-tc.steps :]
         final_loss = all_reduce(loss.float().reshape(1).clone()).item() / place.world_size
         accuracy = evaluate(engine, dataset, amp_dtype)
         # Last, because steps without sync let the replicas drift apart.
@@ -137,8 +155,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     step_ms = {"p50": quantile(timed_ms, 0.5), "p90": quantile(timed_ms, 0.9), "mean": statistics.fmean(timed_ms)}
     exposed = step_ms["p50"] - quantile(nosync_ms, 0.5) if nosync_ms else None
     comm = engine.meter.summary(timed_traffic, place.world_size)
-    comm = {"payload_bytes_per_step": comm.pop("payload_bytes_per_step"),
-            "expected_bytes_per_step": engine.expected_bytes_per_step, **comm, "hook": engine.hook_name}
+    comm = {
+        "payload_bytes_per_step": comm.pop("payload_bytes_per_step"),
+        "expected_bytes_per_step": engine.expected_bytes_per_step,
+        **comm,
+        "hook": engine.hook_name,
+    }
     status = "ok" if math.isfinite(final_loss) else "diverged"
     return {
         "schema": SCHEMA,
@@ -167,9 +189,18 @@ def failed_record(cfg: RunConfig, error: BaseException, started_at: str) -> dict
     """A record for a run that raised after it started: the sweep sees why, and moves on."""
     message = " ".join(f"{type(error).__name__}: {error}".split())[:500]  # one line, bounded
     return {
-        "schema": SCHEMA, "run_id": cfg.output.run_id or f"failed-{uuid.uuid4().hex[:8]}", "status": "failed",
-        "error": message, "started_at": started_at, "finished_at": now(), "config": cfg.to_dict(),
-        "env": None, "params": None, "comm": None, "perf": None, "accuracy": None,
+        "schema": SCHEMA,
+        "run_id": cfg.output.run_id or f"failed-{uuid.uuid4().hex[:8]}",
+        "status": "failed",
+        "error": message,
+        "started_at": started_at,
+        "finished_at": now(),
+        "config": cfg.to_dict(),
+        "env": None,
+        "params": None,
+        "comm": None,
+        "perf": None,
+        "accuracy": None,
     }
 
 

@@ -1,8 +1,9 @@
 """distbench entry point: parse -> build -> run -> write.
 
-    torchrun --nproc_per_node=2 launch/run.py --head fixed
-    python launch/run.py --help
+torchrun --nproc_per_node=2 launch/run.py --head fixed
+python launch/run.py --help
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distbench import config, results  # noqa: E402
+from distbench import config, results
+
+log = logging.getLogger("distbench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = train.run(cfg)
     except Exception as e:  # a run that broke after it started is recorded, not lost
-        logging.exception("run failed")
+        log.exception("run failed")
         if rank0:
             results.append(cfg.output.out, train.failed_record(cfg, e, started_at))
         return 1
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         close_distributed()
     if rank0:
         results.append(cfg.output.out, record)
-        logging.info("%s\n  record       appended to %s", train.summary(record), cfg.output.out)
+        log.info("%s\n  record       appended to %s", train.summary(record), cfg.output.out)
     return 0 if record["status"] == "ok" else 1
 
 

@@ -25,8 +25,11 @@ class Result:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     return env
 
@@ -39,14 +42,21 @@ def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180) -> 
     """launch/run.py under a real torchrun with `nproc` gloo ranks on this machine."""
     # --standalone: a c10d rendezvous on a free local port, so concurrent jobs never collide.
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(RUN), "--out", str(out), *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT, check=False)
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
 
 
 def python_run(args: list[str], out: Path, timeout: int = 180) -> Result:
     """launch/run.py as a plain single process (a world of one, no torchrun)."""
-    p = subprocess.run([sys.executable, str(RUN), "--out", str(out), *args], capture_output=True, text=True,
-                       timeout=timeout, env=_env(), cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, str(RUN), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        cwd=ROOT,
+        check=False,
+    )
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
 
 
@@ -55,8 +65,24 @@ def head_pair(tmp_path_factory) -> dict[str, dict]:
     """ResNet-18 at 100K classes with a learned and a fixed head, 2 ranks each (small images: bytes do not
     depend on image size)."""
     out = tmp_path_factory.mktemp("pair") / "runs.jsonl"
-    common = ["--model", "resnet18", "--num-classes", "100000", "--image-size", "32", "--steps", "2",
-              "--warmup-steps", "1", "--nosync-steps", "1", "--batch-size", "2", "--eval-samples", "8"]
+    common = [
+        "--model",
+        "resnet18",
+        "--num-classes",
+        "100000",
+        "--image-size",
+        "32",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--nosync-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--eval-samples",
+        "8",
+    ]
     records = {}
     for head in ("learned", "fixed"):
         r = torchrun([*common, "--head", head], out)

@@ -15,10 +15,13 @@ def test_expected_bytes_counts_trainable_params_in_reduced_dtype():
     assert expected_bytes(m, torch.float16) == (20 + 20 * 3 + 3) * 2
 
 
-@pytest.mark.parametrize("head,params", [
-    ("learned", 11_689_512),        # torchvision's resnet18 at 1000 classes
-    ("fixed", 11_176_512 + 1 + 1000),  # backbone + alpha + bias
-])
+@pytest.mark.parametrize(
+    "head,params",
+    [
+        ("learned", 11_689_512),  # torchvision's resnet18 at 1000 classes
+        ("fixed", 11_176_512 + 1 + 1000),  # backbone + alpha + bias
+    ],
+)
 def test_expected_bytes_resnet18(head, params):
     model = build_model(ModelConfig(model="resnet18", num_classes=1000, head=head))
     assert expected_bytes(model) == 4 * params

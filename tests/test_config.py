@@ -8,8 +8,12 @@ from distbench.config import ConfigError, RunConfig, build_parser, parse_args
 def test_defaults_are_the_cpu_minute_run():
     cfg = parse_args([])
     assert cfg == RunConfig()
-    assert (cfg.model.model, cfg.model.head, cfg.data.dataset, cfg.dist.backend) == ("tiny", "learned", "synthetic",
-                                                                                     "ddp")
+    assert (cfg.model.model, cfg.model.head, cfg.data.dataset, cfg.dist.backend) == (
+        "tiny",
+        "learned",
+        "synthetic",
+        "ddp",
+    )
 
 
 def test_flags_override_and_config_is_frozen():
@@ -26,18 +30,21 @@ def test_toml_then_flags(tmp_path):
     assert (cfg.model.head, cfg.model.num_classes, cfg.train.steps, cfg.train.lr) == ("fixed", 50, 9, 1.0)
 
 
-@pytest.mark.parametrize("argv,field,text", [
-    (["--num-classes", "1"], "model.num_classes", "must be >= 2"),
-    (["--batch-size", "0"], "train.batch_size", "must be > 0"),
-    (["--steps", "-3"], "train.steps", "must be > 0"),
-    (["--model", "resnet19"], "model.model", "unknown model 'resnet19'"),
-    (["--head", "fxied"], "model.head", "choose from: fixed, fixed-orthogonal, learned"),
-    (["--dataset", "mnist"], "data.dataset", "choose from: digits, imagefolder, synthetic"),
-    (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "data.data_dir", "no such directory"),
-    (["--dataset", "digits"], "model.num_classes", "digits has 10 classes"),
-    (["--optimizer", "lamb"], "train.optimizer", "choose from: adamw, sgd"),
-    (["--warmup-steps", "0"], "train.warmup_steps", "iteration 0 is never timed"),
-])
+@pytest.mark.parametrize(
+    "argv,field,text",
+    [
+        (["--num-classes", "1"], "model.num_classes", "must be >= 2"),
+        (["--batch-size", "0"], "train.batch_size", "must be > 0"),
+        (["--steps", "-3"], "train.steps", "must be > 0"),
+        (["--model", "resnet19"], "model.model", "unknown model 'resnet19'"),
+        (["--head", "fxied"], "model.head", "choose from: fixed, fixed-orthogonal, learned"),
+        (["--dataset", "mnist"], "data.dataset", "choose from: digits, imagefolder, synthetic"),
+        (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "data.data_dir", "no such directory"),
+        (["--dataset", "digits"], "model.num_classes", "digits has 10 classes"),
+        (["--optimizer", "lamb"], "train.optimizer", "choose from: adamw, sgd"),
+        (["--warmup-steps", "0"], "train.warmup_steps", "iteration 0 is never timed"),
+    ],
+)
 def test_bad_values_name_their_field(argv, field, text):
     with pytest.raises(ConfigError, match=text) as e:
         parse_args(argv)

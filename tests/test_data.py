@@ -24,7 +24,10 @@ def test_synthetic_is_deterministic_and_rank_dependent():
 def test_synthetic_memory_does_not_grow_with_classes():
     small = SyntheticTask(10, (3, 32, 32), 1.0, 0, CPU)
     huge = SyntheticTask(1_000_000, (3, 32, 32), 1.0, 0, CPU)
-    state = lambda t: sum(v.numel() for v in vars(t).values() if isinstance(v, torch.Tensor))  # noqa: E731
+
+    def state(t):
+        return sum(v.numel() for v in vars(t).values() if isinstance(v, torch.Tensor))
+
     assert state(small) == state(huge)
     x, y = huge.sample(16, torch.Generator().manual_seed(0))
     assert x.shape == (16, 3, 32, 32) and int(y.max()) < 1_000_000
@@ -42,7 +45,7 @@ def test_eval_shares_cover_the_held_out_set_once():
 def test_digits_split_and_shapes():
     cfg = DataConfig(dataset="digits", eval_samples=0)
     ds = build_dataset(cfg, 10, (3, 32, 32), 16, shard(), 0)
-    x, y = next(ds.train())
+    x, _ = next(ds.train())
     assert x.shape == (16, 3, 32, 32) and ds.eval_size == 297
     assert sum(len(y) for _, y in ds.eval()) == 297
 

@@ -73,7 +73,7 @@ def test_orthogonal_is_seeded_and_leaves_global_rng_alone():
 
 
 def test_unknown_head_lists_valid_names():
-    with pytest.raises(UnknownName, match="unknown head 'fxied'.*choose from: fixed, fixed-orthogonal, learned"):
+    with pytest.raises(UnknownName, match=r"unknown head 'fxied'.*choose from: fixed, fixed-orthogonal, learned"):
         HEADS.get("fxied")
 
 

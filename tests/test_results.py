@@ -9,16 +9,43 @@ from distbench.results import SchemaError, append, load, read_records, validate
 
 def record(**over):
     r = {
-        "schema": "distbench.run/1", "run_id": "r1", "status": "ok", "error": None,
-        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
+        "schema": "distbench.run/1",
+        "run_id": "r1",
+        "status": "ok",
+        "error": None,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:01:00+00:00",
         "config": {"model": {"head": "fixed"}},
-        "env": {"torch": "2", "torchvision": "0", "deepspeed": None, "cuda": None, "nccl": None, "device": "cpu",
-                "world_size": 2, "backend": "gloo", "hostname": "h", "git_sha": None, "python": "3.11"},
+        "env": {
+            "torch": "2",
+            "torchvision": "0",
+            "deepspeed": None,
+            "cuda": None,
+            "nccl": None,
+            "device": "cpu",
+            "world_size": 2,
+            "backend": "gloo",
+            "hostname": "h",
+            "git_sha": None,
+            "python": "3.11",
+        },
         "params": {"total": 10, "trainable": 4, "frozen": 6, "head_total": 5, "head_trainable": 1},
-        "comm": {"payload_bytes_per_step": 16, "expected_bytes_per_step": 16, "bus_bytes_per_step": 16.0,
-                 "buckets_per_step": 1, "hook": "allreduce", "collectives": {"all_reduce": 16}},
-        "perf": {"samples_per_s": 1.0, "step_time_ms": {"p50": 1.0, "p90": 2.0, "mean": 1.5},
-                 "exposed_comm_ms": 0.1, "peak_memory_bytes": 100, "timed_steps": 4, "warmup_steps": 2},
+        "comm": {
+            "payload_bytes_per_step": 16,
+            "expected_bytes_per_step": 16,
+            "bus_bytes_per_step": 16.0,
+            "buckets_per_step": 1,
+            "hook": "allreduce",
+            "collectives": {"all_reduce": 16},
+        },
+        "perf": {
+            "samples_per_s": 1.0,
+            "step_time_ms": {"p50": 1.0, "p90": 2.0, "mean": 1.5},
+            "exposed_comm_ms": 0.1,
+            "peak_memory_bytes": 100,
+            "timed_steps": 4,
+            "warmup_steps": 2,
+        },
         "accuracy": {"top1": 0.5, "top5": 0.9, "eval_samples": 64, "final_loss": 1.0},
     }
     r.update(over)
@@ -29,7 +56,7 @@ def test_valid_record_passes_and_broken_ones_name_the_field():
     validate(record())
     bad = record()
     del bad["comm"]["payload_bytes_per_step"]
-    with pytest.raises(SchemaError, match="comm.payload_bytes_per_step"):
+    with pytest.raises(SchemaError, match=r"comm\.payload_bytes_per_step"):
         validate(bad)
     with pytest.raises(SchemaError, match="status"):
         validate(record(status="meh"))
@@ -41,8 +68,7 @@ def test_valid_record_passes_and_broken_ones_name_the_field():
 def test_append_and_load_with_dotted_columns(tmp_path):
     out = tmp_path / "sub" / "runs.jsonl"
     append(out, record(run_id="a"))
-    append(out, record(run_id="b", accuracy={**record()["accuracy"], "final_loss": float("nan")},
-                       status="diverged"))
+    append(out, record(run_id="b", accuracy={**record()["accuracy"], "final_loss": float("nan")}, status="diverged"))
     (tmp_path / "other.jsonl").write_text(json.dumps({"schema": "distbench.commbench/1"}) + "\n")
     df = load(tmp_path)
     assert list(df["run_id"]) == ["a", "b"]

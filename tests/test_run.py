@@ -1,7 +1,8 @@
 """Real 2-rank gloo jobs through torchrun and launch/run.py: no mocks of torch.distributed."""
-import pytest
 
+import pytest
 from conftest import FAST, python_run, torchrun
+
 from distbench.results import validate
 
 
@@ -59,7 +60,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, flag):
     assert out.read_text() == KEPT
 
 
-def test_bad_input_under_torchrun(tmp_path, ):
+def test_bad_input_under_torchrun(tmp_path):
     out = tmp_path / "runs.jsonl"
     out.write_text(KEPT)
     r = torchrun(["--head", "fxied"], out)
@@ -67,8 +68,12 @@ def test_bad_input_under_torchrun(tmp_path, ):
     # reports the failed workers (its own behaviour, which no worker can change).
     assert r.returncode != 0
     ours = [line for line in r.stderr.splitlines() if line.startswith("run.py: error:")]
-    assert ours == ["run.py: error: --head (model.head): unknown head 'fxied' (did you mean 'fixed'?); "
-                    "choose from: fixed, fixed-orthogonal, learned"]
+    assert ours == [
+        (
+            "run.py: error: --head (model.head): unknown head 'fxied' (did you mean 'fixed'?); "
+            "choose from: fixed, fixed-orthogonal, learned"
+        )
+    ]
     assert "exitcode  : 2" in r.stderr and "exitcode  : 1" not in r.stderr
     assert out.read_text() == KEPT
 

@@ -3,12 +3,14 @@
 An engine owns the process group, wraps the model, attaches the CommMeter, and runs one optimizer
 step at a time. `distbench.train` drives it and never touches torch.distributed itself.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import Callable, ContextManager
 
 import torch
 import torch.distributed as dist
@@ -30,7 +32,7 @@ class Place:
 
 def init_distributed(dist_backend: str = "auto") -> Place:
     """Join the process group torchrun describes (env://), or make a world of one without torchrun."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -1,7 +1,8 @@
 """PyTorch DistributedDataParallel with the byte-counting comm hook."""
+
 from __future__ import annotations
 
-from typing import ContextManager
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,11 @@ from distbench.optim import autocast, autocast_dtype, build_optimizer
 
 
 def fixed_weight_names(model: torch.nn.Module) -> list[str]:
-    return [f"{prefix}.{name}" if prefix else name for prefix, m in model.named_modules()
-            for name in getattr(m, "fixed_weights", ())]
+    return [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, m in model.named_modules()
+        for name in getattr(m, "fixed_weights", ())
+    ]
 
 
 @ENGINES.register("ddp")

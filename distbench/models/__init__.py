@@ -3,10 +3,11 @@
 Every backbone has `num_features` (N) and `input_shape` (C, H, W). Models never talk to process
 groups: wrapping for data parallelism lives in `distbench.engines`.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -77,9 +78,7 @@ def build_backbone(name: str, image_size: int | None = None) -> nn.Module:
     return backbone
 
 
-
-
-from distbench.models import tiny, wrn  # noqa: E402,F401  (registration side effects)
+from distbench.models import tiny, wrn  # noqa: E402,F401  (registration)
 
 
 def build_model(cfg, seed: int = 0, head_dtype: torch.dtype = torch.float32) -> Classifier:
@@ -87,6 +86,5 @@ def build_model(cfg, seed: int = 0, head_dtype: torch.dtype = torch.float32) -> 
     from distbench.heads import build_head
 
     backbone = build_backbone(cfg.model, cfg.image_size)
-    head = build_head(cfg.head, backbone.num_features, cfg.num_classes, bias=cfg.head_bias, dtype=head_dtype,
-                      seed=seed)
+    head = build_head(cfg.head, backbone.num_features, cfg.num_classes, bias=cfg.head_bias, dtype=head_dtype, seed=seed)
     return Classifier(backbone, head)

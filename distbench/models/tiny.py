@@ -1,4 +1,5 @@
 """A tiny CNN for fast CPU runs and CI: four conv-BN-ReLU stages on 32x32 inputs, N = 256."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 The classifier is the last nn.Linear in registration order (resnet `fc`, densenet `classifier`, vgg and
 mobilenet `classifier[-1]`, vit `heads.head`, ...); N is its in_features.
 """
+
 from __future__ import annotations
 
 import functools

@@ -4,6 +4,7 @@ depth d = 6n + 4: a 3x3 conv with 16 channels, three groups of n pre-activation 
 16k, 32k, 64k (strides 1, 2, 2), then BN-ReLU and global average pooling, so N = 64k. A 1x1 conv
 shortcut is used where the shape changes (the paper's type B(3,3) block).
 """
+
 from __future__ import annotations
 
 import re
@@ -23,9 +24,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
         self.dropout = dropout
-        self.shortcut = (
-            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False) if stride != 1 or c_in != c_out else None
-        )
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False) if stride != 1 or c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
@@ -47,7 +46,7 @@ class WideResNet(nn.Module):
         widths = [16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         c_in, groups = 16, []
-        for g, (w, stride) in enumerate(zip(widths, (1, 2, 2))):
+        for w, stride in zip(widths, (1, 2, 2), strict=True):
             blocks = [BasicBlock(c_in if i == 0 else w, w, stride if i == 0 else 1, dropout) for i in range(n)]
             groups.append(nn.Sequential(*blocks))
             c_in = w
