@@ -46,7 +46,7 @@ def _check_name(field: str, lookup) -> None:
 
     try:
         lookup()
-    except UnknownName as e:
+    except (UnknownName, ValueError) as e:
         raise ConfigError(field, str(e)) from None
 
 

@@ -41,6 +41,7 @@ def test_toml_then_flags(tmp_path):
         (["--dataset", "mnist"], "data.dataset", "choose from: digits, imagefolder, synthetic"),
         (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "data.data_dir", "no such directory"),
         (["--dataset", "digits"], "model.num_classes", "digits has 10 classes"),
+        (["--model", "wrn-27-10"], "model.model", "6n \\+ 4"),
         (["--optimizer", "lamb"], "train.optimizer", "choose from: adamw, sgd"),
         (["--warmup-steps", "0"], "train.warmup_steps", "iteration 0 is never timed"),
     ],

@@ -17,11 +17,15 @@ from distbench.registry import Registry, UnknownName
 BACKBONES: Registry = Registry("model")
 # Parametrised families, e.g. "wrn-28-10": (pattern shown to users, regex, builder(match)).
 FAMILIES: list[tuple[str, re.Pattern, Callable[[re.Match], nn.Module]]] = []
+FAMILY_CHECKS: dict[str, Callable[[re.Match], None]] = {}
 
 
-def register_family(shown: str, pattern: str) -> Callable:
+def register_family(shown: str, pattern: str, check: Callable[[re.Match], None] | None = None) -> Callable:
+    """A family of names; `check(match)` raises ValueError for a name that matches but cannot be built."""
+
     def add(fn: Callable[[re.Match], nn.Module]) -> Callable[[re.Match], nn.Module]:
         FAMILIES.append((shown, re.compile(pattern), fn))
+        FAMILY_CHECKS[pattern] = check or (lambda m: None)
         return fn
 
     return add
@@ -50,9 +54,13 @@ def model_names() -> list[str]:
 
 
 def check_model_name(name: str) -> None:
-    """Raise UnknownName unless `name` can be built; cheap (builds nothing)."""
-    if name in BACKBONES or any(p.fullmatch(name) for _, p, _ in FAMILIES):
+    """Raise UnknownName (or ValueError for a bad family member) unless `name` can be built; builds nothing."""
+    if name in BACKBONES:
         return
+    for _, pattern, _ in FAMILIES:
+        if match := pattern.fullmatch(name):
+            FAMILY_CHECKS[pattern.pattern](match)
+            return
     from distbench.models import torchvision_models
 
     if name not in torchvision_models.names():

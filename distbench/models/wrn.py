@@ -40,8 +40,7 @@ class BasicBlock(nn.Module):
 class WideResNet(nn.Module):
     def __init__(self, depth: int, width: int, dropout: float = 0.0) -> None:
         super().__init__()
-        if (depth - 4) % 6 or depth < 10:
-            raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
+        check_depth(depth)
         n = (depth - 4) // 6
         widths = [16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
@@ -63,6 +62,11 @@ class WideResNet(nn.Module):
         return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
 
 
-@register_family("wrn-<depth>-<width>", r"wrn-(\d+)-(\d+)")
+def check_depth(depth: int) -> None:
+    if (depth - 4) % 6 or depth < 10:
+        raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
+
+
+@register_family("wrn-<depth>-<width>", r"wrn-(\d+)-(\d+)", check=lambda m: check_depth(int(m.group(1))))
 def wrn(match: re.Match) -> nn.Module:
     return WideResNet(int(match.group(1)), int(match.group(2)))
