@@ -59,7 +59,8 @@ def fixed_weights(model: nn.Module) -> Iterable[torch.Tensor]:
     projection). Modules name them in a `fixed_weights` attribute."""
     for m in model.modules():
         for name in getattr(m, "fixed_weights", ()):
-            yield getattr(m, name)
+            if getattr(m, name) is not None:
+                yield getattr(m, name)
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
@@ -70,6 +71,8 @@ def param_counts(model: nn.Module) -> dict[str, int]:
         total = sum(p.numel() for p in m.parameters()) + sum(t.numel() for t in fixed_weights(m))
         return total, sum(p.numel() for p in trainable(m))
 
+    from distbench.freeze import conv_learned_fraction
+
     total, learned = count(model)
     head_total, head_learned = count(model.head) if hasattr(model, "head") else (0, 0)
     return {
@@ -78,6 +81,7 @@ def param_counts(model: nn.Module) -> dict[str, int]:
         "frozen": total - learned,
         "head_total": head_total,
         "head_trainable": head_learned,
+        "conv_learned_fraction": conv_learned_fraction(model),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 import tomllib
 import typing
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ class ModelConfig:
     head: str = opt("learned", "classifier head: learned, fixed (Hadamard), fixed-orthogonal")
     head_bias: bool = opt(True, "learn a bias in the head (--no-head-bias drops it)")
     image_size: int | None = opt(None, "input height = width; default: the model's own (32 or 224)")
+    param: str = opt("none", "conv parameterisation: none, symmetric (square convs), dirac")
 
     def __post_init__(self) -> None:
         from distbench.heads import HEADS
@@ -64,10 +66,38 @@ class ModelConfig:
 
         _check_name("model.model", lambda: check_model_name(self.model))
         _check_name("model.head", lambda: HEADS.get(self.head))
+        from distbench.params import PARAMS
+
+        _check_name("model.param", lambda: PARAMS.get(self.param))
         _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2, got {self.num_classes}")
         _check(
             self.image_size is None or self.image_size >= 8, "model.image_size", f"must be >= 8, got {self.image_size}"
         )
+
+
+@dataclass(frozen=True)
+class FreezeConfig:
+    freeze: str = opt("none", "what the backbone learns: none, fraction:P, filters:K, bn, blocks:a,b,...")
+    freeze_mode: str = opt("split", "split (fixed filters are buffers: bytes drop) or mask (gradient zeroed)")
+    bn: str = opt("learned", "BatchNorm affine parameters of partly frozen convs: learned or frozen")
+    frozen_init: str = opt("random", "fixed weights keep their random init, or are zeroed: random or zero")
+
+    def __post_init__(self) -> None:
+        from distbench.freeze import parse_rule
+
+        _check_name("freeze.freeze", lambda: parse_rule(self.freeze))
+        for name, valid in (
+            ("freeze_mode", ("mask", "split")),
+            ("bn", ("frozen", "learned")),
+            ("frozen_init", ("random", "zero")),
+        ):
+            value = getattr(self, name)
+            _check(value in valid, f"freeze.{name}", f"unknown value {value!r}; choose from: {', '.join(valid)}")
+
+    def settings(self):
+        from distbench.freeze import FreezeSettings, parse_rule
+
+        return FreezeSettings(parse_rule(self.freeze), self.freeze_mode, self.bn, self.frozen_init)
 
 
 @dataclass(frozen=True)
@@ -165,12 +195,14 @@ class OutputConfig:
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
+        self._check_model_structure()
         from distbench.data import DataError, check_data
 
         try:
@@ -178,6 +210,31 @@ class RunConfig:
         except DataError as e:
             section = "model" if e.field == "num_classes" else "data"
             raise ConfigError(f"{section}.{e.field}", str(e)) from None
+
+    def _check_model_structure(self) -> None:
+        """Freeze rules and parameterisations that do not fit the model fail here, before any process
+        starts: the backbone is built on the meta device, which allocates nothing."""
+        import torch
+
+        from distbench.freeze import FreezeError, apply_freeze
+        from distbench.models import build_backbone
+        from distbench.params import ParamError, apply_param
+
+        settings = self.freeze.settings()
+        if settings.rule.filters is not None and self.model.param != "none":
+            raise ConfigError(
+                "freeze.freeze",
+                f"{self.freeze.freeze!r} cannot split the filters of {self.model.param} "
+                "convs; use --param none, or a bn / blocks rule",
+            )
+        with torch.device("meta"):
+            backbone = build_backbone(self.model.model, self.model.image_size)
+            try:
+                apply_param(self.model.param, backbone)
+                apply_freeze(backbone, settings)
+            except (FreezeError, ParamError) as e:
+                section = "model" if e.field == "param" else "freeze"
+                raise ConfigError(f"{section}.{e.field}", str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -263,8 +320,15 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run.py") -> RunCo
     return from_dict(values)
 
 
-def fail(error: Exception, prog: str = "run.py", quiet: bool = False) -> int:
-    """Report a configuration error in one line (unless quiet) and return exit status 2."""
-    if not quiet:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+def fail(error: Exception, prog: str = "run.py", quiet: bool = False, grace_s: float = 20.0) -> int:
+    """Report a configuration error in one line and return exit status 2.
+
+    Every rank finds the same error; one (rank 0) reports it and the others stay `quiet`. The quiet ones
+    wait `grace_s` before exiting: torchrun stops all workers as soon as the first one exits, and would
+    otherwise often kill rank 0 before it had printed. Once rank 0 exits, torchrun ends the wait.
+    """
+    if quiet:
+        time.sleep(grace_s)
+    else:
+        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
     return 2

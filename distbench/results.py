@@ -46,7 +46,14 @@ SPEC: dict[str, Any] = {
         "git_sha": (str, type(None)),
         "python": str,
     },
-    "params": {"total": int, "trainable": int, "frozen": int, "head_total": int, "head_trainable": int},
+    "params": {
+        "total": int,
+        "trainable": int,
+        "frozen": int,
+        "head_total": int,
+        "head_trainable": int,
+        "conv_learned_fraction": Number,
+    },
     "comm": {
         "payload_bytes_per_step": Number,
         "expected_bytes_per_step": Number,

@@ -126,7 +126,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     place = init_distributed(cfg.dist.dist_backend)
     amp_dtype = autocast_dtype(cfg.train.precision, place.device)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
+    model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
     tc = cfg.train
     dataset = build_dataset(
         cfg.data,
@@ -224,10 +224,13 @@ def describe(cfg: RunConfig) -> str:
     from distbench.comm import COMM_HOOKS
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, seed=cfg.train.seed)
+    model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
     counts = param_counts(model)
     expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(model)
     lines = [f"{cfg.model.model} + {cfg.model.head} head, {cfg.model.num_classes} classes"]
-    lines += [f"  params.{k:<15} {v:>14,}" for k, v in counts.items()]
-    lines.append(f"  expected bytes/step {expected:>14,} ({cfg.dist.comm_hook})")
+    lines += [
+        f"  params.{k:<21} {v:>14,}" if isinstance(v, int) else f"  params.{k:<21} {v:>14.4f}"
+        for k, v in counts.items()
+    ]
+    lines.append(f"  expected bytes/step          {expected:>14,} ({cfg.dist.comm_hook})")
     return "\n".join(lines)

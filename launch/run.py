@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.parse_args(argv)
     except config.ConfigError as e:
-        return config.fail(e, quiet=not rank0)  # every rank fails the same way; one of them says so
+        return config.fail(e, quiet=not rank0)
 
     from distbench import train
     from distbench.engines import close_distributed

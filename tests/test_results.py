@@ -29,7 +29,14 @@ def record(**over):
             "git_sha": None,
             "python": "3.11",
         },
-        "params": {"total": 10, "trainable": 4, "frozen": 6, "head_total": 5, "head_trainable": 1},
+        "params": {
+            "total": 10,
+            "trainable": 4,
+            "frozen": 6,
+            "head_total": 5,
+            "head_trainable": 1,
+            "conv_learned_fraction": 0.5,
+        },
         "comm": {
             "payload_bytes_per_step": 16,
             "expected_bytes_per_step": 16,

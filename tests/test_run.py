@@ -45,6 +45,11 @@ BAD = [
     (["--dataset", "nope"], "--dataset"),
     (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "--data-dir"),
     (["--steps", "many"], "--steps"),
+    (["--freeze", "fraction:1.5"], "--freeze"),
+    (["--freeze", "fraction:-1"], "--freeze"),
+    (["--freeze", "filters:0"], "--freeze"),
+    (["--model", "resnet18", "--freeze", "blocks:nosuchlayer"], "--freeze"),
+    (["--param", "symmetric"], "--param"),  # the tiny CNN has no square conv
 ]
 
 

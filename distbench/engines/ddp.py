@@ -18,6 +18,7 @@ def fixed_weight_names(model: torch.nn.Module) -> list[str]:
         f"{prefix}.{name}" if prefix else name
         for prefix, m in model.named_modules()
         for name in getattr(m, "fixed_weights", ())
+        if getattr(m, name) is not None
     ]
 
 

@@ -86,13 +86,19 @@ def build_backbone(name: str, image_size: int | None = None) -> nn.Module:
     return backbone
 
 
-from distbench.models import tiny, wrn  # noqa: E402,F401  (registration)
+from distbench.models import diracnet, tiny, wrn  # noqa: E402,F401  (registration)
 
 
-def build_model(cfg, seed: int = 0, head_dtype: torch.dtype = torch.float32) -> Classifier:
-    """`cfg` is a `distbench.config.ModelConfig`; weights are drawn from the global RNG (seed it first)."""
+def build_model(cfg, freeze=None, seed: int = 0, head_dtype: torch.dtype = torch.float32) -> Classifier:
+    """`cfg` is a `distbench.config.ModelConfig`, `freeze` a `FreezeConfig` (None: learn everything).
+    Weights are drawn from the global RNG (seed it first); then the convs are reparameterised and frozen."""
+    from distbench.freeze import apply_freeze
     from distbench.heads import build_head
+    from distbench.params import apply_param
 
     backbone = build_backbone(cfg.model, cfg.image_size)
+    apply_param(cfg.param, backbone)
+    if freeze is not None:
+        apply_freeze(backbone, freeze.settings())
     head = build_head(cfg.head, backbone.num_features, cfg.num_classes, bias=cfg.head_bias, dtype=head_dtype, seed=seed)
     return Classifier(backbone, head)

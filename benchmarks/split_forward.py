@@ -1,0 +1,59 @@
+"""Which forward pass for a split conv is faster: rebuild the weight with torch.cat and run one conv,
+or run the learned and the fixed filters as two convs and concatenate the outputs?
+
+Forward + backward of one conv layer, interleaved repetitions, median. Prints `name: value` lines,
+the ratio last. CPU by default, CUDA when present.
+
+    python benchmarks/split_forward.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    batch, channels, size = (32, 256, 14) if device.type == "cpu" else (128, 256, 28)
+    x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+    w = torch.randn(channels, channels, 3, 3, device=device)
+    for p in (0.1, 0.5):
+        k = max(1, round(p * channels))
+        learned = w[:k].clone().requires_grad_(True)
+        fixed = w[k:].clone()
+
+        def cat_weights(learned=learned, fixed=fixed):
+            return F.conv2d(x, torch.cat([learned, fixed]), padding=1)
+
+        def cat_outputs(learned=learned, fixed=fixed):
+            return torch.cat([F.conv2d(x, learned, padding=1), F.conv2d(x, fixed, padding=1)], dim=1)
+
+        times: dict[str, list[float]] = {"cat_weights": [], "cat_outputs": []}
+        fns = {"cat_weights": cat_weights, "cat_outputs": cat_outputs}
+        for rep in range(12):
+            for name, fn in fns.items():
+                sync(device)
+                t = time.perf_counter()
+                fn().sum().backward()
+                sync(device)
+                if rep >= 2:  # warm-up
+                    times[name].append(time.perf_counter() - t)
+        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        print(f"device: {device.type}")
+        print(f"p{p}_cat_weights_ms: {med['cat_weights']:.2f}")
+        print(f"p{p}_cat_outputs_ms: {med['cat_outputs']:.2f}")
+        print(f"p{p}_cat_weights_over_cat_outputs: {med['cat_weights'] / med['cat_outputs']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Freeze rules after Rosenfeld & Tsotsos 2018 ("Intriguing properties of randomly weighted networks:
+generalizing while learning next to nothing"): learn a fraction of each conv layer's filters, or k
+filters, or only BatchNorm, or only chosen blocks; everything else keeps its random initialisation
+(or is zeroed: the paper's dagger column).
+
+DDP and DeepSpeed leave a tensor out of their buckets only when the *whole* tensor has
+requires_grad=False. So a partly frozen conv is stored in two pieces (`split` mode, the default): the
+learned filters are an nn.Parameter, the fixed ones a buffer, and only learned bytes are sent.
+`mask` mode keeps the whole weight a Parameter and zeroes the fixed filters' gradient, as the published
+code does: it learns the same thing and sends every byte. The contrast is the point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distbench.registry import Registry
+
+
+class FreezeError(ValueError):
+    """A freeze spec that cannot apply; `field` is the config field it comes from."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What to learn. `filters(out_channels)` gives the number of learned filters of a conv (None: the
+    rule is not per-filter); `learn_bn`, `blocks` cover the whole-tensor rules."""
+
+    name: str
+    filters: Callable[[int], int] | None = None
+    bn_only: bool = False
+    blocks: tuple[str, ...] = ()
+
+
+RULES: Registry = Registry("freeze rule")
+
+
+def _number(arg: str, kind: type, spec: str) -> float:
+    try:
+        return kind(arg)
+    except ValueError:
+        raise FreezeError("freeze", f"{spec!r}: {arg!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+@RULES.register("none")
+def _none(arg: str | None, spec: str) -> Rule:
+    return Rule("none")
+
+
+@RULES.register("fraction")
+def _fraction(arg: str | None, spec: str) -> Rule:
+    p = _number(arg or "", float, spec)
+    if not 0 < p <= 1:
+        raise FreezeError("freeze", f"{spec!r}: the fraction must be in (0, 1], got {p}")
+    # "the first p coefficients": ceil(p x out), at least one
+    return Rule("fraction", filters=lambda out: max(1, math.ceil(p * out - 1e-9)))
+
+
+@RULES.register("filters")
+def _filters(arg: str | None, spec: str) -> Rule:
+    k = _number(arg or "", int, spec)
+    if k < 1:
+        raise FreezeError("freeze", f"{spec!r}: the filter count must be >= 1, got {k}")
+    return Rule("filters", filters=lambda out: min(k, out))
+
+
+@RULES.register("bn")
+def _bn(arg: str | None, spec: str) -> Rule:
+    return Rule("bn", bn_only=True)
+
+
+@RULES.register("blocks")
+def _blocks(arg: str | None, spec: str) -> Rule:
+    names = tuple(n for n in (arg or "").split(",") if n)
+    if not names:
+        raise FreezeError("freeze", f"{spec!r}: name at least one submodule, e.g. blocks:layer4")
+    return Rule("blocks", blocks=names)
+
+
+def parse_rule(spec: str) -> Rule:
+    """'fraction:0.1' -> Rule. Unknown names and bad arguments raise (UnknownName / FreezeError)."""
+    name, _, arg = spec.partition(":")
+    return RULES.get(name)(arg or None, spec)
+
+
+# ------------------------------------------------------------------------------------------ split convs
+class SplitConv2d(nn.Module):
+    """A Conv2d whose first k filters are learned (a Parameter) and the rest fixed (a buffer).
+
+    The forward pass runs the two filter groups as two convolutions and concatenates the outputs
+    (`benchmarks/split_forward.py` measured this against rebuilding the whole weight with torch.cat:
+    see benchmarks/README.md). Either way the fixed filters get no weight gradient at all.
+    """
+
+    fixed_weights = ("weight_fixed", "bias_fixed")  # counted as frozen weights; never broadcast by DDP
+
+    def __init__(self, conv: nn.Conv2d, learned: int) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
+        if conv.groups != 1:
+            raise FreezeError("freeze", "grouped convolutions cannot be split by filter")
+        if conv.padding_mode != "zeros":
+            raise FreezeError("freeze", f"padding mode {conv.padding_mode!r} is not supported when splitting")
+        w = conv.weight.detach()
+        self.weight_learned = nn.Parameter(w[:learned].clone())
+        self.register_buffer("weight_fixed", w[learned:].clone())
+        if conv.bias is not None:
+            self.bias_learned = nn.Parameter(conv.bias.detach()[:learned].clone())
+            self.register_buffer("bias_fixed", conv.bias.detach()[learned:].clone())
+        else:
+            self.bias_learned = None
+            self.register_buffer("bias_fixed", None)
+
+    def conv_counts(self) -> tuple[int, int]:
+        learned = self.weight_learned.numel() if self.weight_learned.requires_grad else 0
+        return learned, self.weight_learned.numel() + self.weight_fixed.numel()
+
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.weight_learned, self.weight_fixed])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        learned = F.conv2d(x, self.weight_learned, self.bias_learned, *args)
+        fixed = F.conv2d(x, self.weight_fixed, self.bias_fixed, *args)
+        return torch.cat([learned, fixed], dim=1)
+
+
+def _mask_gradient(param: nn.Parameter, learned: int) -> None:
+    """Zero the fixed rows' gradient, as the published code does. The hook runs before DDP's
+    post-accumulate hooks, so the zeros are what DDP all-reduces: every byte still goes out."""
+    mask = torch.zeros_like(param, dtype=torch.bool)
+    mask[:learned] = True
+    param.register_hook(lambda g: g * mask)
+
+
+# ----------------------------------------------------------------------------------------- applying rules
+@dataclass(frozen=True)
+class FreezeSettings:
+    rule: Rule
+    mode: str = "split"  # split | mask
+    bn: str = "learned"  # BatchNorm affine of partly frozen layers: learned | frozen
+    frozen_init: str = "random"  # random | zero
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)
+
+
+def apply_freeze(backbone: nn.Module, settings: FreezeSettings) -> None:
+    """Freeze parts of `backbone` in place. The head is left alone: it follows --head."""
+    rule = settings.rule
+    if rule.name == "none":
+        return
+    if rule.filters is not None:
+        _freeze_filters(backbone, settings)
+        return
+    if rule.bn_only:
+        learn = [m for m in backbone.modules() if _is_bn(m)]
+    else:
+        children = dict(backbone.named_modules())
+        missing = [b for b in rule.blocks if b not in children or b == ""]
+        if missing:
+            top = ", ".join(n for n, m in backbone.named_children() if any(True for _ in m.parameters()))
+            raise FreezeError("freeze", f"no submodule {missing[0]!r} in the model; top-level blocks: {top}")
+        learn = [children[b] for b in rule.blocks]
+    keep = {id(p) for m in learn for p in m.parameters()}
+    for m in backbone.modules():
+        for p in m.parameters(recurse=False):
+            if id(p) not in keep:
+                p.requires_grad_(False)
+                if settings.frozen_init == "zero" and not _is_bn(m):
+                    p.data.zero_()
+
+
+def _freeze_filters(backbone: nn.Module, settings: FreezeSettings) -> None:
+    convs = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise FreezeError("freeze", "the model has no conv layer to freeze filters of")
+    for name, conv in convs:
+        k = settings.rule.filters(conv.out_channels)
+        if settings.frozen_init == "zero":
+            with torch.no_grad():
+                conv.weight[k:].zero_()
+                if conv.bias is not None:
+                    conv.bias[k:].zero_()
+        if settings.mode == "split":
+            if k < conv.out_channels:
+                _replace(backbone, name, SplitConv2d(conv, k))
+        else:
+            conv.learned_filters = k
+            _mask_gradient(conv.weight, k)
+            if conv.bias is not None:
+                _mask_gradient(conv.bias, k)
+    if settings.bn == "frozen":
+        for m in backbone.modules():
+            if _is_bn(m):
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(False)
+
+
+def conv_learned_fraction(model: nn.Module) -> float:
+    """Learned conv-weight elements / the elements of the same convs stored densely (1.0 without convs).
+
+    It describes what is learned, not what is sent: a masked conv counts only its learned filters, like
+    its split twin. Reparameterised convs report through their own `conv_counts()`."""
+    learned = total = 0
+    for m in model.modules():
+        if hasattr(m, "conv_counts"):
+            n_learned, t = m.conv_counts()
+        elif isinstance(m, nn.Conv2d):
+            t = m.weight.numel()
+            filters = getattr(m, "learned_filters", m.out_channels) if m.weight.requires_grad else 0
+            n_learned = t * filters // m.out_channels
+        else:
+            continue
+        learned, total = learned + n_learned, total + t
+    return learned / total if total else 1.0

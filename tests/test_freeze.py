@@ -1,0 +1,150 @@
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distbench.comm import expected_bytes, param_counts, trainable
+from distbench.config import FreezeConfig, ModelConfig
+from distbench.freeze import FreezeSettings, SplitConv2d, apply_freeze, conv_learned_fraction, parse_rule
+from distbench.models import build_backbone, build_model
+from distbench.params.dirac import DiracConv2d
+from distbench.params.symmetric import SymmetricConv2d
+
+
+def backbone_pair(spec, seed=0, **kw):
+    """The same randomly initialised resnet18 backbone twice: one split, one masked."""
+    torch.manual_seed(seed)
+    base = build_backbone("resnet18", image_size=32)
+    split, mask = copy.deepcopy(base), copy.deepcopy(base)
+    apply_freeze(split, FreezeSettings(parse_rule(spec), "split", **kw))
+    apply_freeze(mask, FreezeSettings(parse_rule(spec), "mask", **kw))
+    return base, split, mask
+
+
+def test_split_forward_equals_the_unmodified_module():
+    base, split, _ = backbone_pair("fraction:0.1")
+    assert any(isinstance(m, SplitConv2d) for m in split.modules())
+    x = torch.randn(4, 3, 32, 32)
+    base.eval(), split.eval()
+    assert torch.allclose(base(x), split(x), atol=1e-5)
+
+
+def test_split_gradient_equals_masked_gradient_and_fixed_rows_get_none():
+    _, split, mask = backbone_pair("fraction:0.25")
+    x = torch.randn(4, 3, 32, 32)
+    split(x).square().sum().backward()
+    mask(x).square().sum().backward()
+    for (name, s), m in zip(split.named_modules(), mask.modules(), strict=True):
+        if isinstance(s, SplitConv2d):
+            k = s.weight_learned.shape[0]
+            assert k == math.ceil(0.25 * s.out_channels)
+            # equal up to float32 summation order (two convs + concat vs one conv)
+            diff = (s.weight_learned.grad - m.weight.grad[:k]).norm() / m.weight.grad[:k].norm()
+            assert diff < 1e-5, name
+            assert torch.count_nonzero(m.weight.grad[k:]) == 0  # masked: zeros, but still a full tensor
+            assert s.weight_fixed.grad is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_fixed_slice_is_bit_identical_after_training(optimizer):
+    _, split, _ = backbone_pair("filters:3")
+    fixed_before = {n: b.clone() for n, b in split.named_buffers() if n.endswith("weight_fixed")}
+    learned_before = {n: p.clone() for n, p in split.named_parameters() if n.endswith("weight_learned")}
+    params = trainable(split)
+    opt = (
+        torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+        if optimizer == "sgd"
+        else torch.optim.AdamW(params, lr=0.01, weight_decay=0.1)
+    )
+    for _ in range(3):
+        opt.zero_grad()
+        split(torch.randn(4, 3, 32, 32)).square().mean().backward()
+        opt.step()
+    for n, b in split.named_buffers():
+        if n in fixed_before:
+            assert torch.equal(b, fixed_before[n]), n
+    assert any(not torch.equal(p, learned_before[n]) for n, p in split.named_parameters() if n in learned_before)
+
+
+def test_zero_init_zeroes_fixed_weights():
+    _, split, mask = backbone_pair("fraction:0.5", frozen_init="zero")
+    for m in split.modules():
+        if isinstance(m, SplitConv2d):
+            assert torch.count_nonzero(m.weight_fixed) == 0 and torch.count_nonzero(m.weight_learned) > 0
+    for m in mask.modules():
+        if isinstance(m, nn.Conv2d):
+            assert torch.count_nonzero(m.weight[m.learned_filters :]) == 0
+    torch.manual_seed(0)
+    b = build_backbone("resnet18", image_size=32)
+    apply_freeze(b, FreezeSettings(parse_rule("bn"), frozen_init="zero"))
+    assert all(torch.count_nonzero(m.weight) == 0 for m in b.modules() if isinstance(m, nn.Conv2d))
+    assert all(m.weight.requires_grad for m in b.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_split_and_mask_learn_the_same_fraction_but_send_different_bytes():
+    _, split, mask = backbone_pair("fraction:0.1")
+    assert conv_learned_fraction(split) == conv_learned_fraction(mask) < 0.11
+    assert expected_bytes(mask) == 4 * sum(p.numel() for p in mask.parameters())
+    assert expected_bytes(split) < 0.15 * expected_bytes(mask)
+    assert param_counts(split)["total"] == param_counts(mask)["total"]
+
+
+def test_bn_frozen_freezes_batchnorm_of_partly_frozen_layers():
+    _, split, _ = backbone_pair("fraction:0.1", bn="frozen")
+    assert not any(p.requires_grad for m in split.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+
+
+def test_blocks_rule_learns_only_named_blocks_and_the_head_follows_head():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="resnet18", num_classes=10), FreezeConfig(freeze="blocks:layer4"))
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names == {n for n, _ in model.named_parameters() if n.startswith(("backbone.layer4.", "head."))}
+
+
+def test_symmetric_halves_square_convs_and_is_symmetric():
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(model="wrn-16-2", num_classes=10))
+    torch.manual_seed(0)
+    sym = build_model(ModelConfig(model="wrn-16-2", num_classes=10, param="symmetric"))
+    square = [m for m in plain.modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.out_channels]
+    saved = sum(m.out_channels * (m.out_channels - 1) // 2 * m.weight[0, 0].numel() for m in square)
+    assert expected_bytes(plain) - expected_bytes(sym) == 4 * saved
+    convs = [m for m in sym.modules() if isinstance(m, SymmetricConv2d)]
+    assert len(convs) == len(square) > 0
+    for m in convs:
+        w = m.weight()
+        assert torch.equal(w, w.transpose(0, 1))
+    x = torch.randn(2, 32, 8, 8)
+    c = convs[0]
+    assert torch.allclose(c(x), F.conv2d(x, c.weight(), None, c.stride, c.padding), atol=1e-6)
+
+
+def test_dirac_starts_near_identity():
+    conv = DiracConv2d(8, 8, 3, padding=1)
+    assert torch.equal(conv.alpha, torch.ones(8)) and torch.allclose(conv.beta, torch.full((8,), 0.1))
+    x = torch.randn(2, 8, 6, 6)
+    w_norm = conv.weight / conv.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert torch.allclose(conv(x), x + 0.1 * F.conv2d(x, w_norm, padding=1), atol=1e-5)
+
+
+def test_diracnet_has_no_skip_connections_and_trains():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="diracnet-10-1", num_classes=10))
+    assert sum(isinstance(m, DiracConv2d) for m in model.modules()) == 6  # 3 groups x 2n, n = 1
+    loss = F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4))
+    loss.backward()
+    assert all(p.grad is not None for p in trainable(model))
+
+
+def test_counts_table_agrees_with_expected_bytes():
+    from distbench.counts import table
+
+    text = table(["tiny"], 10)
+    rows = {line.split(" | ")[1]: line for line in text.splitlines()[2:]}
+    assert "does not apply" in rows["param symmetric"]
+    torch.manual_seed(0)
+    full = expected_bytes(build_model(ModelConfig(num_classes=10)))
+    assert f"| {full:,} | 1.000 |" in rows["none"] and f"| {full:,} | 1.000 |" in rows["fraction:0.1 (mask)"]
