@@ -88,8 +88,9 @@ def param_counts(model: nn.Module) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------- the meter
 @dataclass
 class StepTraffic:
-    bytes_by_op: dict[str, int]
-    buckets: int
+    bytes_by_op: dict[str, int]  # every collective the engine issued
+    payload: int  # of which: gradient reduction
+    buckets: int  # gradient-reduction calls
 
 
 class CommMeter:
@@ -104,21 +105,28 @@ class CommMeter:
         self._open: StepTraffic | None = None
         self.steps: list[StepTraffic] = []
 
-    def count(self, op: str, tensor: torch.Tensor, bucket: bool = True) -> None:
+    def count(self, op: str, tensor: torch.Tensor, payload: bool = True) -> None:
+        """`tensor` (the input handed to collective `op`) is about to be sent. `payload`: it carries
+        gradients being reduced (as opposed to, e.g., ZeRO's all-gather of updated weights)."""
+        self.count_bytes(op, tensor.numel() * tensor.element_size(), payload)
+
+    def count_bytes(self, op: str, size: int, payload: bool = True) -> None:
         if self._open is None:  # traffic outside a bracketed step (e.g. evaluation) is not training traffic
             return
-        self._open.bytes_by_op[op] = self._open.bytes_by_op.get(op, 0) + tensor.numel() * tensor.element_size()
-        self._open.buckets += int(bucket)
+        self._open.bytes_by_op[op] = self._open.bytes_by_op.get(op, 0) + size
+        if payload:
+            self._open.payload += size
+            self._open.buckets += 1
 
     def start_step(self) -> None:
-        self._open = StepTraffic({}, 0)
+        self._open = StepTraffic({}, 0, 0)
 
     def end_step(self) -> StepTraffic:
         step, self._open = self._open, None
         self.steps.append(step)
         return step
 
-    def summary(self, steps: list[StepTraffic], world_size: int, payload_op: str = "all_reduce") -> dict[str, Any]:
+    def summary(self, steps: list[StepTraffic], world_size: int) -> dict[str, Any]:
         """Per-step averages over `steps` (the timed window). In DDP every step sends the same bytes,
         so the averages are exact integers; anything else is reported as a float, never rounded."""
         n = max(len(steps), 1)
@@ -130,7 +138,7 @@ class CommMeter:
         def per_step(total: int) -> int | float:
             return total // n if total % n == 0 else total / n
 
-        payload = per_step(totals.get(payload_op, 0))
+        payload = per_step(sum(s.payload for s in steps))
         return {
             "payload_bytes_per_step": payload,
             "bus_bytes_per_step": bus_bytes(payload, world_size),

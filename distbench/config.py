@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 import tomllib
@@ -162,7 +163,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DistConfig:
-    backend: str = opt("ddp", "data-parallel engine: ddp")
+    backend: str = opt("ddp", "data-parallel engine: ddp or deepspeed")
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage: 0, 1 or 2")
+    deepspeed_config: str | None = opt(None, "JSON file overlaid on the DeepSpeed config distbench generates")
+    validate_comm: bool = opt(False, "DeepSpeed: also run its comms logger and check its bytes against the meter")
     dist_backend: str = opt("auto", "process-group backend: auto (nccl on CUDA, else gloo), nccl, gloo")
     comm_hook: str = opt("allreduce", "DDP communication hook, wrapped by the byte meter")
     bucket_cap_mb: float = opt(25.0, "DDP gradient bucket size in MiB")
@@ -179,6 +183,29 @@ class DistConfig:
             f"unknown process-group backend {self.dist_backend!r}; choose from: auto, gloo, nccl",
         )
         _check(self.bucket_cap_mb > 0, "dist.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
+        _check(self.zero_stage in (0, 1, 2), "dist.zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
+        for name in ("zero_stage", "deepspeed_config", "validate_comm"):
+            default = DistConfig.__dataclass_fields__[name].default
+            _check(
+                self.backend == "deepspeed" or getattr(self, name) == default,
+                f"dist.{name}",
+                "applies only with --backend deepspeed",
+            )
+        _check(
+            self.backend != "deepspeed" or self.comm_hook == "allreduce",
+            "dist.comm_hook",
+            "DeepSpeed reduces gradients itself; comm hooks apply only with --backend ddp",
+        )
+        if self.deepspeed_config:
+            try:
+                with open(self.deepspeed_config) as fh:
+                    ok = isinstance(json.load(fh), dict)
+            except OSError as e:
+                message = f"cannot read {self.deepspeed_config}: {e.strerror}"
+                raise ConfigError("dist.deepspeed_config", message) from None
+            except json.JSONDecodeError as e:
+                raise ConfigError("dist.deepspeed_config", f"{self.deepspeed_config} is not JSON: {e}") from None
+            _check(ok, "dist.deepspeed_config", "must hold a JSON object")
 
 
 @dataclass(frozen=True)
@@ -261,6 +288,8 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
         description="distbench: train one configuration under data parallelism and append one distbench.run/1 record.",
         argument_default=argparse.SUPPRESS,
     )
+    # The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead.
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS, dest="local_rank")
     p.add_argument("--config", help="TOML file with [model] [data] [train] [dist] [output] tables; flags win")
     for section, f, hint in _fields():
         flag = "--" + f.name.replace("_", "-")
@@ -313,6 +342,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "run.py") -> RunCo
     """Command line (+ optional TOML) -> validated RunConfig. Raises ConfigError on bad values;
     argparse itself exits 2 with one line on malformed flags."""
     ns = vars(build_parser(prog).parse_args(argv))
+    ns.pop("local_rank", None)
     values: dict[str, dict[str, Any]] = _load_toml(ns.pop("config")) if "config" in ns else {}
     for dotted, value in ns.items():
         section, name = dotted.split(".")

@@ -75,7 +75,8 @@ class FixedHead(nn.Module):
         self.num_classes = num_classes
         self.register_buffer("weight", weight, persistent=False)
         init = 1.0 / math.sqrt(num_classes)
-        self.scale = nn.Parameter(torch.tensor(init))
+        # Shape (1,), as in the authors' code; DeepSpeed 0.19.8 also cannot broadcast 0-dim parameters.
+        self.scale = nn.Parameter(torch.tensor([init]))
         self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-init, init)) if bias else None
         self.eps = 1e-8
 

@@ -61,6 +61,8 @@ SPEC: dict[str, Any] = {
         "buckets_per_step": Number,
         "hook": str,
         "collectives": dict,
+        "logger_bytes_per_step": (int, float, type(None)),
+        "replicas_identical": bool,
     },
     "perf": {
         "samples_per_s": Number,

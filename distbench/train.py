@@ -23,7 +23,7 @@ import torch
 from distbench.comm import param_counts
 from distbench.config import RunConfig
 from distbench.data import Batch, Shard, build_dataset
-from distbench.engines import Engine, Place, all_reduce, build_engine, init_distributed
+from distbench.engines import Engine, Place, all_reduce, build_engine, init_distributed, replicas_identical
 from distbench.models import build_model
 from distbench.optim import autocast, autocast_dtype
 from distbench.results import SCHEMA, environment, now
@@ -143,13 +143,19 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         run_steps(engine, batches, tc.warmup_steps, progress)
         if place.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(place.device)
+        logged_before = engine.logged_bytes()
         timed_ms, loss = run_steps(engine, batches, tc.steps, progress)
         timed_traffic = engine.meter.steps[-tc.steps :]
+        logged = None if logged_before is None else (engine.logged_bytes() - logged_before) / tc.steps
+        in_sync = replicas_identical([p for p in engine.module.parameters() if p.requires_grad])
         final_loss = all_reduce(loss.float().reshape(1).clone()).item() / place.world_size
         accuracy = evaluate(engine, dataset, amp_dtype)
         # Last, because steps without sync let the replicas drift apart.
-        with engine.no_sync():
-            nosync_ms, _ = run_steps(engine, batches, tc.nosync_steps, progress)
+        nosync, nosync_ms = engine.no_sync(), []
+        if nosync is not None and tc.nosync_steps:
+            with nosync:
+                nosync_ms, _ = run_steps(engine, batches, tc.nosync_steps, progress)
+    engine.close()
     peak = all_reduce(torch.tensor([peak_memory_bytes(place.device)], device=place.device), "max").item()
 
     step_ms = {"p50": quantile(timed_ms, 0.5), "p90": quantile(timed_ms, 0.9), "mean": statistics.fmean(timed_ms)}
@@ -160,13 +166,22 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "expected_bytes_per_step": engine.expected_bytes_per_step,
         **comm,
         "hook": engine.hook_name,
+        "logger_bytes_per_step": logged,
+        "replicas_identical": in_sync,
     }
-    status = "ok" if math.isfinite(final_loss) else "diverged"
+    status, error = "ok", None
+    if not math.isfinite(final_loss):
+        status, error = "diverged", f"loss is {final_loss} after {tc.steps} timed steps"
+    if not in_sync:
+        status, error = "failed", "replicas differ after the timed steps: gradient synchronisation is broken"
+    metered = sum(comm["collectives"].values())
+    if logged is not None and logged != metered:
+        status, error = "failed", f"comm validation: the meter counted {metered} bytes/step, the comms logger {logged}"
     return {
         "schema": SCHEMA,
         "run_id": cfg.output.run_id or f"{started_at.replace(':', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}",
         "status": status,
-        "error": None if status == "ok" else f"loss is {final_loss} after {tc.steps} timed steps",
+        "error": error,
         "started_at": started_at,
         "finished_at": now(),
         "config": cfg.to_dict(),

@@ -50,8 +50,9 @@ def test_meter_counts_only_bracketed_steps():
         meter.start_step()
         meter.count("all_reduce", t)
         meter.count("all_reduce", torch.zeros(5, dtype=torch.float16))
+        meter.count("all_gather", torch.zeros(3), payload=False)  # e.g. ZeRO's weight all-gather
         meter.end_step()
     s = meter.summary(meter.steps, world_size=4)
     assert s["payload_bytes_per_step"] == 50 and s["buckets_per_step"] == 2
-    assert s["bus_bytes_per_step"] == 75 and s["collectives"] == {"all_reduce": 50}
+    assert s["bus_bytes_per_step"] == 75 and s["collectives"] == {"all_gather": 12, "all_reduce": 50}
     assert tensor_bytes([t]) == 40

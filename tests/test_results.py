@@ -44,6 +44,8 @@ def record(**over):
             "buckets_per_step": 1,
             "hook": "allreduce",
             "collectives": {"all_reduce": 16},
+            "logger_bytes_per_step": None,
+            "replicas_identical": True,
         },
         "perf": {
             "samples_per_s": 1.0,

@@ -6,7 +6,6 @@ step at a time. `distbench.train` drives it and never touches torch.distributed 
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
@@ -59,6 +58,20 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+@torch.no_grad()
+def replicas_identical(params: list[torch.Tensor]) -> bool:
+    """Whether every rank holds bit-identical `params`: a per-rank fingerprint (sums of the values and
+    of their squares, in float64) is compared through MIN and MAX all-reduces."""
+    device = params[0].device if params else torch.device("cpu")
+    fp = torch.zeros(2, dtype=torch.float64, device=device)
+    for p in params:
+        fp += torch.stack([p.double().sum(), p.double().square().sum()])
+    lo, hi = fp.clone(), fp.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(lo, hi))
+
+
 class Engine:
     """What the training loop needs from any data-parallel engine."""
 
@@ -72,9 +85,14 @@ class Engine:
         """One optimizer step on this rank's batch; returns the detached loss."""
         raise NotImplementedError
 
-    def no_sync(self) -> ContextManager:
-        """Gradient synchronisation off (for measuring exposed communication)."""
-        return contextlib.nullcontext()
+    def no_sync(self) -> ContextManager | None:
+        """Gradient synchronisation off, for measuring exposed communication; None where the engine
+        cannot take optimizer steps without it."""
+        return None
+
+    def logged_bytes(self) -> int | None:
+        """Bytes the engine's own communication logger has seen so far (None: no such logger)."""
+        return None
 
     def close(self) -> None:
         pass
@@ -85,4 +103,4 @@ def build_engine(cfg, model: torch.nn.Module, place: Place) -> Engine:
     return builder(cfg, model, place)
 
 
-from distbench.engines import ddp  # noqa: E402,F401  (registration)
+from distbench.engines import ddp, deepspeed  # noqa: E402,F401  (registration; imports no deepspeed yet)

@@ -1,0 +1,103 @@
+"""DeepSpeed ZeRO 0-2 under real 2-rank torchrun jobs: the same records as DDP, the same payload."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, RUN, _env, _records, torchrun
+
+from distbench.results import validate
+
+pytest.importorskip("deepspeed")
+
+SMALL = ["--steps", "2", "--warmup-steps", "1", "--batch-size", "4", "--eval-samples", "16"]
+CASES = {
+    "learned": ["--head", "learned"],
+    "fixed+freeze": ["--head", "fixed", "--freeze", "fraction:0.5"],
+}
+
+
+@pytest.fixture(scope="module")
+def ddp_payload(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "runs.jsonl"
+    payload = {}
+    for name, args in CASES.items():
+        r = torchrun([*SMALL, *args, "--nosync-steps", "0"], out)
+        assert r.returncode == 0, r.stderr[-3000:]
+        payload[name] = r.records[-1]["comm"]["payload_bytes_per_step"]
+    return payload
+
+
+@pytest.mark.parametrize(
+    "stage,case", [(0, "learned"), (1, "learned"), (2, "learned"), (2, "fixed+freeze"), (0, "fixed+freeze")]
+)
+def test_zero_stages_match_ddp_and_the_comms_logger(tmp_path, ddp_payload, stage, case):
+    r = torchrun(
+        [*SMALL, *CASES[case], "--backend", "deepspeed", "--zero-stage", str(stage), "--validate-comm"],
+        tmp_path / "runs.jsonl",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = r.records[0]
+    validate(rec)
+    c = rec["comm"]
+    assert rec["status"] == "ok", rec["error"]
+    assert c["hook"] == f"deepspeed-zero{stage}"
+    assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"] == ddp_payload[case]
+    assert c["replicas_identical"] is True
+    assert c["logger_bytes_per_step"] == sum(c["collectives"].values())  # --validate-comm agrees
+    if stage >= 1:  # ZeRO gathers each rank's updated partition: half the trainable bytes at n = 2
+        assert c["collectives"]["all_gather"] >= c["payload_bytes_per_step"] // 2
+    else:
+        assert "all_gather" not in c["collectives"]
+    assert rec["perf"]["exposed_comm_ms"] is None  # DeepSpeed forbids steps without sync
+
+
+def test_deepspeed_launcher(tmp_path):
+    launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable))
+    out = tmp_path / "runs.jsonl"
+    cmd = [
+        launcher,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29517",
+        str(RUN),
+        "--out",
+        str(out),
+        *SMALL,
+        "--backend",
+        "deepspeed",
+        "--zero-stage",
+        "1",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (rec,) = _records(out)
+    assert rec["status"] == "ok" and rec["env"]["world_size"] == 2
+    assert rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
+
+
+def test_user_config_overlay_and_bad_values(tmp_path):
+    import torch
+
+    from distbench.config import ConfigError, parse_args
+    from distbench.engines import Place
+    from distbench.engines.deepspeed import deepspeed_config
+
+    f = tmp_path / "ds.json"
+    f.write_text('{"zero_optimization": {"reduce_bucket_size": 1234}, "optimizer": {"type": "AdamW"}}')
+    cfg = parse_args(["--backend", "deepspeed", "--zero-stage", "2", "--deepspeed-config", str(f)])
+    conf = deepspeed_config(cfg, Place(0, 2, 0, torch.device("cpu"), "gloo"))
+    assert conf["zero_optimization"] == {**conf["zero_optimization"], "stage": 2, "reduce_bucket_size": 1234}
+    assert conf["train_micro_batch_size_per_gpu"] == 32 and conf["train_batch_size"] == 64
+    assert conf["optimizer"]["params"]["torch_adam"] is True  # no JIT build of fused Adam
+    for argv, field in [
+        (["--backend", "deepspeed", "--zero-stage", "4"], "dist.zero_stage"),
+        (["--zero-stage", "1"], "dist.zero_stage"),
+        (["--backend", "deepspeed", "--deepspeed-config", str(tmp_path / "no.json")], "dist.deepspeed_config"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            parse_args(argv)
+        assert e.value.field == field
