@@ -101,3 +101,18 @@ def test_user_config_overlay_and_bad_values(tmp_path):
         with pytest.raises(ConfigError) as e:
             parse_args(argv)
         assert e.value.field == field
+
+
+def test_zero2_reduce_to_owner_path(tmp_path, ddp_payload):
+    """With use_multi_rank_bucket_allreduce off, ZeRO-2 reduces each slice to its owning rank: the payload
+    then goes out as `reduce` calls, one per owner, and is still exactly the gradient bytes."""
+    f = tmp_path / "ds.json"
+    f.write_text('{"zero_optimization": {"use_multi_rank_bucket_allreduce": false}}')
+    r = torchrun(
+        [*SMALL, "--backend", "deepspeed", "--zero-stage", "2", "--deepspeed-config", str(f), "--validate-comm"],
+        tmp_path / "runs.jsonl",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = r.records[0]["comm"]
+    assert c["collectives"]["reduce"] == c["payload_bytes_per_step"] == ddp_payload["learned"]
+    assert c["buckets_per_step"] == 2 and c["logger_bytes_per_step"] == sum(c["collectives"].values())
