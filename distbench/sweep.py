@@ -1,0 +1,281 @@
+"""Sweeps: a TOML grid expands to a sweep file (one resolved configuration per JSON line), and each
+line runs as one task, e.g. one Slurm array task. Runs are idempotent: a line whose run_id already has
+an `ok` record in the results file is skipped, so a failed or preempted array can simply be resubmitted.
+
+Grid file:
+
+    [base.model]            # any [section] of a run config, as in `run.py --config`
+    model = "tiny"
+    [base.train]
+    steps = 20
+    [launch]                # how each line is started
+    nproc_per_node = 2
+    [axes]                  # dotted config paths -> values; the sweep is their product
+    "model.head" = ["learned", "fixed"]
+    "model.num_classes" = [1000, 100000]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from distbench import results
+from distbench.config import SECTIONS, ConfigError, from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_DEFAULTS = {"nproc_per_node": None, "nnodes": 1}  # None: GPUs on the node, else 1
+
+
+class SweepError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ expand
+def _set(tree: dict[str, dict[str, Any]], dotted: str, value: Any) -> None:
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or not key:
+        raise SweepError(f"axis {dotted!r}: name a config field as section.field; sections: {', '.join(SECTIONS)}")
+    fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        raise SweepError(f"axis {dotted!r}: [{section}] has no field {key!r}; it takes: {', '.join(sorted(fields))}")
+    tree.setdefault(section, {})[key] = value
+
+
+def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
+    """Stable id from what the run does (config minus where it writes, plus how it is launched)."""
+    what = {**config, "output": {k: v for k, v in config.get("output", {}).items() if k not in ("out", "run_id")}}
+    digest = hashlib.sha1(json.dumps([what, launch], sort_keys=True).encode()).hexdigest()[:10]
+    m, f, d = config.get("model", {}), config.get("freeze", {}), config.get("dist", {})
+    parts = [m.get("model", "tiny"), m.get("head", "learned"), f"c{m.get('num_classes', 100)}"]
+    if f.get("freeze", "none") != "none":
+        parts += [f["freeze"].replace(":", "").replace(",", "+"), f.get("freeze_mode", "split")]
+    if d.get("backend", "ddp") != "ddp":
+        parts.append(f"{d['backend']}{d.get('zero_stage', 0)}")
+    return "-".join([*parts, digest])
+
+
+def expand(grid_path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
+    """Grid -> sweep lines, plus one warning per line whose config does not validate (such a line is
+    kept: running it records `status: failed` with the reason, and the rest of the sweep goes on)."""
+    grid_path = Path(grid_path)
+    try:
+        grid = tomllib.loads(grid_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SweepError(f"{grid_path}: {e}") from None
+    unknown = set(grid) - {"base", "axes", "launch"}
+    if unknown:
+        raise SweepError(f"{grid_path}: unknown table(s) {sorted(unknown)}; use [base.<section>], [axes], [launch]")
+    base = grid.get("base", {})
+    launch_base = {**LAUNCH_DEFAULTS, **grid.get("launch", {})}
+    if set(launch_base) - set(LAUNCH_DEFAULTS):
+        raise SweepError(f"[launch] takes: {', '.join(LAUNCH_DEFAULTS)}")
+    axes = grid.get("axes", {})
+    for name, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"axis {name!r} must be a non-empty list")
+    # Absolute, so that array tasks, `list` and notebooks agree wherever they run (a shared file system).
+    out_default = str(Path("results").resolve() / f"{grid_path.stem}.jsonl")
+    lines, warnings = [], []
+    for combo in itertools.product(*axes.values()) if axes else [()]:
+        tree = {s: dict(t) for s, t in base.items()}
+        launch = dict(launch_base)
+        for name, value in zip(axes, combo, strict=True):
+            if name.startswith("launch."):
+                launch[name.split(".", 1)[1]] = value
+            else:
+                _set(tree, name, value)
+        output = tree.setdefault("output", {})
+        output["out"] = str(Path(output.get("out", out_default)).resolve())
+        try:
+            config = from_dict(tree).to_dict()
+        except ConfigError as e:
+            warnings.append(f"line {len(lines)}: {e}")
+            config = _defaults_overlaid(tree)
+        config["output"]["run_id"] = None
+        rid = run_id_for(config, launch)
+        config["output"]["run_id"] = rid
+        lines.append({"index": len(lines), "run_id": rid, "launch": launch, "config": config})
+    ids = [line["run_id"] for line in lines]
+    if len(set(ids)) != len(ids):
+        raise SweepError("the grid repeats a configuration (two lines with the same run_id)")
+    return lines, warnings
+
+
+def _defaults_overlaid(tree: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An invalid config, spelled out over the defaults without validating it."""
+    out = {}
+    for section, cls in SECTIONS.items():
+        out[section] = {f.name: f.default for f in dataclasses.fields(cls)} | tree.get(section, {})
+    return out
+
+
+def write_sweep(lines: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    os.replace(tmp, path)  # whole or not at all
+
+
+def read_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise SweepError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------- status
+def statuses(lines: list[dict[str, Any]]) -> dict[str, str]:
+    """run_id -> `ok` if any ok record exists, else the latest record's status, else `pending`."""
+    seen: dict[str, str] = {}
+    for out in {line["config"]["output"]["out"] for line in lines}:
+        if Path(out).exists():
+            for rec in results.read_records(out):
+                if seen.get(rec["run_id"]) != "ok":
+                    seen[rec["run_id"]] = rec["status"]
+    return {line["run_id"]: seen.get(line["run_id"], "pending") for line in lines}
+
+
+# ------------------------------------------------------------------------------------------------- run
+def config_argv(config: dict[str, Any]) -> list[str]:
+    """A resolved config as run.py flags (only values that differ from the defaults)."""
+    argv = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = config.get(section, {}).get(f.name, f.default)
+            if value == f.default:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+            elif value is not None:
+                argv += [flag, str(value)]
+    return argv
+
+
+def nproc_per_node(launch: dict[str, Any]) -> int:
+    if launch.get("nproc_per_node"):
+        return int(launch["nproc_per_node"])
+    gpus = os.environ.get("SLURM_GPUS_ON_NODE") or os.environ.get("SLURM_GPUS_PER_NODE", "")
+    return int(gpus.split(":")[-1]) if gpus.split(":")[-1].isdigit() and int(gpus.split(":")[-1]) > 0 else 1
+
+
+def torchrun_argv(launch: dict[str, Any]) -> list[str]:
+    """torchrun for this task: standalone on one node; on several (srun, one task per node) a c10d
+    rendezvous on the first node of the allocation, at a port derived from the job id."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    nnodes = int(os.environ.get("SLURM_NNODES", launch.get("nnodes") or 1))
+    argv = [torchrun, f"--nproc_per_node={nproc_per_node(launch)}"]
+    if nnodes <= 1:
+        return [*argv, "--standalone"]
+    head = subprocess.run(
+        ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "0"))
+    task = os.environ.get("SLURM_ARRAY_TASK_ID", "0")
+    port = 20000 + (int(job) * 97 + int(task)) % 20000
+    return [
+        *argv,
+        f"--nnodes={nnodes}",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint={head}:{port}",
+        f"--rdzv_id={job}_{task}",
+    ]
+
+
+def run_line(line: dict[str, Any], force: bool = False) -> int:
+    """Run one sweep line unless an ok record for it exists. If the run ends without writing a record
+    (bad config: exit 2; a crash before the record), append a `failed` record with its last error line."""
+    out = line["config"]["output"]["out"]
+    if not force and statuses([line])[line["run_id"]] == "ok":
+        print(f"skip {line['run_id']}: an ok record exists in {out}")
+        return 0
+    cmd = [*torchrun_argv(line["launch"]), str(ROOT / "launch" / "run.py"), *config_argv(line["config"])]
+    print("run", shlex.join(cmd), flush=True)
+    before = {r["run_id"] for r in results.read_records(out)} if Path(out).exists() else set()
+    started = results.now()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    tail: list[str] = []
+    for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
+        sys.stderr.write(text)
+        tail = (tail + [text.rstrip()])[-200:]
+    code = proc.wait()
+    wrote = Path(out).exists() and line["run_id"] in {r["run_id"] for r in results.read_records(out)} - before
+    if code != 0 and not wrote:
+        ours = [t for t in tail if t.startswith("run.py: error:")]
+        error = (ours or [t for t in tail if t.strip()] or [f"exit status {code}"])[-1]
+        results.append(out, failed_record(line, error, started))
+    return code
+
+
+def failed_record(line: dict[str, Any], error: str, started_at: str) -> dict[str, Any]:
+    return {
+        "schema": results.SCHEMA,
+        "run_id": line["run_id"],
+        "status": "failed",
+        "error": error[:500],
+        "started_at": started_at,
+        "finished_at": results.now(),
+        "config": line["config"],
+        "env": None,
+        "params": None,
+        "comm": None,
+        "perf": None,
+        "accuracy": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- submit
+def sbatch_command(
+    sweep: str | os.PathLike, n: int, parallel: int | None, nodes: int, extra: list[str], logs: str = "logs"
+) -> list[str]:
+    array = f"0-{n - 1}" + (f"%{parallel}" if parallel else "")
+    # Slurm runs a copy of the script: tell it where this checkout and its Python are.
+    export = f"--export=ALL,DISTBENCH_ROOT={ROOT},DISTBENCH_PYTHON={sys.executable}"
+    return [
+        "sbatch",
+        f"--array={array}",
+        f"--nodes={nodes}",
+        "--ntasks-per-node=1",
+        export,
+        f"--job-name=distbench-{Path(sweep).stem}",
+        f"--output={Path(logs).resolve()}/%A_%a.out",
+        *extra,
+        str(ROOT / "launch" / "slurm" / "array.sbatch"),
+        str(Path(sweep).resolve()),
+    ]
+
+
+def submit(
+    sweep: str | os.PathLike,
+    parallel: int | None = None,
+    extra: list[str] | None = None,
+    dry_run: bool = False,
+    logs: str = "logs",
+) -> str:
+    lines = read_sweep(sweep)
+    if not lines:
+        raise SweepError(f"{sweep} has no lines")
+    nodes = max(int(line["launch"].get("nnodes") or 1) for line in lines)
+    cmd = sbatch_command(sweep, len(lines), parallel, nodes, extra or [], logs)
+    if dry_run:
+        script = (ROOT / "launch" / "slurm" / "array.sbatch").read_text()
+        return f"# {shlex.join(cmd)}\n{script}"
+    if shutil.which("sbatch") is None:
+        raise SweepError("sbatch not found: is this a Slurm login node? (--dry-run prints the script)")
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SweepError(f"sbatch failed: {done.stderr.strip()}")
+    return done.stdout.strip()

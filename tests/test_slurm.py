@@ -1,0 +1,116 @@
+"""A real one-node Slurm cluster runs a real job array of distbench configurations."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from distbench.results import load, read_records
+from slurm.cluster import SlurmCluster, missing_binaries
+
+SWEEP_PY = str(ROOT / "launch" / "sweep.py")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"Slurm is not installed ({', '.join(missing)} missing): .ci/run installs Debian's slurmctld "
+            "slurmd slurm-client munge"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root")
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        c.start()
+    except Exception as e:  # noqa: BLE001  (the reason is the skip message)
+        c.stop()
+        pytest.skip(f"Slurm could not start here: {e}")
+    yield c
+    c.stop()
+
+
+GRID = """
+[base.model]
+model = "tiny"
+[base.train]
+steps = 3
+warmup_steps = 1
+nosync_steps = 1
+batch_size = 8
+[base.data]
+eval_samples = 32
+[base.output]
+out = "{out}"
+[launch]
+nproc_per_node = 2
+[axes]
+"model.head" = ["learned", "fixed"]
+"model.num_classes" = {classes}
+"""
+
+
+def sweep_cmd(cluster, *args):
+    return cluster.run([sys.executable, SWEEP_PY, *args], check=False, timeout=120)
+
+
+def test_job_array_runs_each_line_once_and_records_failures(cluster, tmp_path):
+    out = tmp_path / "runs.jsonl"
+    (tmp_path / "grid.toml").write_text(GRID.format(out=out, classes="[10, 20]"))
+    sweep = tmp_path / "sweep.jsonl"
+    r = sweep_cmd(cluster, "expand", str(tmp_path / "grid.toml"), "-o", str(sweep))
+    assert r.returncode == 0, r.stderr
+
+    logs = tmp_path / "logs"
+    r = sweep_cmd(cluster, "submit", str(sweep), "--parallel", "2", "--logs", str(logs), "--", "--cpus-per-task=1")
+    assert r.returncode == 0 and "Submitted batch job" in r.stdout, r.stderr
+    cluster.wait_idle(timeout=600)
+    df = load(out)
+    assert len(df) == 4, "\n".join(p.read_text()[-2000:] for p in logs.glob("*.out"))
+    assert set(df["status"]) == {"ok"} and set(df["env.world_size"]) == {2}
+    assert (df["comm.payload_bytes_per_step"] == df["comm.expected_bytes_per_step"]).all()
+    listed = sweep_cmd(cluster, "list", str(sweep)).stdout
+    assert listed.count(" ok") == 4
+
+    # Resubmitting the same array runs nothing new: every line already has an ok record.
+    r = sweep_cmd(cluster, "submit", str(sweep), "--logs", str(logs), "--", "--cpus-per-task=1")
+    assert r.returncode == 0, r.stderr
+    cluster.wait_idle(timeout=300)
+    assert len(read_records(out)) == 4
+    assert sum("skip " in p.read_text() for p in logs.glob("*.out")) == 4
+
+    # A grid with one bad class count: that line records `failed` with its one-line error; the good
+    # line shares a run_id with a finished one and is skipped.
+    (tmp_path / "bad.toml").write_text(
+        GRID.format(out=out, classes="[10, 1]").replace('["learned", "fixed"]', '["learned"]')
+    )
+    bad = tmp_path / "bad.jsonl"
+    r = sweep_cmd(cluster, "expand", str(tmp_path / "bad.toml"), "-o", str(bad))
+    assert r.returncode == 0 and "--num-classes" in r.stderr  # warned at expand time, line kept
+    r = sweep_cmd(cluster, "submit", str(bad), "--logs", str(logs), "--", "--cpus-per-task=1")
+    assert r.returncode == 0, r.stderr
+    cluster.wait_idle(timeout=300)
+    records = read_records(out)
+    assert len(records) == 5
+    failed = [rec for rec in records if rec["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error"].startswith("run.py: error: --num-classes")
+    assert failed[0]["config"]["model"]["num_classes"] == 1
+
+
+def test_dry_run_prints_the_array(tmp_path):
+    (tmp_path / "grid.toml").write_text(GRID.format(out=tmp_path / "r.jsonl", classes="[10, 20, 30]"))
+    subprocess.run(
+        [sys.executable, SWEEP_PY, "expand", str(tmp_path / "grid.toml"), "-o", str(tmp_path / "s.jsonl")],
+        check=True,
+        capture_output=True,
+    )
+    r = subprocess.run(
+        [sys.executable, SWEEP_PY, "submit", str(tmp_path / "s.jsonl"), "--parallel", "3", "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--array=0-5%3" in r.stdout and "#SBATCH --requeue" in r.stdout and "srun" in r.stdout
