@@ -209,7 +209,7 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
     tail: list[str] = []
     for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
         sys.stderr.write(text)
-        tail = (tail + [text.rstrip()])[-200:]
+        tail = [*tail[-199:], text.rstrip()]
     code = proc.wait()
     wrote = Path(out).exists() and line["run_id"] in {r["run_id"] for r in results.read_records(out)} - before
     if code != 0 and not wrote:

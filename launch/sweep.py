@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distbench import sweep  # noqa: E402
+from distbench import sweep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
-from distbench.results import load, read_records
 from slurm.cluster import SlurmCluster, missing_binaries
+
+from distbench.results import load, read_records
 
 SWEEP_PY = str(ROOT / "launch" / "sweep.py")
 
@@ -26,7 +26,7 @@ def cluster(tmp_path_factory):
     c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         c.start()
-    except Exception as e:  # noqa: BLE001  (the reason is the skip message)
+    except Exception as e:
         c.stop()
         pytest.skip(f"Slurm could not start here: {e}")
     yield c
