@@ -103,8 +103,8 @@ class FreezeConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = opt("synthetic", "data: synthetic, digits, imagefolder")
-    data_dir: str | None = opt(None, "imagefolder root holding train/ and val/ class folders")
+    dataset: str = opt("synthetic", "data: synthetic, digits, fashion-mnist, imagefolder")
+    data_dir: str | None = opt(None, "imagefolder root (train/ and val/ class folders); fashion-mnist idx files")
     eval_samples: int = opt(2048, "held-out samples evaluated after training, all ranks together (0: all)")
     noise: float = opt(1.0, "synthetic task difficulty: code noise relative to the spread of class codes")
     workers: int = opt(4, "data-loader worker processes per rank (imagefolder)")

@@ -132,9 +132,11 @@ def synthetic(
 
 # ------------------------------------------------------------------------------------------------ tensors
 def _tensor_dataset(
-    x_train, y_train, x_eval, y_eval, batch_size: int, shard: Shard, seed: int, num_classes: int
+    x_train, y_train, x_eval, y_eval, batch_size: int, shard: Shard, seed: int, num_classes: int, prepare=None
 ) -> Dataset:
-    """Small in-memory data sets: whole tensors on the device, DistributedSampler-style sharding."""
+    """Small in-memory data sets: whole tensors on the device, DistributedSampler-style sharding.
+    `prepare` turns a stored batch into model input (e.g. uint8 28x28 -> float 3x32x32)."""
+    prepare = prepare or (lambda x: x)
     from torch.utils.data import DistributedSampler
 
     x_train, y_train = x_train.to(shard.device), y_train.to(shard.device)
@@ -148,7 +150,7 @@ def _tensor_dataset(
             sampler.set_epoch(epoch)
             idx = torch.tensor(list(sampler), device=shard.device)
             for i in range(0, len(idx) - batch_size + 1, batch_size):
-                yield x_train[idx[i : i + batch_size]], y_train[idx[i : i + batch_size]]
+                yield prepare(x_train[idx[i : i + batch_size]]), y_train[idx[i : i + batch_size]]
             epoch += 1
 
     share = torch.tensor(eval_share(len(y_eval), shard))
@@ -156,7 +158,7 @@ def _tensor_dataset(
     def evaluate() -> Iterator[Batch]:
         for i in range(0, len(share), batch_size):
             idx = share[i : i + batch_size]
-            yield x_eval[idx].to(shard.device), y_eval[idx].to(shard.device)
+            yield prepare(x_eval[idx].to(shard.device)), y_eval[idx].to(shard.device)
 
     return Dataset(num_classes, train, evaluate, len(y_eval))
 
@@ -184,6 +186,60 @@ def digits(
     eval_n = n_eval if cfg.eval_samples <= 0 else min(n_eval, cfg.eval_samples)
     return _tensor_dataset(
         x[:-n_eval], y[:-n_eval], x[-n_eval:][:eval_n], y[-n_eval:][:eval_n], batch_size, shard, seed, 10
+    )
+
+
+# ------------------------------------------------------------------------------------------ fashion-mnist
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+FASHION_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "eval_x": "t10k-images-idx3-ubyte.gz",
+    "eval_y": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the 60K training images, pixels in [0, 1]
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An idx file (LeCun's MNIST format), gzipped or not, as a uint8 tensor of its stored shape."""
+    import gzip
+    import struct
+
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte idx file")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).view(*shape)
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(
+    cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
+) -> Dataset:
+    """The full 60K/10K Fashion-MNIST from its original idx files. Images stay uint8 28x28 on the device
+    and are resized per batch: a float 3x32x32 copy of the training set would take 740 MB per rank."""
+    root = Path(cfg.data_dir or FASHION_MNIST_DIR)
+    t = {k: read_idx(root / f) for k, f in FASHION_MNIST_FILES.items()}
+    c, h, w = input_shape
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1).float().div_(255.0)
+        if (h, w) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).expand(-1, c, -1, -1)
+
+    eval_n = len(t["eval_y"]) if cfg.eval_samples <= 0 else min(len(t["eval_y"]), cfg.eval_samples)
+    return _tensor_dataset(
+        t["train_x"],
+        t["train_y"].long(),
+        t["eval_x"][:eval_n],
+        t["eval_y"][:eval_n].long(),
+        batch_size,
+        shard,
+        seed,
+        10,
+        prepare,
     )
 
 
@@ -258,7 +314,7 @@ def imagefolder(
     return Dataset(num_classes, train, evaluate, eval_n)
 
 
-FIXED_CLASSES = {"digits": 10}
+FIXED_CLASSES = {"digits": 10, "fashion-mnist": 10}
 
 
 def check_data(cfg, num_classes: int) -> None:
@@ -267,6 +323,11 @@ def check_data(cfg, num_classes: int) -> None:
         raise DataError("num_classes", f"{cfg.dataset} has {FIXED_CLASSES[cfg.dataset]} classes, got {num_classes}")
     if cfg.dataset == "imagefolder":
         check_imagefolder(cfg.data_dir, num_classes)
+    if cfg.dataset == "fashion-mnist":
+        root = Path(cfg.data_dir or FASHION_MNIST_DIR)
+        missing = [f for f in FASHION_MNIST_FILES.values() if not (root / f).is_file()]
+        if missing:
+            raise DataError("data_dir", f"no {missing[0]} in {root} (Debian: apt-get install dataset-fashion-mnist)")
 
 
 def build_dataset(

@@ -80,3 +80,24 @@ def test_imagefolder_class_count_mismatch_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not a directory") as e:
         parse_args(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "train"), "--num-classes", "3"])
     assert e.value.field == "data.data_dir"
+
+
+def test_fashion_mnist_full_split():
+    from pathlib import Path
+
+    from distbench.data import FASHION_MNIST_DIR
+
+    if not Path(FASHION_MNIST_DIR).is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+    cfg = DataConfig(dataset="fashion-mnist", eval_samples=0)
+    ds = build_dataset(cfg, 10, (3, 32, 32), 64, shard(0, 2), 0)
+    x, y = next(ds.train())
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32 and int(y.max()) <= 9
+    assert abs(x.mean().item()) < 0.3  # standardised
+    assert ds.eval_size == 10_000 and sum(len(y) for _, y in ds.eval()) == 5_000  # rank 0's half
+
+
+def test_fashion_mnist_missing_files_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="dataset-fashion-mnist") as e:
+        parse_args(["--dataset", "fashion-mnist", "--num-classes", "10", "--data-dir", str(tmp_path)])
+    assert e.value.field == "data.data_dir"

@@ -1,0 +1,144 @@
+"""Results as tables for notebooks: each run next to its baseline.
+
+The baseline of a run is the run with a learned head, no frozen weights and no reparameterisation that
+has the same other settings (model, class count, data, batch, engine, world size, ...). Derived columns:
+- bytes_saved_frac = 1 - payload / baseline payload
+- speedup          = samples/s / baseline samples/s
+- top1_delta       = top-1 - baseline top-1
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from distbench import results
+
+# Settings that define a variant rather than the experiment: they may differ from the baseline.
+VARIANT_COLUMNS = (
+    "config.model.head",
+    "config.model.head_bias",
+    "config.model.param",
+    "config.freeze.freeze",
+    "config.freeze.freeze_mode",
+    "config.freeze.bn",
+    "config.freeze.frozen_init",
+)
+IGNORED_PREFIXES = ("config.output.", "config.data.workers")
+
+
+def learns_everything(freeze: str) -> bool:
+    """`fraction:1.0` learns every filter, as `none` does."""
+    if freeze == "none":
+        return True
+    name, _, arg = freeze.partition(":")
+    return name == "fraction" and float(arg) >= 1.0
+
+
+def variant(row: pd.Series) -> str:
+    """A short label: 'fixed head, fraction:0.1 (mask)'."""
+    parts = [f"{row.get('config.model.head', 'learned')} head"]
+    freeze = row.get("config.freeze.freeze", "none")
+    if not learns_everything(freeze):
+        mode = row.get("config.freeze.freeze_mode", "split")
+        parts.append(freeze + (" (mask)" if mode == "mask" else ""))
+    if row.get("config.model.param", "none") != "none":
+        parts.append(row["config.model.param"])
+    if row.get("config.dist.backend", "ddp") == "deepspeed":
+        parts.append(f"DeepSpeed ZeRO-{int(row.get('config.dist.zero_stage', 0))}")
+    return ", ".join(parts)
+
+
+def setting_columns(df: pd.DataFrame) -> list[str]:
+    cols = [
+        c
+        for c in df.columns
+        if c.startswith("config.") and c not in VARIANT_COLUMNS and not c.startswith(IGNORED_PREFIXES)
+    ]
+    return [*cols, "env.world_size", "env.backend"] if "env.world_size" in df else cols
+
+
+def with_baselines(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (from results.load) plus `variant`, the baseline's run_id and the derived columns. Runs with
+    no baseline among the results get NaN. Only ok runs are compared."""
+    df = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
+    if df.empty:
+        return df
+    df["variant"] = df.apply(variant, axis=1)
+    is_base = (
+        (df["config.model.head"] == "learned")
+        & df["config.freeze.freeze"].map(learns_everything)
+        & (df.get("config.model.param", pd.Series("none", index=df.index)) == "none")
+    )
+    keys = setting_columns(df)
+    key = df[keys].map(repr).agg("|".join, axis=1)  # repr: None, NaN and numbers all become text
+    base = df[is_base].assign(_key=key[is_base]).sort_values("finished_at").groupby("_key").last()
+    metrics = {
+        "comm.payload_bytes_per_step": "base_payload",
+        "perf.samples_per_s": "base_samples_per_s",
+        "accuracy.top1": "base_top1",
+        "run_id": "baseline_run_id",
+    }
+    joined = base[list(metrics)].rename(columns=metrics)
+    df = df.assign(_key=key).merge(joined, left_on="_key", right_index=True, how="left").drop(columns="_key")
+    df["bytes_saved_frac"] = 1 - df["comm.payload_bytes_per_step"] / df["base_payload"]
+    df["speedup"] = df["perf.samples_per_s"] / df["base_samples_per_s"]
+    df["top1_delta"] = df["accuracy.top1"] - df["base_top1"]
+    return df
+
+
+def with_config_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """Records written before a config field existed get its default (fields are added, never renamed)."""
+    import dataclasses
+
+    from distbench.config import SECTIONS
+
+    df = df.copy()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            col = f"config.{section}.{f.name}"
+            if f.default is None:
+                continue
+            df[col] = df[col].where(df[col].notna(), f.default) if col in df else f.default
+    return df
+
+
+def load_runs(path: str | os.PathLike) -> pd.DataFrame:
+    """results.load + config defaults + baselines + derived columns: the frame every notebook starts from."""
+    df = results.load(path)
+    return with_baselines(with_config_defaults(df)) if not df.empty else df
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant and setting: bytes, throughput, accuracy and the derived ratios."""
+    cols = {
+        "config.model.model": "model",
+        "config.model.num_classes": "classes",
+        "variant": "variant",
+        "params.trainable": "trainable",
+        "params.conv_learned_fraction": "conv learned",
+        "comm.payload_bytes_per_step": "bytes/step",
+        "bytes_saved_frac": "bytes saved",
+        "perf.samples_per_s": "samples/s",
+        "speedup": "speedup",
+        "accuracy.top1": "top-1",
+        "top1_delta": "top-1 delta",
+    }
+    present = [c for c in cols if c in df]
+    out = df[present].rename(columns=cols)
+    return out.sort_values([c for c in ("model", "classes", "variant") if c in out]).reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A markdown table without extra dependencies (pandas' to_markdown needs tabulate)."""
+
+    def fmt(v) -> str:
+        if isinstance(v, float | np.floating):
+            return "" if np.isnan(v) else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}")
+        return f"{v:,}" if isinstance(v, int | np.integer) else str(v)
+
+    rows = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in table.itertuples(index=False)]
+    return "\n".join(rows)

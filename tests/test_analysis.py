@@ -1,0 +1,74 @@
+import math
+
+import pandas as pd
+import pytest
+
+from distbench.analysis import learns_everything, summary_table, to_markdown, with_baselines
+
+
+def row(
+    run_id,
+    head="learned",
+    freeze="none",
+    classes=1000,
+    payload=100,
+    sps=10.0,
+    top1=0.5,
+    mode="split",
+    batch=32,
+    finished="2026-01-01T00:00:00",
+):
+    return {
+        "run_id": run_id,
+        "status": "ok",
+        "finished_at": finished,
+        "config.model.model": "resnet18",
+        "config.model.head": head,
+        "config.model.num_classes": classes,
+        "config.model.param": "none",
+        "config.freeze.freeze": freeze,
+        "config.freeze.freeze_mode": mode,
+        "config.train.batch_size": batch,
+        "config.output.out": f"/somewhere/{run_id}.jsonl",
+        "env.world_size": 2,
+        "env.backend": "gloo",
+        "comm.payload_bytes_per_step": payload,
+        "perf.samples_per_s": sps,
+        "accuracy.top1": top1,
+        "params.trainable": payload // 4,
+        "params.conv_learned_fraction": 1.0,
+    }
+
+
+def test_derived_columns_on_a_hand_made_frame():
+    df = pd.DataFrame(
+        [
+            row("base", payload=1000, sps=10.0, top1=0.70),
+            row("fixed", head="fixed", payload=200, sps=15.0, top1=0.68),
+            row("frac", freeze="fraction:0.1", payload=400, sps=12.0, top1=0.60),
+            row("mask", freeze="fraction:0.1", mode="mask", payload=1000, sps=9.0, top1=0.60),
+            row("other-batch", head="fixed", batch=64, payload=200, sps=30.0),  # no baseline with batch 64
+            row("base-100k", classes=100_000, payload=5000, sps=2.0, top1=0.1),
+            row("fixed-100k", head="fixed", classes=100_000, payload=900, sps=6.0, top1=0.2),
+            {**row("broken"), "status": "failed"},
+        ]
+    )
+    out = with_baselines(df).set_index("run_id")
+    assert "broken" not in out.index
+    assert out.loc["fixed", "baseline_run_id"] == "base"
+    assert out.loc["fixed", "bytes_saved_frac"] == pytest.approx(0.8)
+    assert out.loc["fixed", "speedup"] == pytest.approx(1.5)
+    assert out.loc["fixed", "top1_delta"] == pytest.approx(-0.02)
+    assert out.loc["mask", "bytes_saved_frac"] == 0 and out.loc["frac", "bytes_saved_frac"] == pytest.approx(0.6)
+    assert out.loc["fixed-100k", "baseline_run_id"] == "base-100k"
+    assert out.loc["fixed-100k", "speedup"] == pytest.approx(3.0)
+    assert math.isnan(out.loc["other-batch", "speedup"])
+    assert out.loc["base", "bytes_saved_frac"] == 0 and out.loc["base", "speedup"] == 1
+    assert out.loc["mask", "variant"] == "learned head, fraction:0.1 (mask)"
+    md = to_markdown(summary_table(out.reset_index()))
+    assert md.count("\n") == 7 + 1 and "| 0.800 |" in md
+
+
+def test_fraction_one_is_no_freeze():
+    assert learns_everything("none") and learns_everything("fraction:1.0") and not learns_everything("bn")
+    assert not learns_everything("fraction:0.4")
