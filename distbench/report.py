@@ -10,10 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; notebooks pick their own backend before importing pyplot
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
 import pandas as pd
 
 from distbench.analysis import load_runs, summary_table, to_markdown
@@ -78,8 +75,8 @@ def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
     if df.empty:
         _empty(ax, "ok runs")
         return fig
-    for (head, model), g in df.groupby(["config.model.head", "config.model.model"]):
-        g = g.sort_values("params.conv_learned_fraction")
+    for (head, model), group in df.groupby(["config.model.head", "config.model.model"]):
+        g = group.sort_values("params.conv_learned_fraction")
         ax.plot(g["params.conv_learned_fraction"], 100 * g["accuracy.top1"], marker="o", label=f"{model}, {head} head")
     ax.set_xlabel("fraction of conv weights learned")
     ax.set_ylabel("top-1 (%)")

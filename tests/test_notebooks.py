@@ -1,0 +1,60 @@
+"""Every analysis notebook runs headless against results that real runs produce here."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, ROOT, torchrun
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+ANALYSIS = ROOT / "analysis"
+NOTEBOOKS = sorted(ANALYSIS.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("results")
+    for args in (["--head", "learned"], ["--head", "fixed"], ["--head", "fixed", "--freeze", "fraction:0.5"],
+                 ["--head", "learned", "--freeze", "fraction:0.5"]):
+        r = torchrun([*FAST, "--num-classes", "10", *args], d / "runs.jsonl")
+        assert r.returncode == 0, r.stderr[-2000:]
+    for hook in extra_results:
+        hook(d)
+    return d
+
+
+extra_results: list = []  # other result kinds a notebook needs (e.g. collective benchmarks) register here
+
+
+def test_notebooks_are_stored_without_outputs():
+    assert NOTEBOOKS, "no notebooks in analysis/"
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, results_dir, monkeypatch):
+    monkeypatch.setenv("DISTBENCH_RESULTS", str(results_dir))
+    # the kernel must be this environment's Python, whatever PATH says
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ANALYSIS)}})
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_report_writes_pngs_and_a_table(results_dir, tmp_path):
+    from distbench.report import write_report
+
+    written = write_report(results_dir, tmp_path / "report")
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert len(pngs) >= 3 and all(p.stat().st_size > 5000 for p in pngs)
+    table = (tmp_path / "report" / "summary.md").read_text()
+    assert "fixed head, fraction:0.5" in table and table.count("\n") >= 6
