@@ -168,7 +168,9 @@ class DistConfig:
     deepspeed_config: str | None = opt(None, "JSON file overlaid on the DeepSpeed config distbench generates")
     validate_comm: bool = opt(False, "DeepSpeed: also run its comms logger and check its bytes against the meter")
     dist_backend: str = opt("auto", "process-group backend: auto (nccl on CUDA, else gloo), nccl, gloo")
-    comm_hook: str = opt("allreduce", "DDP communication hook, wrapped by the byte meter")
+    comm_hook: str = opt("allreduce", "DDP comm hook (torch's own): allreduce, fp16, bf16, powersgd")
+    powersgd_rank: int = opt(1, "PowerSGD matrix approximation rank")
+    powersgd_start_iter: int = opt(2, "PowerSGD compresses from this iteration on (plain all-reduce before)")
     bucket_cap_mb: float = opt(25.0, "DDP gradient bucket size in MiB")
 
     def __post_init__(self) -> None:
@@ -184,6 +186,13 @@ class DistConfig:
         )
         _check(self.bucket_cap_mb > 0, "dist.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
         _check(self.zero_stage in (0, 1, 2), "dist.zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
+        _check(self.powersgd_rank >= 1, "dist.powersgd_rank", f"must be >= 1, got {self.powersgd_rank}")
+        _check(
+            self.powersgd_start_iter >= 2,
+            "dist.powersgd_start_iter",
+            f"must be >= 2 (torch's PowerSGD with error feedback starts after two iterations), got "
+            f"{self.powersgd_start_iter}",
+        )
         for name in ("zero_stage", "deepspeed_config", "validate_comm"):
             default = DistConfig.__dataclass_fields__[name].default
             _check(
@@ -229,6 +238,12 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
+        if self.dist.comm_hook == "powersgd" and self.dist.powersgd_start_iter > self.train.warmup_steps:
+            raise ConfigError(
+                "dist.powersgd_start_iter",
+                f"{self.dist.powersgd_start_iter} > --warmup-steps "
+                f"{self.train.warmup_steps}: every timed step must be a compressed one",
+            )
         self._check_model_structure()
         from distbench.data import DataError, check_data
 

@@ -48,7 +48,7 @@ def table(models: list[str], num_classes: int) -> str:
                 rows.append(f"| {name} | {label} | does not apply: {e} | | | |")
                 continue
             counts = param_counts(model)
-            sent = COMM_HOOKS.get("allreduce").expected(model)
+            sent = COMM_HOOKS.get("allreduce").expected(model, None)
             base = base or sent
             rows.append(
                 f"| {name} | {label} | {counts['trainable']:,} | {counts['conv_learned_fraction']:.3f} | "

@@ -64,6 +64,7 @@ SPEC: dict[str, Any] = {
         "collectives": dict,
         "logger_bytes_per_step": (int, float, type(None)),
         "replicas_identical": bool,
+        "bucket_cap_mb": (int, float, type(None)),
     },
     "perf": {
         "samples_per_s": Number,

@@ -168,6 +168,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "hook": engine.hook_name,
         "logger_bytes_per_step": logged,
         "replicas_identical": in_sync,
+        "bucket_cap_mb": engine.bucket_cap_mb,
     }
     status, error = "ok", None
     if not math.isfinite(final_loss):
@@ -241,7 +242,7 @@ def describe(cfg: RunConfig) -> str:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
     counts = param_counts(model)
-    expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(model)
+    expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(model, cfg.dist)
     lines = [f"{cfg.model.model} + {cfg.model.head} head, {cfg.model.num_classes} classes"]
     lines += [
         f"  params.{k:<21} {v:>14,}" if isinstance(v, int) else f"  params.{k:<21} {v:>14.4f}"

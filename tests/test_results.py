@@ -46,6 +46,7 @@ def record(**over):
             "collectives": {"all_reduce": 16},
             "logger_bytes_per_step": None,
             "replicas_identical": True,
+            "bucket_cap_mb": 25.0,
         },
         "perf": {
             "samples_per_s": 1.0,

@@ -80,6 +80,7 @@ class Engine:
     meter: CommMeter
     expected_bytes_per_step: int
     hook_name: str
+    bucket_cap_mb: float | None = None  # the bucket size really used, where the engine has buckets
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimizer step on this rank's batch; returns the detached loss."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager as ContextManager
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distbench.comm import COMM_HOOKS, CommMeter, trainable
+from distbench.comm import COMM_HOOKS, AllReduceTap, CommMeter, counting_buckets, tensor_bytes, trainable
 from distbench.engines import ENGINES, Engine, Place
 from distbench.optim import autocast, autocast_dtype, build_optimizer
+
+log = logging.getLogger(__name__)
 
 
 def fixed_weight_names(model: torch.nn.Module) -> list[str]:
@@ -33,10 +36,21 @@ class DDPEngine(Engine):
         # Fixed weights are rebuilt identically from the seed on every rank: DDP need not broadcast them
         # at start-up (hundreds of MB for a 100K-class head).
         DDP._set_params_and_buffers_to_ignore_for_model(model, fixed_weight_names(model))
+        self.bucket_cap_mb = cfg.dist.bucket_cap_mb
+        if cfg.dist.comm_hook == "powersgd" and place.backend == "gloo":
+            # PowerSGD issues each bucket's second all-reduce from a future callback; on gloo those run on
+            # worker threads, so with several buckets the ranks can issue collectives in different orders
+            # (seen here: "Received data size doesn't match expected size"). One bucket has one order.
+            needed = tensor_bytes(trainable(model)) / 2**20 + 1
+            if needed > self.bucket_cap_mb:
+                log.warning(
+                    "powersgd on gloo: one DDP bucket of %.0f MiB instead of %.0f MiB", needed, self.bucket_cap_mb
+                )
+                self.bucket_cap_mb = needed
         self.ddp = DDP(
             model,
             device_ids=[place.device.index] if place.device.type == "cuda" else None,
-            bucket_cap_mb=cfg.dist.bucket_cap_mb,
+            bucket_cap_mb=self.bucket_cap_mb,
             gradient_as_bucket_view=True,
             # Off so that the step's only collective is the gradient all-reduce the meter sees; each rank
             # keeps its own BatchNorm statistics (as without SyncBatchNorm). Buffers still sync once at init.
@@ -44,8 +58,11 @@ class DDPEngine(Engine):
         )
         hook = COMM_HOOKS.get(cfg.dist.comm_hook)
         self.hook_name = cfg.dist.comm_hook
-        self.ddp.register_comm_hook(None, hook.make(self.meter, None))
-        self.expected_bytes_per_step = hook.expected(model)
+        state, fn = hook.make(cfg.dist)
+        self.ddp.register_comm_hook(state, counting_buckets(self.meter, fn))
+        self.tap = AllReduceTap(self.meter)
+        self.tap.install()
+        self.expected_bytes_per_step = hook.expected(model, cfg.dist)
         self.optimizer = build_optimizer(cfg.train, trainable(model))
         self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
         self.scaler = torch.amp.GradScaler(place.device.type, enabled=self.amp_dtype is torch.float16)
@@ -63,3 +80,6 @@ class DDPEngine(Engine):
 
     def no_sync(self) -> ContextManager:
         return self.ddp.no_sync()
+
+    def close(self) -> None:
+        self.tap.uninstall()

@@ -1,0 +1,79 @@
+"""Compression peers: torch's own DDP comm hooks, counted by the bytes their collectives really carry."""
+
+import pytest
+from conftest import torchrun
+
+from distbench.config import ConfigError, parse_args
+from distbench.results import validate
+
+SMALL = ["--steps", "3", "--warmup-steps", "3", "--nosync-steps", "0", "--batch-size", "8", "--eval-samples", "16"]
+
+
+@pytest.fixture(scope="module")
+def plain_payload(tmp_path_factory):
+    r = torchrun(SMALL, tmp_path_factory.mktemp("plain") / "runs.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.records[0]["comm"]["payload_bytes_per_step"]
+
+
+@pytest.mark.parametrize(
+    "hook,args,ratio",
+    [
+        ("fp16", [], 0.5),
+        ("bf16", [], 0.5),
+        ("powersgd", ["--powersgd-rank", "2"], None),
+    ],
+)
+def test_measured_equals_expected_for_each_hook(tmp_path, plain_payload, hook, args, ratio):
+    r = torchrun([*SMALL, "--comm-hook", hook, *args], tmp_path / "runs.jsonl")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = r.records[0]
+    validate(rec)
+    c = rec["comm"]
+    assert rec["status"] == "ok" and c["hook"] == hook
+    assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"]
+    if ratio is not None:
+        assert c["payload_bytes_per_step"] == plain_payload * ratio
+    else:  # P and Q of rank 2 instead of whole matrices
+        assert c["payload_bytes_per_step"] < plain_payload / 20
+
+
+def test_powersgd_on_resnet18_with_a_fixed_head(tmp_path):
+    args = [
+        "--model",
+        "resnet18",
+        "--num-classes",
+        "1000",
+        "--image-size",
+        "32",
+        "--head",
+        "fixed",
+        "--comm-hook",
+        "powersgd",
+        "--powersgd-rank",
+        "4",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--nosync-steps",
+        "0",
+        "--batch-size",
+        "2",
+        "--eval-samples",
+        "8",
+    ]
+    r = torchrun(args, tmp_path / "runs.jsonl")
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = r.records[0]["comm"]
+    assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"]
+    # 45 MB of gradients would make two 25 MiB buckets; PowerSGD on gloo gets one (see DDPEngine)
+    assert c["buckets_per_step"] == 1 and c["bucket_cap_mb"] > 25
+
+
+def test_powersgd_must_start_within_the_warmup():
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--comm-hook", "powersgd", "--powersgd-start-iter", "20", "--warmup-steps", "10"])
+    assert e.value.field == "dist.powersgd_start_iter"
+    with pytest.raises(ConfigError, match="choose from: allreduce, bf16, fp16, powersgd"):
+        parse_args(["--comm-hook", "int8"])
