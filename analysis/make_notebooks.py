@@ -1,4 +1,5 @@
 """Writes the analysis notebooks (stored without outputs). Edit here, then run:  python analysis/make_notebooks.py"""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,19 +8,18 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).parent
-PARAMS = '''import os
+PARAMS = """import os
 
 # The results to read: a .jsonl file or a directory of them. Default: the committed study in data/.
-RESULTS = os.environ.get("DISTBENCH_RESULTS", "data")'''
-SETUP = '''%matplotlib inline
+RESULTS = os.environ.get("DISTBENCH_RESULTS", "data")"""
+SETUP = """%matplotlib inline
 import pandas as pd
 
-from distbench.analysis import load_runs, summary_table
-from distbench.report import fig_accuracy, fig_comm_savings, fig_throughput
+from distbench import analysis, report
 
 pd.set_option("display.width", 200)
-df = load_runs(RESULTS)
-print(f"{len(df)} ok runs from {RESULTS}")'''
+df = analysis.load_runs(RESULTS)
+print(f"{len(df)} ok runs from {RESULTS}")"""
 
 NOTEBOOKS = {
     "comm_savings": [
@@ -40,7 +40,7 @@ NOTEBOOKS = {
             'print("runs where payload != expected:", len(mismatch))\n'
             "table"
         ),
-        new_code_cell("fig_comm_savings(df);"),
+        new_code_cell("report.fig_comm_savings(df);"),
         new_markdown_cell("Bytes per step by head, freeze rule and parameterisation, for each model and class count:"),
         new_code_cell(
             'df.pivot_table(index=["config.model.model", "config.model.num_classes"], columns="variant",\n'
@@ -60,7 +60,7 @@ NOTEBOOKS = {
             '        "perf.step_time_ms.p50", "perf.step_time_ms.p90", "perf.exposed_comm_ms", "speedup"]\n'
             "df[cols].sort_values(cols[:3])"
         ),
-        new_code_cell("fig_throughput(df);"),
+        new_code_cell("report.fig_throughput(df);"),
     ],
     "accuracy": [
         new_markdown_cell(
@@ -75,15 +75,48 @@ NOTEBOOKS = {
             '        "params.trainable", "accuracy.top1", "accuracy.top5", "top1_delta"]\n'
             'df[cols].sort_values(["config.model.model", "params.conv_learned_fraction"])'
         ),
-        new_code_cell("fig_accuracy(df);"),
-        new_code_cell("summary_table(df)"),
+        new_code_cell("report.fig_accuracy(df);"),
+        new_code_cell("analysis.summary_table(df)"),
+    ],
+    "scaling": [
+        new_markdown_cell(
+            "# What the savings would mean on a larger cluster\n\n"
+            "A ring all-reduce of S bytes over n workers takes T(S, n) = 2(n-1) alpha + 2(n-1)/n S / beta "
+            "(Thakur et al. 2005). alpha and beta are fitted to the collective micro-benchmark "
+            "(`launch/commbench.py`) on the machine the runs used; each run's measured compute time, payload and "
+            "hidden (overlapped) communication then give its projected step time and communication share at "
+            "8 .. 4096 workers, on the fitted link and on what-if links. The extrapolation in n is the model's, "
+            "not a measurement."
+        ),
+        new_code_cell(PARAMS),
+        new_code_cell(SETUP),
+        new_code_cell(
+            "from distbench.costmodel import fit\n\n"
+            "bench = report.load_commbench(RESULTS)\n"
+            'model = fit(bench.to_dict("records"), op="all_reduce", time_field="time_us_min")\n'
+            'print(f"alpha = {model.alpha * 1e6:.1f} us, beta = {model.beta / 1e9:.3f} GB/s "\n'
+            '      f"(n = {model.world_size}, {model.backend})")\n'
+            'bench[bench["op"] == "all_reduce"][["bytes", "time_us", "time_us_min", "busbw_bytes_per_s"]]'
+        ),
+        new_markdown_cell("The fit against what it was fitted on (the tests hold every size within 0.75x..1.33x):"),
+        new_code_cell(
+            'ar = bench[bench["op"] == "all_reduce"]\n'
+            'pred = model.allreduce_time(ar["bytes"].to_numpy(), model.world_size) * 1e6\n'
+            'pd.DataFrame({"bytes": ar["bytes"], "measured_us": ar["time_us_min"], "predicted_us": pred,\n'
+            '              "ratio": pred / ar["time_us_min"]})'
+        ),
+        new_code_cell(
+            'report.scaling_inputs(df, model)[["variant", "comm.payload_bytes_per_step", "compute_s", "overlap_s"]]'
+        ),
+        new_code_cell("report.fig_scaling(df, bench, links=(12.5e9, 50e9));"),
     ],
 }
 
 
 def write(name: str, cells: list) -> Path:
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                            "language": "python"}})
+    nb = new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
     path = HERE / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path

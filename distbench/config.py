@@ -56,7 +56,7 @@ def _check_name(field: str, lookup) -> None:
 class ModelConfig:
     model: str = opt("tiny", "backbone: tiny, wrn-<depth>-<width>, or any torchvision classification model")
     num_classes: int = opt(100, "classes C; the head maps the backbone's N features to C logits")
-    head: str = opt("learned", "classifier head: learned, fixed (Hadamard), fixed-orthogonal")
+    head: str = opt("learned", "classifier head: learned, fixed (Hadamard), fixed-fwht, fixed-orthogonal")
     head_bias: bool = opt(True, "learn a bias in the head (--no-head-bias drops it)")
     image_size: int | None = opt(None, "input height = width; default: the model's own (32 or 224)")
     param: str = opt("none", "conv parameterisation: none, symmetric (square convs), dirac")

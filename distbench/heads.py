@@ -29,6 +29,9 @@ def hadamard_block(rows: int, cols: int, dtype: torch.dtype = torch.float32) -> 
     H[i, j] = (-1)^popcount(i & j). Built bit by bit, so memory is O(rows x cols) and the full
     2^k x 2^k square (131072^2 entries at 100K classes) is never materialised.
     """
+    period = 1 << max(cols - 1, 1).bit_length()
+    if rows > period:  # row i depends only on i mod 2^ceil(log2 cols): build one period and repeat it
+        return hadamard_block(period, cols, dtype).repeat(-(-rows // period), 1)[:rows]
     i = torch.arange(rows)
     j = torch.arange(cols)
     odd = torch.zeros(rows, cols, dtype=torch.bool)
@@ -119,6 +122,23 @@ def fixed_orthogonal(
     **_: object,
 ) -> nn.Module:
     return FixedHead(orthogonal_block(num_classes, in_features, seed, dtype), bias=bias)
+
+
+@HEADS.register("fixed-fwht")
+def fixed_fwht(in_features: int, num_classes: int, bias: bool = True, **_: object) -> nn.Module:
+    """The `fixed` head's logits from a fast Walsh–Hadamard transform: no C x N matrix is built or stored."""
+    from distbench.fwht import FWHTHead  # here: distbench.fwht imports hadamard_block from this module
+
+    distinct = 1 << max(in_features - 1, 1).bit_length()
+    if num_classes > distinct:  # the same logits as `fixed`, so the same cap on distinct rows
+        log.warning(
+            "fixed-fwht head: %d classes > %d distinct Hadamard rows for %d features; classes that share a "
+            "row differ only by their bias",
+            num_classes,
+            distinct,
+            in_features,
+        )
+    return FWHTHead(in_features, num_classes, bias=bias)
 
 
 def build_head(

@@ -87,6 +87,79 @@ def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def scaling_inputs(df: pd.DataFrame, model) -> pd.DataFrame:
+    """Per run, what the projection needs, all measured: payload, compute time (p50 step time less the
+    exposed communication) and the hidable window (the model's all-reduce time at the measured world
+    size less the exposed part; assumed to carry over to more workers). Runs without an exposed time
+    (DeepSpeed, --nosync-steps 0) are left out."""
+    d = df[df["perf.exposed_comm_ms"].notna()].copy()
+    if d.empty:
+        return d
+    exposed_s = d["perf.exposed_comm_ms"].clip(lower=0) / 1e3
+    d["compute_s"] = d["perf.step_time_ms.p50"] / 1e3 - exposed_s
+    t = [
+        model.allreduce_time(p, int(n))
+        for p, n in zip(d["comm.payload_bytes_per_step"], d["env.world_size"], strict=True)
+    ]
+    d["overlap_s"] = (pd.Series(t, index=d.index) - exposed_s).clip(lower=0).clip(upper=d["compute_s"])
+    return d
+
+
+def fig_scaling(df: pd.DataFrame, commbench: pd.DataFrame, links: tuple[float, ...] = (12.5e9,)) -> plt.Figure:
+    """Projected step time and communication share from 8 to 4096 workers, for each run, on the fitted
+    link (solid) and on what-if links of `links` bytes/s with the fitted latency (dashed)."""
+    from distbench.costmodel import fit, project
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if commbench.empty or df.empty:
+        _empty(a, "collective benchmarks" if commbench.empty else "ok runs")
+        _empty(b, "collective benchmarks" if commbench.empty else "ok runs")
+        return fig
+    model = fit(commbench.to_dict("records"), op="all_reduce", time_field="time_us_min")
+    inputs = scaling_inputs(df, model)
+    if inputs.empty:
+        _empty(a, "runs with an exposed-communication time")
+        _empty(b, "runs with an exposed-communication time")
+        return fig
+    for i, (_, run) in enumerate(inputs.iterrows()):
+        color = f"C{i % 10}"
+        proj = project(
+            model,
+            run["compute_s"],
+            run["comm.payload_bytes_per_step"],
+            overlap_s=run["overlap_s"],
+            link_bandwidths=[model.beta, *links],
+        )
+        for j, (_, p) in enumerate(proj.groupby("link_bytes_per_s", sort=False)):
+            style = "-" if j == 0 else "--"
+            label = (
+                f"{run['config.model.model']} C={run['config.model.num_classes']:,}: {run['variant']}"
+                if j == 0
+                else None
+            )
+            a.plot(p["workers"], 1e3 * p["step_s"], style, color=color, label=label)
+            b.plot(p["workers"], 100 * p["comm_share"], style, color=color)
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("workers")
+        ax.grid(alpha=0.3)
+    a.set_ylabel("projected step time (ms)")
+    b.set_ylabel("communication share of the step (%)")
+    link_text = ", ".join(f"{bw / 1e9:g} GB/s" for bw in links)
+    a.set_title(f"fitted link: alpha {model.alpha * 1e6:.0f} us, beta {model.beta / 1e9:.2f} GB/s")
+    b.set_title(f"dashed: what-if links ({link_text}), same alpha")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def load_commbench(path: str | os.PathLike) -> pd.DataFrame:
+    from distbench.commbench import SCHEMA
+    from distbench.results import load
+
+    return load(path, schema=SCHEMA)
+
+
 FIGURES = {"comm_savings": fig_comm_savings, "throughput": fig_throughput, "accuracy": fig_accuracy}
 
 
@@ -110,7 +183,11 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
 
 
 def extra_figures(results_dir, df, out: Path) -> list[Path]:
-    return []
+    fig = fig_scaling(df, load_commbench(results_dir))
+    path = out / "scaling.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
 def main(argv: list[str] | None = None) -> int:

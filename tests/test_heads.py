@@ -31,7 +31,7 @@ def test_hadamard_at_100k_classes_builds_only_the_block():
 
 
 @pytest.mark.parametrize("bias,expected", [(True, 1 + 1000), (False, 1)])
-@pytest.mark.parametrize("name", ["fixed", "fixed-orthogonal"])
+@pytest.mark.parametrize("name", ["fixed", "fixed-orthogonal"])  # fixed-fwht: tests/test_fwht.py
 def test_fixed_head_trains_only_scale_and_bias(name, bias, expected):
     head = build_head(name, 64, 1000, bias=bias)
     assert sum(p.numel() for p in trainable(head)) == expected
@@ -73,7 +73,8 @@ def test_orthogonal_is_seeded_and_leaves_global_rng_alone():
 
 
 def test_unknown_head_lists_valid_names():
-    with pytest.raises(UnknownName, match=r"unknown head 'fxied'.*choose from: fixed, fixed-orthogonal, learned"):
+    valid = "choose from: fixed, fixed-fwht, fixed-orthogonal, learned"
+    with pytest.raises(UnknownName, match=rf"unknown head 'fxied'.*{valid}"):
         HEADS.get("fxied")
 
 

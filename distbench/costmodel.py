@@ -1,0 +1,173 @@
+"""A calibrated alpha-beta model of ring all-reduce, to project measured step times to more workers.
+
+Ring all-reduce of S bytes over n ranks is a reduce-scatter then an all-gather, each n-1 steps in which
+every rank sends S/n bytes to its neighbour, so with a per-step latency alpha (s) and a per-link bandwidth
+beta (bytes/s):
+
+    T(S, n) = 2(n-1) alpha + 2(n-1)/n x S / beta
+
+This is the alpha-beta cost analysis of Thakur, Rabenseifner & Gropp 2005 ("Optimization of collective
+communication operations in MPICH", IJHPCA 19(1)) applied to the ring, whose bandwidth term meets the
+lower bound that Patarasuk & Yuan 2009 ("Bandwidth optimal all-reduce algorithms for clusters of
+workstations", JPDC 69(2)) prove for all-reduce. The reduction's own arithmetic is folded into beta.
+Reduce-scatter and all-gather alone are half of each term: (n-1) alpha + (n-1)/n x S / beta. beta is thus
+the bus bandwidth that nccl-tests reports at large sizes (busbw = bus bytes / time), and alpha the latency
+floor per ring step.
+
+`fit` estimates alpha and beta from `distbench.commbench/1` records measured at one world size; the model
+then extrapolates in n. That extrapolation is the model's, not a measurement: real libraries switch to
+trees or hierarchical rings at scale (NCCL does), where the latency term grows like log n, not n, so the
+ring's latency term is a pessimistic bound for large n and small messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_WORKERS: tuple[int, ...] = tuple(2**k for k in range(3, 13))  # 8, 16, ..., 4096
+
+# Coefficients of (alpha, S/beta) in the ring's time at world size n, per collective.
+_RING_TERMS = {
+    "all_reduce": lambda n: (2 * (n - 1), 2 * (n - 1) / n),
+    "all_gather": lambda n: (n - 1, (n - 1) / n),
+    "reduce_scatter": lambda n: (n - 1, (n - 1) / n),
+}
+# Gloo's reduce-scatter is an all-reduce of the whole input then a copy (commbench records it so): its
+# time is an all-reduce's, and fitting it as a ring reduce-scatter would halve beta.
+_IMPL_AS = {"all_reduce+slice": "all_reduce"}
+
+
+def ring_allreduce_time(payload_bytes: float | np.ndarray, n: int, alpha: float, beta: float) -> float | np.ndarray:
+    """Seconds for a ring all-reduce of `payload_bytes` over `n` ranks: 2(n-1) alpha + 2(n-1)/n S / beta."""
+    steps, share = _RING_TERMS["all_reduce"](n)  # both 0 at n = 1: a world of one sends nothing
+    return steps * alpha + share * np.asarray(payload_bytes, dtype=float) / beta
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    allreduce_s: float  # the whole all-reduce of the step's payload, hidden or not
+    exposed_s: float  # the part the step waits for: max(0, allreduce_s - overlap_s)
+    step_s: float  # compute_s + exposed_s
+    comm_share: float  # allreduce_s / step_s: how much of a step the reduction spans
+
+
+@dataclass(frozen=True)
+class CostModel:
+    alpha: float  # seconds per ring step (latency)
+    beta: float  # bytes/s per link (bus bandwidth); inf when the fit found no size-dependent term
+    world_size: int  # the n the measurements were taken at
+    backend: str  # the process-group backend they were taken with
+
+    def allreduce_time(self, payload_bytes: float | np.ndarray, n: int) -> float | np.ndarray:
+        return ring_allreduce_time(payload_bytes, n, self.alpha, self.beta)
+
+    def predict_step(self, compute_s: float, payload_bytes: float, n: int, overlap_s: float = 0.0) -> StepPrediction:
+        """One data-parallel step at `n` workers.
+
+        compute_s is the step without gradient synchronisation (distbench's no-sync steps). overlap_s is
+        the window in which the all-reduce can hide behind compute (DDP reduces buckets during the
+        backward pass); it is measured, not modelled, and 0 (no overlap) is the conservative default.
+        The exposed time is what the all-reduce does not hide: max(0, T(S, n) - overlap_s).
+        """
+        if not 0 <= overlap_s <= compute_s:
+            raise ValueError(f"overlap_s must lie in [0, compute_s={compute_s}], got {overlap_s}")
+        comm = float(self.allreduce_time(payload_bytes, n))
+        exposed = max(0.0, comm - overlap_s)
+        step = compute_s + exposed
+        return StepPrediction(comm, exposed, step, comm / step if step > 0 else float("nan"))
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    """commbench records as dicts, from a DataFrame (results.load) or an iterable of records."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return data.to_dict("records")
+    return list(data)
+
+
+def fit(data: Any, op: str = "all_reduce", time_field: str = "time_us") -> CostModel:
+    """Least-squares alpha and beta from commbench measurements of `op` at one world size.
+
+    The ring's time is linear in the unknowns (alpha, 1/beta), so each measurement (S_i, t_i) is one row
+    [a_i, b_i S_i] . (alpha, 1/beta) = t_i. Rows are divided by t_i: the fit minimises relative error, so
+    a 4 KiB message (latency-bound, microseconds) counts as much as a 256 MiB one (bandwidth-bound,
+    seconds) instead of being lost in its absolute residual. Both unknowns are physically positive; if
+    the free fit makes one negative, that term is dropped and the other refitted alone (the two-variable
+    case of non-negative least squares).
+
+    `time_field` picks the statistic: `time_us` (median over timed windows) or `time_us_min` (the fastest
+    window: on a shared machine, the one least disturbed by other processes).
+    """
+    rows = [r for r in _rows(data) if r.get("op") == op]
+    if not rows:
+        raise ValueError(f"no {op} measurements to fit")
+    for key in ("world_size", "backend"):
+        found = sorted({r[key] for r in rows})
+        if len(found) != 1:
+            raise ValueError(f"{op} measurements mix {key} {found}; fit one at a time")
+    n, backend = rows[0]["world_size"], rows[0]["backend"]
+    if n < 2:
+        raise ValueError("a world of one sends nothing; fit measurements from 2 or more ranks")
+    if len({r["bytes"] for r in rows}) < 2:
+        raise ValueError("need at least two message sizes to separate latency from bandwidth")
+
+    size = np.array([r["bytes"] for r in rows], dtype=float)
+    seconds = np.array([r[time_field] for r in rows], dtype=float) * 1e-6
+    if not np.all(seconds > 0):
+        raise ValueError(f"{time_field} must be positive in every measurement")
+    terms = np.array([_RING_TERMS[_IMPL_AS.get(r.get("impl"), op)](n) for r in rows], dtype=float)
+    design = np.column_stack([terms[:, 0], terms[:, 1] * size]) / seconds[:, None]
+    target = np.ones_like(seconds)
+
+    alpha, inv_beta = np.linalg.lstsq(design, target, rcond=None)[0]
+    if alpha <= 0 or inv_beta <= 0:
+        candidates = []
+        for col in (0, 1):  # one term alone, the other held at zero
+            x = np.zeros(2)
+            x[col] = max(np.linalg.lstsq(design[:, [col]], target, rcond=None)[0][0], 0.0)
+            candidates.append((float(np.sum((design @ x - target) ** 2)), x))
+        alpha, inv_beta = min(candidates, key=lambda c: c[0])[1]
+    return CostModel(float(alpha), 1 / inv_beta if inv_beta > 0 else float("inf"), int(n), str(backend))
+
+
+def project(
+    model: CostModel,
+    compute_s: float,
+    payload_bytes: float,
+    workers: Iterable[int] = DEFAULT_WORKERS,
+    link_bandwidths: Sequence[float] | None = None,
+    overlap_s: float = 0.0,
+    batch_size: int | None = None,
+):
+    """Predicted step time and communication share at each worker count, as a pandas DataFrame.
+
+    Columns: workers, link_bytes_per_s, allreduce_s, exposed_s, step_s, comm_share, samples_per_s.
+    link_bandwidths: what-if links (bytes/s). Each replaces the fitted beta while the fitted alpha is kept,
+    i.e. "this machine's per-step latency on a faster or slower network"; None projects the measured link.
+    batch_size: samples per rank per step (as --batch-size); samples_per_s = batch_size x workers / step_s,
+    and NaN without it (the column is always there, so tables from different calls line up).
+    """
+    import pandas as pd
+
+    rows = []
+    for bandwidth in link_bandwidths if link_bandwidths is not None else [model.beta]:
+        what_if = CostModel(model.alpha, float(bandwidth), model.world_size, model.backend)
+        for n in workers:
+            p = what_if.predict_step(compute_s, payload_bytes, int(n), overlap_s)
+            rows.append(
+                {
+                    "workers": int(n),
+                    "link_bytes_per_s": float(bandwidth),
+                    "allreduce_s": p.allreduce_s,
+                    "exposed_s": p.exposed_s,
+                    "step_s": p.step_s,
+                    "comm_share": p.comm_share,
+                    "samples_per_s": batch_size * n / p.step_s if batch_size else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows)
