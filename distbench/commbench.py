@@ -34,7 +34,7 @@ import torch.distributed as dist
 from distbench.comm import algbw, bus_bytes
 from distbench.registry import Registry
 from distbench.results import SPEC as RUN_SPEC
-from distbench.results import SchemaError, environment, now
+from distbench.results import SchemaError, check_fields, environment, now
 
 SCHEMA = "distbench.commbench/1"
 DTYPE = torch.float32
@@ -268,21 +268,7 @@ SPEC: dict[str, Any] = {
 def validate_commbench(record: dict[str, Any]) -> None:
     """Raise SchemaError naming the first field of a `distbench.commbench/1` record that does not fit."""
 
-    def check(spec: dict[str, Any], obj: Any, where: str) -> None:
-        if not isinstance(obj, dict):
-            raise SchemaError(f"{where.rstrip('.') or 'record'} must be an object, got {type(obj).__name__}")
-        for key, want in spec.items():
-            name = f"{where}{key}"
-            if key not in obj:
-                raise SchemaError(f"missing field {name}")
-            if isinstance(want, dict):
-                check(want, obj[key], name + ".")
-                continue
-            allowed = want if isinstance(want, tuple) else (want,)
-            if not isinstance(obj[key], allowed) or (isinstance(obj[key], bool) and bool not in allowed):
-                raise SchemaError(f"{name} has type {type(obj[key]).__name__}")
-
-    check(SPEC, record, "")
+    check_fields(SPEC, record)
     if record["schema"] != SCHEMA:
         raise SchemaError(f"schema is {record['schema']!r}, expected {SCHEMA!r}")
     if record["op"] not in OPS:

@@ -94,21 +94,26 @@ def learned(in_features: int, num_classes: int, bias: bool = True, **_: object) 
     return LearnedHead(in_features, num_classes, bias=bias)
 
 
-@HEADS.register("fixed")
-def fixed_hadamard(
-    in_features: int, num_classes: int, bias: bool = True, dtype: torch.dtype = torch.float32, **_: object
-) -> nn.Module:
+def warn_shared_rows(head: str, in_features: int, num_classes: int) -> None:
+    """Row i of the C x N Hadamard block depends only on i mod 2^ceil(log2 N): past that many classes,
+    classes share a direction and differ only by bias. Bytes are unaffected; accuracy is capped."""
     distinct = 1 << max(in_features - 1, 1).bit_length()
     if num_classes > distinct:
-        # Row i of the C x N block depends only on i mod 2^ceil(log2 N): classes i and i + 2^k share a
-        # direction and differ only by bias. Bytes are unaffected; accuracy is capped.
         log.warning(
-            "fixed head: %d classes > %d distinct Hadamard rows for %d features; classes that share a "
-            "row differ only by their bias (use fixed-orthogonal for distinct rows)",
+            "%s head: %d classes > %d distinct Hadamard rows for %d features; classes that share a row differ "
+            "only by their bias (use fixed-orthogonal for distinct rows)",
+            head,
             num_classes,
             distinct,
             in_features,
         )
+
+
+@HEADS.register("fixed")
+def fixed_hadamard(
+    in_features: int, num_classes: int, bias: bool = True, dtype: torch.dtype = torch.float32, **_: object
+) -> nn.Module:
+    warn_shared_rows("fixed", in_features, num_classes)
     return FixedHead(hadamard_block(num_classes, in_features, dtype), bias=bias)
 
 
@@ -129,15 +134,7 @@ def fixed_fwht(in_features: int, num_classes: int, bias: bool = True, **_: objec
     """The `fixed` head's logits from a fast Walsh–Hadamard transform: no C x N matrix is built or stored."""
     from distbench.fwht import FWHTHead  # here: distbench.fwht imports hadamard_block from this module
 
-    distinct = 1 << max(in_features - 1, 1).bit_length()
-    if num_classes > distinct:  # the same logits as `fixed`, so the same cap on distinct rows
-        log.warning(
-            "fixed-fwht head: %d classes > %d distinct Hadamard rows for %d features; classes that share a "
-            "row differ only by their bias",
-            num_classes,
-            distinct,
-            in_features,
-        )
+    warn_shared_rows("fixed-fwht", in_features, num_classes)  # the same logits as `fixed`, the same cap
     return FWHTHead(in_features, num_classes, bias=bias)
 
 

@@ -75,13 +75,15 @@ def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
     if df.empty:
         _empty(ax, "ok runs")
         return fig
-    for (head, model), group in df.groupby(["config.model.head", "config.model.model"]):
+    keys = ["config.data.dataset", "config.model.model", "config.model.num_classes", "config.model.head"]
+    for (data, model, classes, head), group in df.groupby(keys):
         g = group.sort_values("params.conv_learned_fraction")
-        ax.plot(g["params.conv_learned_fraction"], 100 * g["accuracy.top1"], marker="o", label=f"{model}, {head} head")
+        label = f"{data}, {model}, C={classes:,}, {head} head"
+        ax.plot(g["params.conv_learned_fraction"], 100 * g["accuracy.top1"], marker="o", label=label)
     ax.set_xlabel("fraction of conv weights learned")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy against what is trained")
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

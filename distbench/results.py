@@ -83,25 +83,26 @@ class SchemaError(ValueError):
     pass
 
 
+def check_fields(spec: dict[str, Any], obj: Any, where: str = "", nullable: tuple[str, ...] = ()) -> None:
+    """Raise SchemaError naming the first field of `obj` that does not fit `spec` ({field: type(s) or a
+    nested spec}). Sections named in `nullable` may be null. bool is accepted only where spec names it."""
+    if not isinstance(obj, dict):
+        raise SchemaError(f"{where.rstrip('.') or 'record'} must be an object, got {type(obj).__name__}")
+    for key, want in spec.items():
+        name = f"{where}{key}"
+        if key not in obj:
+            raise SchemaError(f"missing field {name}")
+        value = obj[key]
+        if isinstance(want, dict):
+            if not (value is None and key in nullable):
+                check_fields(want, value, name + ".")
+        elif not isinstance(value, want) or (isinstance(value, bool) and bool not in _tuple(want)):
+            raise SchemaError(f"{name} has type {type(value).__name__}")
+
+
 def validate(record: dict[str, Any]) -> None:
     """Raise SchemaError naming the first field that does not fit the schema."""
-
-    def check(spec: dict[str, Any], obj: dict[str, Any], where: str) -> None:
-        for key, want in spec.items():
-            name = f"{where}{key}"
-            if key not in obj:
-                raise SchemaError(f"missing field {name}")
-            value = obj[key]
-            if isinstance(want, dict):
-                if value is None and key in NULLABLE_IN_FAILED and record.get("status") == "failed":
-                    continue
-                if not isinstance(value, dict):
-                    raise SchemaError(f"{name} must be an object, got {type(value).__name__}")
-                check(want, value, name + ".")
-            elif not isinstance(value, want) or (isinstance(value, bool) and bool not in _tuple(want)):
-                raise SchemaError(f"{name} has type {type(value).__name__}")
-
-    check(SPEC, record, "")
+    check_fields(SPEC, record, nullable=NULLABLE_IN_FAILED if record.get("status") == "failed" else ())
     if record["schema"] != SCHEMA:
         raise SchemaError(f"schema is {record['schema']!r}, expected {SCHEMA!r}")
     if record["status"] not in STATUSES:
