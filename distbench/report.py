@@ -62,20 +62,25 @@ def fig_throughput(df: pd.DataFrame) -> plt.Figure:
     exposed = d["perf.exposed_comm_ms"].fillna(0).clip(lower=0)
     b.barh(y, p50 - exposed, color="tab:gray", label="step without sync")
     b.barh(y, exposed, left=p50 - exposed, color="tab:red", label="exposed communication")
+    b.set_xlim(0, 1.05 * p50.max())  # barh with `left` does not always widen the autoscaled limits
     b.set_xlabel("p50 step time (ms)")
     b.set_title("Where the step goes")
-    b.legend(loc="lower right")
+    b.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08 - 1.2 / (len(d) + 4)), ncol=2)
     fig.tight_layout()
     return fig
 
 
 def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
-    """Top-1 against the fraction of conv weights learned, one line per head."""
+    """Top-1 against the fraction of conv weights learned: one line per data set, model, class count and
+    head that was run at two or more fractions (single runs, e.g. short throughput runs, would only
+    flatten the axis; their accuracy is in the table)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    if df.empty:
-        _empty(ax, "ok runs")
-        return fig
     keys = ["config.data.dataset", "config.model.model", "config.model.num_classes", "config.model.head"]
+    if not df.empty:
+        df = df.groupby(keys).filter(lambda g: g["params.conv_learned_fraction"].nunique() >= 2)
+    if df.empty:
+        _empty(ax, "runs at several learned fractions")
+        return fig
     for (data, model, classes, head), group in df.groupby(keys):
         g = group.sort_values("params.conv_learned_fraction")
         label = f"{data}, {model}, C={classes:,}, {head} head"
