@@ -24,13 +24,17 @@ class Result:
     records: list[dict]
 
 
-def _env() -> dict[str, str]:
+def _env(gpu: bool = False) -> dict[str, str]:
+    """The job's environment: no inherited rank variables; CPU-only unless `gpu` (the default tier must
+    exercise the CPU/gloo path even on a machine with GPUs)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     }
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
@@ -38,11 +42,11 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 
-def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180) -> Result:
+def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180, gpu: bool = False) -> Result:
     """launch/run.py under a real torchrun with `nproc` gloo ranks on this machine."""
     # --standalone: a c10d rendezvous on a free local port, so concurrent jobs never collide.
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(RUN), "--out", str(out), *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT, check=False)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(gpu), cwd=ROOT, check=False)
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
 
 
