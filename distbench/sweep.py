@@ -65,9 +65,10 @@ def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
     return "-".join([*parts, digest])
 
 
-def expand(grid_path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
+def expand(grid_path: str | os.PathLike, results: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Grid -> sweep lines, plus one warning per line whose config does not validate (such a line is
-    kept: running it records `status: failed` with the reason, and the rest of the sweep goes on)."""
+    kept: running it records `status: failed` with the reason, and the rest of the sweep goes on).
+    `results`: the results file for every line, over the grid's own `[base.output] out`."""
     grid_path = Path(grid_path)
     try:
         grid = tomllib.loads(grid_path.read_text())
@@ -96,7 +97,7 @@ def expand(grid_path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str
             else:
                 _set(tree, name, value)
         output = tree.setdefault("output", {})
-        output["out"] = str(Path(output.get("out", out_default)).resolve())
+        output["out"] = str(Path(results or output.get("out", out_default)).resolve())
         try:
             config = from_dict(tree).to_dict()
         except ConfigError as e:

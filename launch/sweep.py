@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("expand", help="grid TOML -> sweep file (one resolved config per line)")
     e.add_argument("grid")
     e.add_argument("-o", "--out", required=True)
+    e.add_argument("--results", help="results file for every line (default: the grid's, else results/GRID.jsonl)")
     ls = sub.add_parser("list", help="index, run_id, status (from the results file)")
     ls.add_argument("sweep")
     r = sub.add_parser("run", help="run line INDEX unless an ok record exists")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     try:
         if args.cmd == "expand":
-            lines, warnings = sweep.expand(args.grid)
+            lines, warnings = sweep.expand(args.grid, args.results)
             for w in warnings:
                 print(f"sweep.py: warning: {w} (the line is kept and will record status failed)", file=sys.stderr)
             sweep.write_sweep(lines, args.out)

@@ -33,24 +33,7 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-GRID = """
-[base.model]
-model = "tiny"
-[base.train]
-steps = 3
-warmup_steps = 1
-nosync_steps = 1
-batch_size = 8
-[base.data]
-eval_samples = 32
-[base.output]
-out = "{out}"
-[launch]
-nproc_per_node = 2
-[axes]
-"model.head" = ["learned", "fixed"]
-"model.num_classes" = {classes}
-"""
+SMOKE = ROOT / "launch" / "sweeps" / "smoke.toml"  # the committed CPU-sized example
 
 
 def sweep_cmd(cluster, *args):
@@ -59,9 +42,8 @@ def sweep_cmd(cluster, *args):
 
 def test_job_array_runs_each_line_once_and_records_failures(cluster, tmp_path):
     out = tmp_path / "runs.jsonl"
-    (tmp_path / "grid.toml").write_text(GRID.format(out=out, classes="[10, 20]"))
     sweep = tmp_path / "sweep.jsonl"
-    r = sweep_cmd(cluster, "expand", str(tmp_path / "grid.toml"), "-o", str(sweep))
+    r = sweep_cmd(cluster, "expand", str(SMOKE), "-o", str(sweep), "--results", str(out))
     assert r.returncode == 0, r.stderr
 
     logs = tmp_path / "logs"
@@ -84,11 +66,10 @@ def test_job_array_runs_each_line_once_and_records_failures(cluster, tmp_path):
 
     # A grid with one bad class count: that line records `failed` with its one-line error; the good
     # line shares a run_id with a finished one and is skipped.
-    (tmp_path / "bad.toml").write_text(
-        GRID.format(out=out, classes="[10, 1]").replace('["learned", "fixed"]', '["learned"]')
-    )
+    grid = SMOKE.read_text().replace("[10, 20]", "[10, 1]").replace('["learned", "fixed"]', '["learned"]')
+    (tmp_path / "bad.toml").write_text(grid)
     bad = tmp_path / "bad.jsonl"
-    r = sweep_cmd(cluster, "expand", str(tmp_path / "bad.toml"), "-o", str(bad))
+    r = sweep_cmd(cluster, "expand", str(tmp_path / "bad.toml"), "-o", str(bad), "--results", str(out))
     assert r.returncode == 0 and "--num-classes" in r.stderr  # warned at expand time, line kept
     r = sweep_cmd(cluster, "submit", str(bad), "--logs", str(logs), "--", "--cpus-per-task=1")
     assert r.returncode == 0, r.stderr
@@ -101,9 +82,18 @@ def test_job_array_runs_each_line_once_and_records_failures(cluster, tmp_path):
 
 
 def test_dry_run_prints_the_array(tmp_path):
-    (tmp_path / "grid.toml").write_text(GRID.format(out=tmp_path / "r.jsonl", classes="[10, 20, 30]"))
+    (tmp_path / "grid.toml").write_text(SMOKE.read_text().replace("[10, 20]", "[10, 20, 30]"))
     subprocess.run(
-        [sys.executable, SWEEP_PY, "expand", str(tmp_path / "grid.toml"), "-o", str(tmp_path / "s.jsonl")],
+        [
+            sys.executable,
+            SWEEP_PY,
+            "expand",
+            str(tmp_path / "grid.toml"),
+            "-o",
+            str(tmp_path / "s.jsonl"),
+            "--results",
+            str(tmp_path / "r.jsonl"),
+        ],
         check=True,
         capture_output=True,
     )
