@@ -103,6 +103,7 @@ def test_user_config_overlay_and_bad_values(tmp_path):
         assert e.value.field == field
 
 
+@pytest.mark.slow
 def test_zero2_reduce_to_owner_path(tmp_path, ddp_payload):
     """With use_multi_rank_bucket_allreduce off, ZeRO-2 reduces each slice to its owning rank: the payload
     then goes out as `reduce` calls, one per owner, and is still exactly the gradient bytes."""

@@ -81,6 +81,8 @@ def test_symmetric_payload_drops_by_the_analytic_amount(tmp_path):
     common = [
         "--model",
         "wrn-16-2",
+        "--image-size",
+        "16",  # bytes do not depend on the image size
         "--num-classes",
         str(C),
         "--steps",
