@@ -24,13 +24,10 @@ from torch.profiler._memory_profiler import Action
 from distbench.comm import fixed_weights, tensor_bytes
 from distbench.heads import build_head
 
+from common import sync
+
 BATCH, IN_FEATURES, NUM_CLASSES = 256, 2048, 100_000
 MB = 1e6
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:

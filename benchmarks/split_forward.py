@@ -15,10 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from common import sync
 
 
 def main() -> None:

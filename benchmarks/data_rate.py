@@ -1,0 +1,83 @@
+"""Can the synthetic data set feed training? Samples it generates per second / samples trained per second.
+
+One rank (a world of one), the default tiny CNN (learned head, 100 classes), batch 32:
+- generate: `next()` on the `synthetic` data set's train iterator (labels, hashed class codes, noise,
+  projection and upsampling to 3x32x32, on the device);
+- train: distbench's step (`run_steps` over DDPEngine) on batches generated beforehand, so the two rates
+  are measured apart.
+Blocks alternate between the two (ABBA order); each reports the median of its per-batch times. Prints
+`name: value` lines, the ratio last. CPU by default, CUDA when present.
+
+    python benchmarks/data_rate.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import torch
+
+from distbench.config import parse_args
+from distbench.data import Shard, build_dataset
+from distbench.engines import build_engine, close_distributed, init_distributed
+from distbench.models import build_model
+from distbench.train import run_steps
+
+from common import NoProgress, interleave, sync
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--blocks", type=int, default=30, help="blocks per variant")
+    ap.add_argument("--train-steps", type=int, default=4, help="training steps per block")
+    ap.add_argument("--generate-batches", type=int, default=20, help="generated batches per block")
+    args = ap.parse_args()
+
+    cfg = parse_args(["--model", "tiny", "--batch-size", "32"])
+    tc = cfg.train
+    place = init_distributed(cfg.dist.dist_backend)
+    device = place.device
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model, cfg.freeze, seed=tc.seed)
+    shard = Shard(place.rank, place.world_size, device)
+    stream = build_dataset(cfg.data, cfg.model.num_classes, model.input_shape, tc.batch_size, shard, tc.seed).train()
+    engine = build_engine(cfg, model, place)
+    feed = itertools.cycle(list(itertools.islice(stream, 8)))
+
+    def generate(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            sync(device)
+            t = time.perf_counter()
+            next(stream)
+            sync(device)
+            times.append((time.perf_counter() - t) * 1e3)
+        return times
+
+    def train(n: int) -> list[float]:
+        return run_steps(engine, feed, n, NoProgress())[0]
+
+    variants = {"generate": (generate, args.generate_batches), "train": (train, args.train_steps)}
+    for fn, _ in variants.values():  # warm-up, including DDP's bucket rebuild after iteration 0
+        fn(3)
+    times = interleave({name: lambda fn=fn, n=n: fn(n) for name, (fn, n) in variants.items()}, args.blocks)
+    engine.close()
+
+    med = {name: statistics.median(v) for name, v in times.items()}
+    rate = {name: tc.batch_size / (ms / 1e3) for name, ms in med.items()}
+    print(
+        f"device: {device.type}, ranks: {place.world_size}, threads: {torch.get_num_threads()}, batch: {tc.batch_size}"
+    )
+    print(f"generate_batch_ms: {med['generate']:.3f}")
+    print(f"train_step_ms: {med['train']:.2f}")
+    print(f"generated_samples_per_s: {rate['generate']:.0f}")
+    print(f"trained_samples_per_s: {rate['train']:.0f}")
+    print(f"data_rate: {rate['generate'] / rate['train']:.1f}")
+    close_distributed()
+
+
+if __name__ == "__main__":
+    main()
