@@ -12,6 +12,11 @@ from collections.abc import Callable
 
 import torch
 
+from distbench.config import parse_args
+from distbench.data import Shard, build_dataset
+from distbench.engines import init_distributed
+from distbench.models import build_model
+
 RANKS = 2
 
 
@@ -62,3 +67,20 @@ class NoProgress:
 
     def update(self) -> None:
         pass
+
+
+def tiny_job(batch_size: int = 32):
+    """The default job's parts, as launch/run.py builds them: the config (tiny CNN, learned head, 100
+    classes), the process group, the model (the same initial weights on every rank) and a function that
+    starts this rank's synthetic batch stream (every call the same seeded stream)."""
+    cfg = parse_args(["--model", "tiny", "--batch-size", str(batch_size)])
+    tc = cfg.train
+    place = init_distributed(cfg.dist.dist_backend)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model, cfg.freeze, seed=tc.seed)
+
+    def stream():
+        shard = Shard(place.rank, place.world_size, place.device)
+        return build_dataset(cfg.data, cfg.model.num_classes, model.input_shape, tc.batch_size, shard, tc.seed).train()
+
+    return cfg, place, model, stream

@@ -20,13 +20,10 @@ import time
 
 import torch
 
-from distbench.config import parse_args
-from distbench.data import Shard, build_dataset
-from distbench.engines import build_engine, close_distributed, init_distributed
-from distbench.models import build_model
+from distbench.engines import build_engine, close_distributed
 from distbench.train import run_steps
 
-from common import NoProgress, interleave, sync
+from common import NoProgress, interleave, sync, tiny_job
 
 
 def main() -> None:
@@ -36,14 +33,9 @@ def main() -> None:
     ap.add_argument("--generate-batches", type=int, default=20, help="generated batches per block")
     args = ap.parse_args()
 
-    cfg = parse_args(["--model", "tiny", "--batch-size", "32"])
-    tc = cfg.train
-    place = init_distributed(cfg.dist.dist_backend)
-    device = place.device
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg.model, cfg.freeze, seed=tc.seed)
-    shard = Shard(place.rank, place.world_size, device)
-    stream = build_dataset(cfg.data, cfg.model.num_classes, model.input_shape, tc.batch_size, shard, tc.seed).train()
+    cfg, place, model, batch_stream = tiny_job()
+    tc, device = cfg.train, place.device
+    stream = batch_stream()
     engine = build_engine(cfg, model, place)
     feed = itertools.cycle(list(itertools.islice(stream, 8)))
 

@@ -26,13 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distbench.config import parse_args
-from distbench.data import Shard, build_dataset
-from distbench.engines import build_engine, close_distributed, init_distributed
-from distbench.models import build_model
+from distbench.engines import build_engine, close_distributed
 from distbench.train import StepTimer, make_progress, run_steps
 
-from common import interleave, ratio_ci95, relaunch, under_torchrun
+from common import interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
 
 
 def main() -> None:
@@ -41,17 +38,9 @@ def main() -> None:
     ap.add_argument("--block-steps", type=int, default=4, help="steps per block")
     args = ap.parse_args()
 
-    cfg = parse_args(["--model", "tiny", "--batch-size", "32"])
-    tc = cfg.train
-    place = init_distributed(cfg.dist.dist_backend)
-    device = place.device
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, cfg.freeze, seed=tc.seed)
+    cfg, place, model, batch_stream = tiny_job()
+    tc, device = cfg.train, place.device
     twin = copy.deepcopy(model)
-
-    def batch_stream():
-        shard = Shard(place.rank, place.world_size, device)
-        return build_dataset(cfg.data, cfg.model.num_classes, model.input_shape, tc.batch_size, shard, tc.seed).train()
 
     # distbench, as train.run builds it
     engine = build_engine(cfg, model, place)

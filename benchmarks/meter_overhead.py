@@ -35,14 +35,11 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distbench.comm import trainable
-from distbench.config import parse_args
-from distbench.data import Shard, build_dataset
-from distbench.engines import Place, build_engine, close_distributed, init_distributed
+from distbench.engines import Place, build_engine, close_distributed
 from distbench.engines.ddp import fixed_weight_names
-from distbench.models import build_model
 from distbench.optim import autocast, autocast_dtype, build_optimizer
 
-from common import interleave, ratio_ci95, relaunch, sync, under_torchrun
+from common import interleave, ratio_ci95, relaunch, sync, tiny_job, under_torchrun
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -105,16 +102,9 @@ def main() -> None:
     ap.add_argument("--floor-blocks", type=int, default=300, help="blocks of 10 steps per variant (linear layer)")
     args = ap.parse_args()
 
-    cfg = parse_args(["--model", "tiny", "--batch-size", "32"])
-    place = init_distributed(cfg.dist.dist_backend)
+    cfg, place, model, batch_stream = tiny_job()
     device = place.device
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
-    shard = Shard(place.rank, place.world_size, device)
-    dataset = build_dataset(
-        cfg.data, cfg.model.num_classes, model.input_shape, cfg.train.batch_size, shard, cfg.train.seed
-    )
-    batches = list(itertools.islice(dataset.train(), 8))  # generated before timing: neither variant pays
+    batches = list(itertools.islice(batch_stream(), 8))  # generated before timing: neither variant pays
     times, counted = compare(cfg, model, batches, place, args.blocks, args.block_steps)
 
     gen = torch.Generator(device=device).manual_seed(place.rank)

@@ -12,8 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "launch" / "run.py"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def flags(**values: object) -> list[str]:
+    """Command-line flags from keywords: flags(num_classes=10) == ["--num-classes", "10"]."""
+    return [part for key, value in values.items() for part in (f"--{key.replace('_', '-')}", str(value))]
+
+
 # Small and fast: 2 warm-up, 4 timed and 2 unsynchronised steps; still a real 2-process gloo job.
-FAST = ["--steps", "4", "--warmup-steps", "2", "--nosync-steps", "2", "--batch-size", "8", "--eval-samples", "64"]
+FAST = flags(steps=4, warmup_steps=2, nosync_steps=2, batch_size=8, eval_samples=64)
+# The least a run can be when only its bytes matter: 1 warm-up and 2 timed steps of 2 samples.
+SHORT = {"steps": 2, "warmup_steps": 1, "nosync_steps": 0, "batch_size": 2, "eval_samples": 8}
 
 
 @dataclass
@@ -69,24 +78,7 @@ def head_pair(tmp_path_factory) -> dict[str, dict]:
     """ResNet-18 at 100K classes with a learned and a fixed head, 2 ranks each (small images: bytes do not
     depend on image size)."""
     out = tmp_path_factory.mktemp("pair") / "runs.jsonl"
-    common = [
-        "--model",
-        "resnet18",
-        "--num-classes",
-        "100000",
-        "--image-size",
-        "32",
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--nosync-steps",
-        "1",
-        "--batch-size",
-        "2",
-        "--eval-samples",
-        "8",
-    ]
+    common = flags(model="resnet18", num_classes=100_000, image_size=32, **SHORT | {"nosync_steps": 1})
     records = {}
     for head in ("learned", "fixed"):
         r = torchrun([*common, "--head", head], out)

@@ -16,7 +16,7 @@ from distbench.models import build_model
 
 pytestmark = pytest.mark.slow
 
-LINE = re.compile(r"^([a-z0-9_.]+): (.+)$")
+LINE = re.compile(r"^([A-Za-z0-9_.]+): (.+)$")
 
 
 def bench(name: str, *args: str) -> dict[str, str]:

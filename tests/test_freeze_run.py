@@ -5,30 +5,13 @@ import math
 
 import pytest
 import torchvision
-from conftest import torchrun
+from conftest import SHORT, flags, torchrun
 from torch import nn
 
 from distbench.results import validate
 
 C = 10
-COMMON = [
-    "--model",
-    "resnet18",
-    "--num-classes",
-    str(C),
-    "--image-size",
-    "32",
-    "--steps",
-    "2",
-    "--warmup-steps",
-    "1",
-    "--nosync-steps",
-    "0",
-    "--batch-size",
-    "2",
-    "--eval-samples",
-    "8",
-]
+COMMON = flags(model="resnet18", num_classes=C, image_size=32, **SHORT)
 
 
 def learned_elements(spec: str) -> int:
@@ -78,24 +61,7 @@ def test_payload_is_exactly_the_learned_tensors(tmp_path, spec, mode):
 
 
 def test_symmetric_payload_drops_by_the_analytic_amount(tmp_path):
-    common = [
-        "--model",
-        "wrn-16-2",
-        "--image-size",
-        "16",  # bytes do not depend on the image size
-        "--num-classes",
-        str(C),
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--nosync-steps",
-        "0",
-        "--batch-size",
-        "2",
-        "--eval-samples",
-        "8",
-    ]
+    common = flags(model="wrn-16-2", num_classes=C, image_size=16, **SHORT)  # bytes do not depend on image size
     plain = torchrun(common, tmp_path / "runs.jsonl")
     sym = torchrun([*common, "--param", "symmetric"], tmp_path / "runs.jsonl")
     assert plain.returncode == 0 and sym.returncode == 0, sym.stderr[-3000:]

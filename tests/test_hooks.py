@@ -1,12 +1,12 @@
 """Compression peers: torch's own DDP comm hooks, counted by the bytes their collectives really carry."""
 
 import pytest
-from conftest import torchrun
+from conftest import SHORT, flags, torchrun
 
 from distbench.config import ConfigError, parse_args
 from distbench.results import validate
 
-SMALL = ["--steps", "3", "--warmup-steps", "3", "--nosync-steps", "0", "--batch-size", "8", "--eval-samples", "16"]
+SMALL = flags(steps=3, warmup_steps=3, nosync_steps=0, batch_size=8, eval_samples=16)
 
 
 @pytest.fixture(scope="module")
@@ -39,30 +39,15 @@ def test_measured_equals_expected_for_each_hook(tmp_path, plain_payload, hook, a
 
 
 def test_powersgd_on_resnet18_with_a_fixed_head(tmp_path):
-    args = [
-        "--model",
-        "resnet18",
-        "--num-classes",
-        "1000",
-        "--image-size",
-        "32",
-        "--head",
-        "fixed",
-        "--comm-hook",
-        "powersgd",
-        "--powersgd-rank",
-        "4",
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "2",
-        "--nosync-steps",
-        "0",
-        "--batch-size",
-        "2",
-        "--eval-samples",
-        "8",
-    ]
+    args = flags(
+        model="resnet18",
+        num_classes=1000,
+        image_size=32,
+        head="fixed",
+        comm_hook="powersgd",
+        powersgd_rank=4,
+        **SHORT | {"warmup_steps": 2},
+    )
     r = torchrun(args, tmp_path / "runs.jsonl")
     assert r.returncode == 0, r.stderr[-3000:]
     c = r.records[0]["comm"]
