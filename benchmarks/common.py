@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the torchrun re-launch, device sync, ABBA interleaving, medians'
+"""What every benchmark script shares: the torchrun re-launch, the default job's parts, ABBA interleaving, medians'
 ratio intervals. Scripts import it as `common` (Python puts the script's own folder first on sys.path)."""
 
 from __future__ import annotations
@@ -34,12 +34,6 @@ def relaunch(script: str, ranks: int = RANKS) -> int:
 
 def under_torchrun() -> bool:
     return "RANK" in os.environ
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued device work, so a host clock read after it covers the work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def interleave(fns: dict[str, Callable[[], list[float]]], blocks: int) -> dict[str, list[float]]:

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from distbench.engines import build_engine, close_distributed
+from distbench.engines import build_engine, close_distributed, synchronize
 from distbench.train import run_steps
 
-from common import NoProgress, interleave, sync, tiny_job
+from common import NoProgress, interleave, tiny_job
 
 
 def main() -> None:
@@ -42,10 +42,10 @@ def main() -> None:
     def generate(n: int) -> list[float]:
         times = []
         for _ in range(n):
-            sync(device)
+            synchronize(device)
             t = time.perf_counter()
             next(stream)
-            sync(device)
+            synchronize(device)
             times.append((time.perf_counter() - t) * 1e3)
         return times
 

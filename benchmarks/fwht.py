@@ -22,9 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import Action
 
 from distbench.comm import fixed_weights, tensor_bytes
+from distbench.engines import synchronize
 from distbench.heads import build_head
-
-from common import sync
 
 BATCH, IN_FEATURES, NUM_CLASSES = 256, 2048, 100_000
 MB = 1e6
@@ -33,11 +32,11 @@ MB = 1e6
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     """Peak bytes allocated by `step` above what was allocated before it."""
     if device.type == "cuda":
-        sync(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         step()
-        sync(device)
+        synchronize(device)
         return torch.cuda.max_memory_allocated() - before
     # The CPU allocator keeps no statistics; the profiler's memory timeline records every tensor's
     # creation and destruction (the data behind the deprecated export_memory_timeline).
@@ -58,7 +57,7 @@ def main() -> None:
     for name, key in (("dense", "fixed"), ("fwht", "fixed-fwht")):
         t = time.perf_counter()
         heads[name] = build_head(key, IN_FEATURES, NUM_CLASSES).to(device)
-        sync(device)
+        synchronize(device)
         print(f"{name}_build_s: {time.perf_counter() - t:.2f}")
     x = torch.randn(BATCH, IN_FEATURES, device=device, requires_grad=True)
     grad = torch.randn(BATCH, NUM_CLASSES, device=device)
@@ -84,10 +83,10 @@ def main() -> None:
     for rep in range(reps):
         for name, head in heads.items():
             clear_grads(head)
-            sync(device)
+            synchronize(device)
             t = time.perf_counter()
             step(head)
-            sync(device)
+            synchronize(device)
             if rep >= warmup:
                 times[name].append(time.perf_counter() - t)
     med = {n: statistics.median(v) * 1e3 for n, v in times.items()}

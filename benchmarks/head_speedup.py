@@ -34,13 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.config import parse_args
-from distbench.engines import Engine, build_engine, close_distributed, init_distributed
+from distbench.engines import Engine, build_engine, close_distributed, init_distributed, synchronize
 from distbench.heads import build_head
 from distbench.models import Classifier, build_model
 from distbench.optim import autocast
 from distbench.train import run_steps
 
-from common import NoProgress, interleave, relaunch, sync, under_torchrun
+from common import NoProgress, interleave, relaunch, under_torchrun
 
 MB = 1e6
 
@@ -58,12 +58,12 @@ def phases(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
     device = engine.place.device
 
     def start() -> float:
-        sync(device)
+        synchronize(device)
         dist.barrier()
         return time.perf_counter()
 
     def stop(t: float) -> float:
-        sync(device)
+        synchronize(device)
         return time.perf_counter() - t
 
     t = start()

@@ -32,14 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distbench.comm import trainable
-from distbench.engines import Place, build_engine, close_distributed
-from distbench.engines.ddp import fixed_weight_names
+from distbench.engines import Place, build_engine, close_distributed, synchronize
+from distbench.engines.ddp import wrap
 from distbench.optim import autocast, autocast_dtype, build_optimizer
 
-from common import interleave, ratio_ci95, relaunch, sync, tiny_job, under_torchrun
+from common import interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -56,14 +55,7 @@ def compare(cfg, model: nn.Module, batches: list[Batch], place: Place, blocks: i
     variants = {"meter": (engine.ddp, engine.optimizer, engine.meter)}
     for name, twin in twins.items():
         twin.to(device, memory_format=memory_format)
-        DDP._set_params_and_buffers_to_ignore_for_model(twin, fixed_weight_names(twin))
-        ddp = DDP(
-            twin,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            bucket_cap_mb=engine.bucket_cap_mb,
-            gradient_as_bucket_view=True,
-            forward_sync_buffers=False,
-        )
+        ddp = wrap(twin, place, engine.bucket_cap_mb)  # the engine's DDP, without its hook and tap
         if name == "torch_hook":  # separates the cost of any Python hook from the cost of counting in it
             ddp.register_comm_hook(None, default_hooks.allreduce_hook)
         variants[name] = (ddp, build_optimizer(cfg.train, trainable(twin)), None)
@@ -73,7 +65,7 @@ def compare(cfg, model: nn.Module, batches: list[Batch], place: Place, blocks: i
     def step(name: str) -> float:
         ddp, optimizer, meter = variants[name]
         x, y = next(feeds[name])
-        sync(device)
+        synchronize(device)
         t = time.perf_counter()
         if meter is not None:
             meter.start_step()
@@ -84,7 +76,7 @@ def compare(cfg, model: nn.Module, batches: list[Batch], place: Place, blocks: i
         optimizer.step()
         if meter is not None:
             meter.end_step()
-        sync(device)
+        synchronize(device)
         return time.perf_counter() - t
 
     for name in variants:  # warm-up: iteration 0, after which DDP rebuilds its buckets, and a few more

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import sync
+from distbench.engines import synchronize
 
 
 def main() -> None:
@@ -39,10 +39,10 @@ def main() -> None:
         fns = {"cat_weights": cat_weights, "cat_outputs": cat_outputs}
         for rep in range(12):
             for name, fn in fns.items():
-                sync(device)
+                synchronize(device)
                 t = time.perf_counter()
                 fn().sum().backward()
-                sync(device)
+                synchronize(device)
                 if rep >= 2:  # warm-up
                     times[name].append(time.perf_counter() - t)
         med = {n: statistics.median(v) * 1e3 for n, v in times.items()}

@@ -54,13 +54,18 @@ def busbw(payload_bytes: float, seconds: float, world_size: int) -> float:
     return bus_bytes(algbw(payload_bytes, seconds), world_size)
 
 
-def fixed_weights(model: nn.Module) -> Iterable[torch.Tensor]:
-    """Weights that exist but are never trained and so are buffers, not parameters (a fixed head's
-    projection). Modules name them in a `fixed_weights` attribute."""
-    for m in model.modules():
+def named_fixed_weights(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    """(qualified name, tensor) of the weights that exist but are never trained and so are buffers, not
+    parameters (a fixed head's projection, a split conv's fixed filters). Modules name them in a
+    `fixed_weights` attribute; a name set to None (a conv without bias) is no weight."""
+    for prefix, m in model.named_modules():
         for name in getattr(m, "fixed_weights", ()):
-            if getattr(m, name) is not None:
-                yield getattr(m, name)
+            if (tensor := getattr(m, name)) is not None:
+                yield (f"{prefix}.{name}" if prefix else name), tensor
+
+
+def fixed_weights(model: nn.Module) -> Iterable[torch.Tensor]:
+    return (tensor for _, tensor in named_fixed_weights(model))
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
@@ -105,10 +110,10 @@ class CommMeter:
         self._open: StepTraffic | None = None
         self.steps: list[StepTraffic] = []
 
-    def count(self, op: str, tensor: torch.Tensor, payload: bool = True) -> None:
+    def count(self, op: str, tensor: torch.Tensor, payload: bool = True, bucket: bool | None = None) -> None:
         """`tensor` (the input handed to collective `op`) is about to be sent. `payload`: it carries
         gradients being reduced (as opposed to, e.g., ZeRO's all-gather of updated weights)."""
-        self.count_bytes(op, tensor.numel() * tensor.element_size(), payload)
+        self.count_bytes(op, tensor.numel() * tensor.element_size(), payload, bucket)
 
     def count_bytes(self, op: str, size: int, payload: bool = True, bucket: bool | None = None) -> None:
         """`bucket`: this call is one gradient-reduction call (default: any payload call is)."""
@@ -174,7 +179,7 @@ class AllReduceTap:
         original = self.original = dist.all_reduce
 
         def all_reduce(tensor, *args, **kwargs):
-            self.meter.count_bytes("all_reduce", tensor.numel() * tensor.element_size(), payload=True, bucket=False)
+            self.meter.count("all_reduce", tensor, bucket=False)  # DDP's hook wrapper counts the buckets
             return original(tensor, *args, **kwargs)
 
         dist.all_reduce = all_reduce

@@ -23,7 +23,6 @@ import re
 import statistics
 import time
 import typing
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +31,10 @@ import torch
 import torch.distributed as dist
 
 from distbench.comm import algbw, bus_bytes
+from distbench.engines import synchronize
 from distbench.registry import Registry
 from distbench.results import SPEC as RUN_SPEC
-from distbench.results import SchemaError, check_fields, environment, now
+from distbench.results import SchemaError, check_fields, environment, new_run_id, now
 
 SCHEMA = "distbench.commbench/1"
 DTYPE = torch.float32
@@ -147,11 +147,6 @@ def parse_bytes(text: str) -> int:
 
 
 # -------------------------------------------------------------------------------------------- the loop
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_sizes(place, op: str, counts: Sequence[int], iters: int, warmup: int, repeats: int) -> list[list[float]]:
     """Seconds per call of `op` for each element count: `repeats` timed windows per count, each window's
     time averaged over ranks.
@@ -175,11 +170,11 @@ def time_sizes(place, op: str, counts: Sequence[int], iters: int, warmup: int, r
         for i in order:
             x, out = buffers[i]
             dist.barrier()  # start together: otherwise the first call absorbs the ranks' skew
-            _sync(place.device)
+            synchronize(place.device)
             start = time.perf_counter()
             for _ in range(iters):
                 coll.call(x, out)
-            _sync(place.device)  # NCCL calls return at launch; the work is done only after this
+            synchronize(place.device)  # NCCL calls return at launch; the work is done only after this
             windows[i, r] = (time.perf_counter() - start) / iters
     windows = windows.to(place.device)
     dist.all_reduce(windows)
@@ -202,7 +197,7 @@ def run_commbench(
     Returns one `distbench.commbench/1` record per (op, size); `on_record` sees each as soon as its op is
     measured (rank 0 appends it there, so a run that breaks in a later op keeps the earlier ones).
     """
-    run_id = run_id or f"commbench-{now().replace(':', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}"
+    run_id = run_id or new_run_id(now(), prefix="commbench-")
     env = environment(place.device, place.world_size, place.backend)
     n, records = place.world_size, []
     for op in ops:

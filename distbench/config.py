@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 
+def flag(name: str, negated: bool = False) -> str:
+    """The command-line flag of config field `name`: head_bias -> --head-bias (or --no-head-bias)."""
+    return ("--no-" if negated else "--") + name.replace("_", "-")
+
+
 class ConfigError(ValueError):
     """A bad configuration value. `field` is the dotted config path, e.g. 'train.steps'."""
 
@@ -28,7 +33,7 @@ class ConfigError(ValueError):
 
     @property
     def flag(self) -> str:
-        return "--" + self.field.rsplit(".", 1)[-1].replace("_", "-")
+        return flag(self.field.rsplit(".", 1)[-1])
 
     def __str__(self) -> str:
         return f"{self.flag} ({self.field}): {self.args[0]}"
@@ -307,13 +312,12 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS, dest="local_rank")
     p.add_argument("--config", help="TOML file with [model] [data] [train] [dist] [output] tables; flags win")
     for section, f, hint in _fields():
-        flag = "--" + f.name.replace("_", "-")
         help_ = f"{f.metadata['help']} (default: {f.default})"
-        if hint is bool:
-            p.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, help=help_)
+        if hint is bool:  # --name and --no-name
+            p.add_argument(flag(f.name), dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, help=help_)
             continue
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-        p.add_argument(flag, dest=f"{section}.{f.name}", type=base, help=help_, metavar=f.name.upper())
+        p.add_argument(flag(f.name), dest=f"{section}.{f.name}", type=base, help=help_, metavar=f.name.upper())
     return p
 
 

@@ -48,6 +48,11 @@ class Dataset:
     eval_size: int  # held-out samples over all ranks
 
 
+def eval_count(available: int, eval_samples: int) -> int:
+    """Held-out samples to evaluate: --eval-samples of those available, or all of them for 0."""
+    return available if eval_samples <= 0 else min(available, eval_samples)
+
+
 def eval_share(total: int, shard: Shard) -> range:
     """Indices of `total` held-out samples that this rank evaluates (rank::world, no padding)."""
     return range(shard.rank, total, shard.world_size)
@@ -183,7 +188,7 @@ def digits(
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # fixed split, any --seed
     x, y = _fit_images(x[order], input_shape), y[order]
     n_eval = 297  # 1500 train / 297 test
-    eval_n = n_eval if cfg.eval_samples <= 0 else min(n_eval, cfg.eval_samples)
+    eval_n = eval_count(n_eval, cfg.eval_samples)
     return _tensor_dataset(
         x[:-n_eval], y[:-n_eval], x[-n_eval:][:eval_n], y[-n_eval:][:eval_n], batch_size, shard, seed, 10
     )
@@ -229,7 +234,7 @@ def fashion_mnist(
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         return ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).expand(-1, c, -1, -1)
 
-    eval_n = len(t["eval_y"]) if cfg.eval_samples <= 0 else min(len(t["eval_y"]), cfg.eval_samples)
+    eval_n = eval_count(len(t["eval_y"]), cfg.eval_samples)
     return _tensor_dataset(
         t["train_x"],
         t["train_y"].long(),
@@ -285,7 +290,7 @@ def imagefolder(
             [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), normalize]
         ),
     )
-    eval_n = len(val_set) if cfg.eval_samples <= 0 else min(len(val_set), cfg.eval_samples)
+    eval_n = eval_count(len(val_set), cfg.eval_samples)
     pin = shard.device.type == "cuda"
     sampler = DistributedSampler(train_set, shard.world_size, shard.rank, shuffle=True, seed=seed, drop_last=True)
     loader_args = {

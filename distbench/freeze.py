@@ -34,7 +34,7 @@ class FreezeError(ValueError):
 @dataclass(frozen=True)
 class Rule:
     """What to learn. `filters(out_channels)` gives the number of learned filters of a conv (None: the
-    rule is not per-filter); `learn_bn`, `blocks` cover the whole-tensor rules."""
+    rule is not per-filter); `bn_only` and `blocks` cover the whole-tensor rules."""
 
     name: str
     filters: Callable[[int], int] | None = None
@@ -126,9 +126,6 @@ class SplitConv2d(nn.Module):
         learned = self.weight_learned.numel() if self.weight_learned.requires_grad else 0
         return learned, self.weight_learned.numel() + self.weight_fixed.numel()
 
-    def weight(self) -> torch.Tensor:
-        return torch.cat([self.weight_learned, self.weight_fixed])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (self.stride, self.padding, self.dilation, self.groups)
         learned = F.conv2d(x, self.weight_learned, self.bias_learned, *args)
@@ -155,11 +152,6 @@ class FreezeSettings:
 
 def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)
-
-
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)
 
 
 def apply_freeze(backbone: nn.Module, settings: FreezeSettings) -> None:
@@ -201,7 +193,7 @@ def _freeze_filters(backbone: nn.Module, settings: FreezeSettings) -> None:
                     conv.bias[k:].zero_()
         if settings.mode == "split":
             if k < conv.out_channels:
-                _replace(backbone, name, SplitConv2d(conv, k))
+                backbone.set_submodule(name, SplitConv2d(conv, k))
         else:
             conv.learned_filters = k
             _mask_gradient(conv.weight, k)

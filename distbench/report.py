@@ -7,6 +7,7 @@ same figures with these functions.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -174,27 +175,19 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = load_runs(results_dir)
+    makers = {name: functools.partial(draw, df) for name, draw in FIGURES.items()}
+    makers["scaling"] = functools.partial(fig_scaling, df, load_commbench(results_dir))  # + the collectives
     written = []
-    for name, draw in FIGURES.items():
-        fig = draw(df)
+    for name, make in makers.items():
+        fig = make()
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        written.append(path)
-    for path in extra_figures(results_dir, df, out):
         written.append(path)
     table = out / "summary.md"
     table.write_text(to_markdown(summary_table(df)) + "\n" if not df.empty else "no ok runs\n")
     written.append(table)
     return written
-
-
-def extra_figures(results_dir, df, out: Path) -> list[Path]:
-    fig = fig_scaling(df, load_commbench(results_dir))
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
 
 
 def main(argv: list[str] | None = None) -> int:

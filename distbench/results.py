@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import subprocess
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +120,26 @@ def _tuple(t: Any) -> tuple:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_run_id(started_at: str, prefix: str = "") -> str:
+    """A fresh id from the start time (as `now()` gives it) without colons, and 8 random hex digits."""
+    return f"{prefix}{started_at.replace(':', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}"
+
+
+def failed_record(run_id: str, config: dict[str, Any], error: str, started_at: str) -> dict[str, Any]:
+    """The record of a run that ended without results (it raised, or never started): the sections only a
+    finished run can fill are null, and `error` says why (bounded to 500 characters)."""
+    return {
+        "schema": SCHEMA,
+        "run_id": run_id,
+        "status": "failed",
+        "error": error[:500],
+        "started_at": started_at,
+        "finished_at": now(),
+        "config": config,
+        **dict.fromkeys(NULLABLE_IN_FAILED),
+    }
 
 
 def git_sha() -> str | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from distbench import results
-from distbench.config import SECTIONS, ConfigError, from_dict
+from distbench.config import SECTIONS, ConfigError, flag, from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DEFAULTS = {"nproc_per_node": None, "nnodes": 1}  # None: GPUs on the node, else 1
@@ -157,11 +157,10 @@ def config_argv(config: dict[str, Any]) -> list[str]:
             value = config.get(section, {}).get(f.name, f.default)
             if value == f.default:
                 continue
-            flag = "--" + f.name.replace("_", "-")
             if isinstance(value, bool):
-                argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+                argv.append(flag(f.name, negated=not value))
             elif value is not None:
-                argv += [flag, str(value)]
+                argv += [flag(f.name), str(value)]
     return argv
 
 
@@ -169,7 +168,8 @@ def nproc_per_node(launch: dict[str, Any]) -> int:
     if launch.get("nproc_per_node"):
         return int(launch["nproc_per_node"])
     gpus = os.environ.get("SLURM_GPUS_ON_NODE") or os.environ.get("SLURM_GPUS_PER_NODE", "")
-    return int(gpus.split(":")[-1]) if gpus.split(":")[-1].isdigit() and int(gpus.split(":")[-1]) > 0 else 1
+    count = gpus.split(":")[-1]  # SLURM_GPUS_PER_NODE may name the type: "a100:8"
+    return int(count) if count.isdigit() and int(count) > 0 else 1
 
 
 def torchrun_argv(launch: dict[str, Any]) -> list[str]:
@@ -216,25 +216,8 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
     if code != 0 and not wrote:
         ours = [t for t in tail if t.startswith("run.py: error:")]
         error = (ours or [t for t in tail if t.strip()] or [f"exit status {code}"])[-1]
-        results.append(out, failed_record(line, error, started))
+        results.append(out, results.failed_record(line["run_id"], line["config"], error, started))
     return code
-
-
-def failed_record(line: dict[str, Any], error: str, started_at: str) -> dict[str, Any]:
-    return {
-        "schema": results.SCHEMA,
-        "run_id": line["run_id"],
-        "status": "failed",
-        "error": error[:500],
-        "started_at": started_at,
-        "finished_at": results.now(),
-        "config": line["config"],
-        "env": None,
-        "params": None,
-        "comm": None,
-        "perf": None,
-        "accuracy": None,
-    }
 
 
 # ---------------------------------------------------------------------------------------------- submit

@@ -20,13 +20,14 @@ from typing import Any
 
 import torch
 
+from distbench import results
 from distbench.comm import param_counts
 from distbench.config import RunConfig
 from distbench.data import Batch, Shard, build_dataset
 from distbench.engines import Engine, Place, all_reduce, build_engine, init_distributed, replicas_identical
 from distbench.models import build_model
 from distbench.optim import autocast, autocast_dtype
-from distbench.results import SCHEMA, environment, now
+from distbench.results import SCHEMA, environment, new_run_id, now
 
 log = logging.getLogger("distbench")
 
@@ -180,7 +181,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         status, error = "failed", f"comm validation: the meter counted {metered} bytes/step, the comms logger {logged}"
     return {
         "schema": SCHEMA,
-        "run_id": cfg.output.run_id or f"{started_at.replace(':', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}",
+        "run_id": cfg.output.run_id or new_run_id(started_at),
         "status": status,
         "error": error,
         "started_at": started_at,
@@ -203,21 +204,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
 def failed_record(cfg: RunConfig, error: BaseException, started_at: str) -> dict[str, Any]:
     """A record for a run that raised after it started: the sweep sees why, and moves on."""
-    message = " ".join(f"{type(error).__name__}: {error}".split())[:500]  # one line, bounded
-    return {
-        "schema": SCHEMA,
-        "run_id": cfg.output.run_id or f"failed-{uuid.uuid4().hex[:8]}",
-        "status": "failed",
-        "error": message,
-        "started_at": started_at,
-        "finished_at": now(),
-        "config": cfg.to_dict(),
-        "env": None,
-        "params": None,
-        "comm": None,
-        "perf": None,
-        "accuracy": None,
-    }
+    message = " ".join(f"{type(error).__name__}: {error}".split())  # one line
+    run_id = cfg.output.run_id or f"failed-{uuid.uuid4().hex[:8]}"
+    return results.failed_record(run_id, cfg.to_dict(), message, started_at)
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -51,25 +51,22 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 
+def run_cmd(cmd: list[str], timeout: int = 180, gpu: bool = False) -> subprocess.CompletedProcess:
+    """`cmd` from the repo root in the job environment (`_env`), output captured, never raising on failure."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(gpu), cwd=ROOT, check=False)
+
+
 def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180, gpu: bool = False) -> Result:
     """launch/run.py under a real torchrun with `nproc` gloo ranks on this machine."""
     # --standalone: a c10d rendezvous on a free local port, so concurrent jobs never collide.
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(RUN), "--out", str(out), *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(gpu), cwd=ROOT, check=False)
+    p = run_cmd(cmd, timeout, gpu)
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
 
 
 def python_run(args: list[str], out: Path, timeout: int = 180) -> Result:
     """launch/run.py as a plain single process (a world of one, no torchrun)."""
-    p = subprocess.run(
-        [sys.executable, str(RUN), "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-        cwd=ROOT,
-        check=False,
-    )
+    p = run_cmd([sys.executable, str(RUN), "--out", str(out), *args], timeout)
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
 
 

@@ -4,11 +4,10 @@ starts its own torchrun or allocates a 100K-class head). Their figures are not a
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, _env
+from conftest import ROOT, run_cmd
 
 from distbench.comm import expected_bytes
 from distbench.config import parse_args
@@ -22,15 +21,7 @@ LINE = re.compile(r"^([A-Za-z0-9_.]+): (.+)$")
 def bench(name: str, *args: str) -> dict[str, str]:
     """Runs benchmarks/<name>.py the way its README says and returns its `name: value` lines, checking that
     the last one is the script's ratio."""
-    p = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-        cwd=ROOT,
-        check=False,
-    )
+    p = run_cmd([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args], timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     pairs = [m.groups() for line in p.stdout.splitlines() if (m := LINE.match(line))]
     assert pairs, p.stdout

@@ -2,12 +2,11 @@
 measurements, and one real 2-rank gloo benchmark whose fit must predict every measured size."""
 
 import copy
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TORCHRUN, _env
+from conftest import ROOT, TORCHRUN, run_cmd
 
 from distbench import commbench, costmodel
 from distbench.results import SchemaError, environment, load, read_records
@@ -188,15 +187,7 @@ def test_bad_flags_name_themselves(args, flag):
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     out = tmp_path / "bench.jsonl"
-    p = subprocess.run(
-        [sys.executable, str(COMMBENCH), "--min-bytes", "0", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(),
-        cwd=ROOT,
-        check=False,
-    )
+    p = run_cmd([sys.executable, str(COMMBENCH), "--min-bytes", "0", "--out", str(out)], timeout=120)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert lines == ["commbench.py: error: --min-bytes must be at least 4 (one float32), got 0"], p.stderr
@@ -223,7 +214,7 @@ def test_model_fitted_on_real_gloo_measurements_predicts_every_size(tmp_path):
         *("--ops", "all_reduce", "--min-bytes", "4K", "--max-bytes", "4M"),
         *("--iters", "1", "--warmup", "5", "--repeats", "200", "--out", str(out)),
     ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env(), cwd=ROOT, check=False)
+    p = run_cmd(cmd, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "busbw(GB/s)" in p.stderr  # rank 0's table
 

@@ -2,11 +2,10 @@
 
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, RUN, _env, _records, torchrun
+from conftest import RUN, _records, run_cmd, torchrun
 
 from distbench.results import validate
 
@@ -72,7 +71,7 @@ def test_deepspeed_launcher(tmp_path):
         "--zero-stage",
         "1",
     ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT, check=False)
+    p = run_cmd(cmd, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     (rec,) = _records(out)
     assert rec["status"] == "ok" and rec["env"]["world_size"] == 2

@@ -1,12 +1,11 @@
 """Every analysis notebook runs headless against results that real runs produce here."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST, ROOT, torchrun
+from conftest import FAST, ROOT, TORCHRUN, run_cmd, torchrun
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -27,7 +26,7 @@ def results_dir(tmp_path_factory):
         assert r.returncode == 0, r.stderr[-2000:]
     # the scaling notebook fits its cost model to a real collective benchmark
     cmd = [
-        str(Path(sys.executable).with_name("torchrun")),
+        str(TORCHRUN),
         "--standalone",
         "--nproc_per_node=2",
         str(ROOT / "launch" / "commbench.py"),
@@ -44,16 +43,7 @@ def results_dir(tmp_path_factory):
         "--out",
         str(d / "commbench.jsonl"),
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    p = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=ROOT,
-        env={**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
-    )
+    p = run_cmd(cmd, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     return d
 

@@ -9,20 +9,36 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distbench.comm import COMM_HOOKS, AllReduceTap, CommMeter, counting_buckets, tensor_bytes, trainable
+from distbench.comm import (
+    COMM_HOOKS,
+    AllReduceTap,
+    CommMeter,
+    counting_buckets,
+    named_fixed_weights,
+    tensor_bytes,
+    trainable,
+)
 from distbench.engines import ENGINES, Engine, Place
 from distbench.optim import autocast, autocast_dtype, build_optimizer
 
 log = logging.getLogger(__name__)
 
 
-def fixed_weight_names(model: torch.nn.Module) -> list[str]:
-    return [
-        f"{prefix}.{name}" if prefix else name
-        for prefix, m in model.named_modules()
-        for name in getattr(m, "fixed_weights", ())
-        if getattr(m, name) is not None
-    ]
+def wrap(model: torch.nn.Module, place: Place, bucket_cap_mb: float) -> DDP:
+    """`model` (on its device) under DDP as distbench runs it; the overhead benchmarks wrap their
+    reference models here too, so that both sides send the same bytes in the same buckets."""
+    # Fixed weights are rebuilt identically from the seed on every rank: DDP need not broadcast them
+    # at start-up (hundreds of MB for a 100K-class head).
+    DDP._set_params_and_buffers_to_ignore_for_model(model, [name for name, _ in named_fixed_weights(model)])
+    return DDP(
+        model,
+        device_ids=[place.device.index] if place.device.type == "cuda" else None,
+        bucket_cap_mb=bucket_cap_mb,
+        gradient_as_bucket_view=True,
+        # Off so that the step's only collective is the gradient all-reduce the meter sees; each rank
+        # keeps its own BatchNorm statistics (as without SyncBatchNorm). Buffers still sync once at init.
+        forward_sync_buffers=False,
+    )
 
 
 @ENGINES.register("ddp")
@@ -33,9 +49,6 @@ class DDPEngine(Engine):
         model.to(place.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        # Fixed weights are rebuilt identically from the seed on every rank: DDP need not broadcast them
-        # at start-up (hundreds of MB for a 100K-class head).
-        DDP._set_params_and_buffers_to_ignore_for_model(model, fixed_weight_names(model))
         self.bucket_cap_mb = cfg.dist.bucket_cap_mb
         if cfg.dist.comm_hook == "powersgd" and place.backend == "gloo":
             # PowerSGD issues each bucket's second all-reduce from a future callback; on gloo those run on
@@ -47,15 +60,7 @@ class DDPEngine(Engine):
                     "powersgd on gloo: one DDP bucket of %.0f MiB instead of %.0f MiB", needed, self.bucket_cap_mb
                 )
                 self.bucket_cap_mb = needed
-        self.ddp = DDP(
-            model,
-            device_ids=[place.device.index] if place.device.type == "cuda" else None,
-            bucket_cap_mb=self.bucket_cap_mb,
-            gradient_as_bucket_view=True,
-            # Off so that the step's only collective is the gradient all-reduce the meter sees; each rank
-            # keeps its own BatchNorm statistics (as without SyncBatchNorm). Buffers still sync once at init.
-            forward_sync_buffers=False,
-        )
+        self.ddp = wrap(model, place, self.bucket_cap_mb)
         hook = COMM_HOOKS.get(cfg.dist.comm_hook)
         self.hook_name = cfg.dist.comm_hook
         state, fn = hook.make(cfg.dist)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,20 +16,31 @@ from torch import nn
 from distbench.registry import Registry, UnknownName
 
 BACKBONES: Registry = Registry("model")
-# Parametrised families, e.g. "wrn-28-10": (pattern shown to users, regex, builder(match)).
-FAMILIES: list[tuple[str, re.Pattern, Callable[[re.Match], nn.Module]]] = []
-FAMILY_CHECKS: dict[str, Callable[[re.Match], None]] = {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Parametrised backbone names, e.g. "wrn-28-10"."""
+
+    shown: str  # the pattern as users see it: wrn-<depth>-<width>
+    regex: re.Pattern
+    build: Callable[[re.Match], nn.Module]
+    check: Callable[[re.Match], None]  # raises ValueError for a name that matches but cannot be built
+
+
+FAMILIES: list[Family] = []
 
 
 def register_family(shown: str, pattern: str, check: Callable[[re.Match], None] | None = None) -> Callable:
-    """A family of names; `check(match)` raises ValueError for a name that matches but cannot be built."""
-
     def add(fn: Callable[[re.Match], nn.Module]) -> Callable[[re.Match], nn.Module]:
-        FAMILIES.append((shown, re.compile(pattern), fn))
-        FAMILY_CHECKS[pattern] = check or (lambda m: None)
+        FAMILIES.append(Family(shown, re.compile(pattern), fn, check or (lambda m: None)))
         return fn
 
     return add
+
+
+def _family(name: str) -> tuple[Family, re.Match] | None:
+    return next(((f, m) for f in FAMILIES if (m := f.regex.fullmatch(name))), None)
 
 
 class Classifier(nn.Module):
@@ -50,17 +62,17 @@ class Classifier(nn.Module):
 def model_names() -> list[str]:
     from distbench.models import torchvision_models
 
-    return BACKBONES.names() + [shown for shown, _, _ in FAMILIES] + torchvision_models.names()
+    return BACKBONES.names() + [f.shown for f in FAMILIES] + torchvision_models.names()
 
 
 def check_model_name(name: str) -> None:
     """Raise UnknownName (or ValueError for a bad family member) unless `name` can be built; builds nothing."""
     if name in BACKBONES:
         return
-    for _, pattern, _ in FAMILIES:
-        if match := pattern.fullmatch(name):
-            FAMILY_CHECKS[pattern.pattern](match)
-            return
+    if found := _family(name):
+        family, match = found
+        family.check(match)
+        return
     from distbench.models import torchvision_models
 
     if name not in torchvision_models.names():
@@ -71,15 +83,13 @@ def build_backbone(name: str, image_size: int | None = None) -> nn.Module:
     check_model_name(name)
     if name in BACKBONES:
         backbone = BACKBONES.get(name)()
+    elif found := _family(name):
+        family, match = found
+        backbone = family.build(match)
     else:
-        match = next((m for _, p, _ in FAMILIES if (m := p.fullmatch(name))), None)
-        if match is not None:
-            builder = next(fn for _, p, fn in FAMILIES if p is match.re)
-            backbone = builder(match)
-        else:
-            from distbench.models import torchvision_models
+        from distbench.models import torchvision_models
 
-            backbone = torchvision_models.build(name)
+        backbone = torchvision_models.build(name)
     if image_size is not None:
         c, _, _ = backbone.input_shape
         backbone.input_shape = (c, image_size, image_size)

@@ -29,8 +29,7 @@ def replace_convs(
     """Swap every Conv2d that `take` accepts for `make(conv)`; return how many were swapped."""
     chosen = [(n, m) for n, m in backbone.named_modules() if type(m) is nn.Conv2d and take(m)]
     for name, conv in chosen:
-        parent, _, attr = name.rpartition(".")
-        setattr(backbone.get_submodule(parent) if parent else backbone, attr, make(conv))
+        backbone.set_submodule(name, make(conv))
     return len(chosen)
 
 
