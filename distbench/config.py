@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 import tomllib
@@ -61,8 +62,12 @@ def _check_name(field: str, lookup) -> None:
 class ModelConfig:
     model: str = opt("tiny", "backbone: tiny, wrn-<depth>-<width>, or any torchvision classification model")
     num_classes: int = opt(100, "classes C; the head maps the backbone's N features to C logits")
-    head: str = opt("learned", "classifier head: learned, fixed (Hadamard), fixed-fwht, fixed-orthogonal")
+    head: str = opt("learned", "classifier head: learned, fixed (Hadamard), fixed-fwht, fixed-orthogonal, fixed-srht")
     head_bias: bool = opt(True, "learn a bias in the head (--no-head-bias drops it)")
+    head_scale: float | None = opt(
+        None, "fixed heads: hold alpha at this value (the authors' fixed_scale); default: learned"
+    )
+    head_rows: str = opt("authors", "fixed-orthogonal rows: authors (as nn.init.orthogonal leaves them) or unit")
     image_size: int | None = opt(None, "input height = width; default: the model's own (32 or 224)")
     param: str = opt("none", "conv parameterisation: none, symmetric (square convs), dirac")
 
@@ -75,6 +80,28 @@ class ModelConfig:
         from distbench.params import PARAMS
 
         _check_name("model.param", lambda: PARAMS.get(self.param))
+        from distbench.heads import ROW_NORMS
+
+        _check(
+            self.head_rows in ROW_NORMS,
+            "model.head_rows",
+            f"unknown value {self.head_rows!r}; choose from: {', '.join(ROW_NORMS)}",
+        )
+        _check(
+            self.head_rows == "authors" or self.head == "fixed-orthogonal",
+            "model.head_rows",
+            "applies only with --head fixed-orthogonal",
+        )
+        _check(
+            self.head_scale is None or self.head.startswith("fixed"),
+            "model.head_scale",
+            "applies only to the fixed heads",
+        )
+        _check(
+            self.head_scale is None or (math.isfinite(self.head_scale) and self.head_scale != 0),
+            "model.head_scale",
+            f"must be a finite non-zero number, got {self.head_scale}",
+        )
         _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2, got {self.num_classes}")
         _check(
             self.image_size is None or self.image_size >= 8, "model.image_size", f"must be >= 8, got {self.image_size}"
@@ -111,7 +138,8 @@ class DataConfig:
     dataset: str = opt("synthetic", "data: synthetic, digits, fashion-mnist, imagefolder")
     data_dir: str | None = opt(None, "imagefolder root (train/ and val/ class folders); fashion-mnist idx files")
     eval_samples: int = opt(2048, "held-out samples evaluated after training, all ranks together (0: all)")
-    noise: float = opt(1.0, "synthetic task difficulty: code noise relative to the spread of class codes")
+    noise: float = opt(0.5, "synthetic task difficulty: code noise relative to the spread of class codes")
+    code_dim: int = opt(64, "synthetic task: dimension d of the class codes (1 to 192)")
     workers: int = opt(4, "data-loader worker processes per rank (imagefolder)")
 
     def __post_init__(self) -> None:
@@ -125,6 +153,8 @@ class DataConfig:
             "synthetic data has no natural end: give a positive count",
         )
         _check(self.noise >= 0, "data.noise", f"must be >= 0, got {self.noise}")
+        # d <= 3 x 8 x 8: the code -> image map stays injective, so the nearest code stays the Bayes oracle.
+        _check(1 <= self.code_dim <= 192, "data.code_dim", f"must be in 1..192, got {self.code_dim}")
         _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
         if self.dataset == "imagefolder":
             _check(bool(self.data_dir), "data.data_dir", "imagefolder needs --data-dir")

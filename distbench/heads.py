@@ -1,10 +1,20 @@
 """Classifier heads: the last layer, N features -> C logits.
 
 `learned` is the usual linear layer. The fixed heads follow Hoffer, Hubara & Soudry 2018 ("Fix your
-classifier: the marginal value of training the last weight layer"): logits = alpha * W xhat + b, with
-xhat = x / ||x||_2, W a fixed C x N matrix, alpha one learned scalar and b an optional learned bias.
-W is a non-persistent buffer: it is never a parameter, so DDP and DeepSpeed never reduce it, and it
-is rebuilt from (C, N, seed) instead of being stored in checkpoints.
+classifier: the marginal value of training the last weight layer"): logits = s alpha W xhat + b, with
+xhat = x / ||x||_2 over the feature (last) dimension, W a fixed C x N matrix, alpha one learned scalar (or a
+fixed one, `fixed_scale`), b an optional learned bias and s a sign. Each head keeps the conventions of the
+authors' reference code (eladhoffer/fix_your_classifier, fixed_proj.py):
+
+- `fixed`, `fixed-fwht` follow `HadamardProj`: W the C x N top-left block of a Sylvester Hadamard matrix,
+  s = -1, alpha = 1/sqrt(C), b ~ U(-1/sqrt(C), 1/sqrt(C)), xhat = x / (||x|| + 1e-8).
+- `fixed-orthogonal` follows `Proj`: W from `nn.init.orthogonal` (orthonormal rows for C <= N, orthonormal
+  columns for C > N), s = +1, alpha = 10, b = 0, xhat = x / ||x||.
+- `fixed-srht` (distbench's own; no counterpart in the authors' code) keeps `HadamardProj`'s conventions
+  with rows of H D_b, D_b a random sign diagonal per block of classes, so all C rows are distinct.
+
+A fixed W is never a parameter, so DDP and DeepSpeed never reduce it: `fixed` and `fixed-orthogonal` hold it
+as a non-persistent buffer rebuilt from (C, N, seed); `fixed-fwht` and `fixed-srht` hold no matrix at all.
 """
 
 from __future__ import annotations
@@ -16,45 +26,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distbench.hadamard import fwht, hadamard_block, random_signs
 from distbench.registry import Registry
 
 log = logging.getLogger(__name__)
 
 HEADS: Registry = Registry("head")
-
-
-def hadamard_block(rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The top-left rows x cols block of a Sylvester Hadamard matrix, entries +-1.
-
-    H[i, j] = (-1)^popcount(i & j). Built bit by bit, so memory is O(rows x cols) and the full
-    2^k x 2^k square (131072^2 entries at 100K classes) is never materialised.
-    """
-    period = 1 << max(cols - 1, 1).bit_length()
-    if rows > period:  # row i depends only on i mod 2^ceil(log2 cols): build one period and repeat it
-        return hadamard_block(period, cols, dtype).repeat(-(-rows // period), 1)[:rows]
-    i = torch.arange(rows)
-    j = torch.arange(cols)
-    odd = torch.zeros(rows, cols, dtype=torch.bool)
-    for bit in range(max(rows - 1, cols - 1, 1).bit_length()):
-        odd ^= ((i >> bit) & 1).bool()[:, None] & ((j >> bit) & 1).bool()[None, :]
-    return (1 - 2 * odd.to(torch.int8)).to(dtype)
+ROW_NORMS = ("authors", "unit")  # fixed-orthogonal's rows: as nn.init.orthogonal leaves them, or unit length
 
 
 def orthogonal_block(rows: int, cols: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rows of a seeded random (semi-)orthogonal matrix, each of norm sqrt(cols).
+    """A seeded random (semi-)orthogonal rows x cols matrix, as `nn.init.orthogonal_` builds it.
 
-    For rows <= cols the rows are orthonormal before scaling. For rows > cols at most `cols` rows can
-    be orthogonal, so the columns are orthonormal instead (W^T W = I) and each row is then rescaled.
-    The norm sqrt(cols) matches a Hadamard row, so both fixed heads start from the same alpha.
-    Uses its own generator: building a head never moves the global RNG.
+    The QR factorisation of a Gaussian max(rows, cols) x min(rows, cols) matrix with the signs of R's
+    diagonal moved into Q (so Q is Haar-distributed): for rows <= cols the rows are orthonormal, for
+    rows > cols (more classes than features, where not all rows can be orthogonal) the columns are, and a
+    row's norm is then about sqrt(cols / rows). Its own generator and float64 QR: building a head never
+    moves the global RNG, and the matrix is the same on every rank.
     """
     gen = torch.Generator().manual_seed(seed)
     g = torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
-    q = q * torch.sign(torch.diagonal(r))  # make the factorisation unique (Haar-distributed q)
-    w = q.T if rows <= cols else q
-    w = F.normalize(w, dim=1) * math.sqrt(cols)
-    return w.to(dtype)
+    q = q * torch.sign(torch.diagonal(r))
+    return (q.T if rows <= cols else q).to(dtype)
 
 
 class LearnedHead(nn.Linear):
@@ -64,29 +58,77 @@ class LearnedHead(nn.Linear):
         super().__init__(in_features, num_classes, bias=bias)
 
 
-class FixedHead(nn.Module):
-    """logits = alpha * W xhat + b with W fixed (Hoffer et al. 2018, eq. 2).
+class _ScaledHead(nn.Module):
+    """What every fixed head shares: logits = sign * alpha * (W xhat) + b, with W supplied by `project`.
 
-    alpha starts at 1/sqrt(C) and b at U(-1/sqrt(C), 1/sqrt(C)), as in the authors' code.
+    alpha is a learned parameter of shape (1,) (as in the authors' code; DeepSpeed 0.19.8 also cannot
+    broadcast 0-dim parameters), or a buffer when `fixed_scale` is given (their `fixed_scale`).
+    `bias_bound` > 0 draws b from U(-bound, bound) (HadamardProj), 0 starts it at zero (Proj).
     """
 
-    fixed_weights = ("weight",)  # counted as frozen weights by distbench.comm.param_counts
+    fixed_weights: tuple[str, ...] = ()  # counted as frozen weights by distbench.comm.param_counts
 
-    def __init__(self, weight: torch.Tensor, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        bias: bool,
+        scale_init: float,
+        bias_bound: float,
+        fixed_scale: float | None,
+        sign: float,
+        eps: float,
+    ) -> None:
         super().__init__()
-        num_classes, self.in_features = weight.shape
-        self.num_classes = num_classes
-        self.register_buffer("weight", weight, persistent=False)
-        init = 1.0 / math.sqrt(num_classes)
-        # Shape (1,), as in the authors' code; DeepSpeed 0.19.8 also cannot broadcast 0-dim parameters.
-        self.scale = nn.Parameter(torch.tensor([init]))
-        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-init, init)) if bias else None
-        self.eps = 1e-8
+        self.in_features, self.num_classes, self.sign, self.eps = in_features, num_classes, sign, eps
+        if fixed_scale is None:
+            self.scale = nn.Parameter(torch.tensor([float(scale_init)]))
+        else:
+            self.register_buffer("scale", torch.tensor([float(fixed_scale)]), persistent=False)
+        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bias_bound, bias_bound)) if bias else None
+
+    def extra_repr(self) -> str:
+        learned = isinstance(self.scale, nn.Parameter)
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, bias={self.bias is not None}, "
+            f"scale={'learned' if learned else float(self.scale)}"
+        )
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x / (||x|| + eps) over the last dimension. eps = 0 is the plain x / ||x|| (Proj), kept finite for
+        an all-zero x (dead features) by a floor far below any real norm."""
+        norm = x.norm(dim=-1, keepdim=True)
+        return x / (norm + self.eps if self.eps else norm.clamp_min(1e-30))
+
+    def project(self, xhat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """scale * W xhat, for xhat of any leading shape."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xhat = x / (x.norm(dim=1, keepdim=True) + self.eps)
-        logits = self.scale * F.linear(xhat, self.weight.to(xhat.dtype))
+        logits = self.project(self.normalize(x), self.sign * self.scale)
         return logits if self.bias is None else logits + self.bias
+
+
+class FixedHead(_ScaledHead):
+    """logits = sign * alpha * W xhat + b with W a fixed C x N buffer (Hoffer et al. 2018, eq. 2)."""
+
+    fixed_weights = ("weight",)
+
+    def __init__(self, weight: torch.Tensor, **conventions) -> None:
+        super().__init__(weight.shape[1], weight.shape[0], **conventions)
+        self.register_buffer("weight", weight, persistent=False)
+
+    def project(self, xhat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        # alpha W xhat = W (alpha xhat): scaling the B x N input instead of the B x C logits saves two
+        # passes over them (forward, and alpha's gradient).
+        return F.linear(scale * xhat, self.weight.to(xhat.dtype))
+
+
+def hadamard_proj(num_classes: int, bias: bool, fixed_scale: float | None) -> dict:
+    """The conventions of the authors' HadamardProj."""
+    init = 1.0 / math.sqrt(num_classes)
+    return {"bias": bias, "scale_init": init, "bias_bound": init, "fixed_scale": fixed_scale, "sign": -1.0, "eps": 1e-8}
 
 
 @HEADS.register("learned")
@@ -101,7 +143,7 @@ def warn_shared_rows(head: str, in_features: int, num_classes: int) -> None:
     if num_classes > distinct:
         log.warning(
             "%s head: %d classes > %d distinct Hadamard rows for %d features; classes that share a row differ "
-            "only by their bias (use fixed-orthogonal for distinct rows)",
+            "only by their bias (use fixed-srht: distinct, nearly orthogonal rows and no C x N matrix)",
             head,
             num_classes,
             distinct,
@@ -111,10 +153,16 @@ def warn_shared_rows(head: str, in_features: int, num_classes: int) -> None:
 
 @HEADS.register("fixed")
 def fixed_hadamard(
-    in_features: int, num_classes: int, bias: bool = True, dtype: torch.dtype = torch.float32, **_: object
+    in_features: int,
+    num_classes: int,
+    bias: bool = True,
+    dtype: torch.dtype = torch.float32,
+    fixed_scale: float | None = None,
+    **_: object,
 ) -> nn.Module:
     warn_shared_rows("fixed", in_features, num_classes)
-    return FixedHead(hadamard_block(num_classes, in_features, dtype), bias=bias)
+    weight = hadamard_block(num_classes, in_features, dtype)
+    return FixedHead(weight, **hadamard_proj(num_classes, bias, fixed_scale))
 
 
 @HEADS.register("fixed-orthogonal")
@@ -124,18 +172,154 @@ def fixed_orthogonal(
     bias: bool = True,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    fixed_scale: float | None = None,
+    row_norm: str = "authors",
     **_: object,
 ) -> nn.Module:
-    return FixedHead(orthogonal_block(num_classes, in_features, seed, dtype), bias=bias)
+    """Proj's conventions. row_norm 'unit' rescales every row to length 1: for C > N Proj's rows have
+    length about sqrt(N / C) (0.05 at 100K classes and N = 256), which caps every logit at 10 x that
+    until alpha has grown; with unit rows a logit is alpha x a cosine for any C."""
+    if row_norm not in ROW_NORMS:
+        raise ValueError(f"unknown row norm {row_norm!r}; choose from: {', '.join(ROW_NORMS)}")
+    weight = orthogonal_block(num_classes, in_features, seed, torch.float64)
+    if row_norm == "unit":
+        weight = F.normalize(weight, dim=1)
+    conventions = {"scale_init": 10.0, "bias_bound": 0.0, "fixed_scale": fixed_scale, "sign": 1.0, "eps": 0.0}
+    return FixedHead(weight.to(dtype), bias=bias, **conventions)
+
+
+# ------------------------------------------------------------------------------------- transform heads
+class FWHTHead(_ScaledHead):
+    """The `fixed` head's logits from a fast Walsh–Hadamard transform, without its C x N matrix.
+
+    The reduction from the full transform of size K = 2^ceil(log2 max(C, N)) to one of size
+    m = 2^ceil(log2 min(C, N)) uses only the Kronecker structure of Sylvester's construction:
+    - for j < m, H[i, j] depends only on i mod m, so output i >= m repeats output i mod m;
+    - for i < m, H[i, j] = H[i, j mod m], so inputs j and j + m can be summed before the transform.
+    O(B (C + N + m log m)) time, no weights (so `fixed_weights` is empty).
+
+    Works in float32 (float64 for float64 input), whatever the input dtype or autocast: every stage of the
+    transform rounds its output to the working dtype, where the dense head's one bf16 matmul accumulates
+    in float32 and rounds once. The cost is small: the working tensor is B x m, and the B x C logits are
+    float32 anyway because alpha and b are (the dense head's are too).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, **conventions) -> None:
+        super().__init__(in_features, num_classes, **conventions)
+        self.block = 1 << (min(in_features, num_classes) - 1).bit_length()  # m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, n, c = self.block, self.in_features, self.num_classes
+        lead = x.shape[:-1]
+        xhat = self.normalize(x.reshape(-1, n).to(torch.promote_types(x.dtype, torch.float32)))
+        # Inputs j and j + m meet the same column of H's first m rows: fold N onto m (zero-padding first).
+        if n > m:
+            xhat = F.pad(xhat, (0, -n % m)).view(len(xhat), -(-n // m), m).sum(1)
+        elif n < m:
+            xhat = F.pad(xhat, (0, m - n))
+        # alpha scales the B x m transform rather than the B x C logits: one pass over them fewer each
+        # way, and alpha's gradient becomes a reduction over B x m.
+        y = (self.sign * self.scale) * fwht(xhat)
+        return _TileAddBias.apply(y, self.bias, c).view(*lead, c)
+
+
+class _TileAddBias(torch.autograd.Function):
+    """out[:, i] = y[:, i mod m] + b[i] for i < C, written once into a contiguous B x C tensor.
+
+    The same through autograd (expand, add, reshape, slice) costs the B x C logits two more passes:
+    slicing C from ceil(C/m) m makes backward zero-fill and copy a padded gradient. Here backward
+    reads the gradient twice: once for b, once for y.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, y: torch.Tensor, bias: torch.Tensor | None, c: int
+    ) -> torch.Tensor:
+        rows, m = y.shape
+        full = c // m * m
+        out = torch.empty(rows, c, dtype=torch.result_type(y, bias) if bias is not None else y.dtype, device=y.device)
+        blocks = out[:, :full].view(rows, c // m, m)
+        if bias is None:
+            blocks.copy_(y.unsqueeze(1).expand_as(blocks))
+            out[:, full:].copy_(y[:, : c - full])
+        else:
+            torch.add(y.unsqueeze(1), bias[:full].view(-1, m), out=blocks)
+            torch.add(y[:, : c - full], bias[full:], out=out[:, full:])
+        ctx.m = m
+        return out
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        rows, c = grad.shape
+        m = ctx.m
+        full = c // m * m
+        grad_y = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_y = grad[:, :full].reshape(rows, c // m, m).sum(1)
+            grad_y[:, : c - full] += grad[:, full:]
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad.sum(0)
+        return grad_y, grad_bias, None
+
+
+class SRHTHead(_ScaledHead):
+    """A fixed head with C distinct, nearly orthogonal rows for any C and no C x N matrix: a subsampled
+    randomized Hadamard transform (Ailon & Chazelle 2006).
+
+    Features are zero-padded to m = 2^ceil(log2 N). Class c lies in block b = c div m and uses row c mod m
+    of H D_b: H the m x m Sylvester matrix, D_b a seeded random +-1 diagonal. Rows in one block are
+    orthogonal (for N = m; nearly so after padding); rows of different blocks have |cos| of order
+    1/sqrt(m), and coincide only if D_b D_b' is itself a row of H (probability m / 2^m per pair). Every
+    block has its own D_b, block 0 too: without it row 0 would be all ones, and non-negative (post-ReLU)
+    features would single out class 0 at initialisation.
+
+    logits[:, b m + i] = -alpha (H (D_b xhat))[i] + b, so one FWHT of size m per block: O(B (N + C log m))
+    work; the only tensor that grows with C besides the logits and b is D (ceil(C/m) x m signs, a
+    non-persistent buffer rebuilt from the seed). The conventions are HadamardProj's, so only the rows
+    differ from `fixed`.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, seed: int = 0, **conventions) -> None:
+        super().__init__(in_features, num_classes, **conventions)
+        self.block = 1 << max(in_features - 1, 0).bit_length()  # m
+        blocks = -(-num_classes // self.block)
+        self.register_buffer("signs", random_signs(blocks, self.block, seed), persistent=False)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The C x N matrix the head implies (for tests and inspection; never built in training)."""
+        h = hadamard_block(self.block, self.block, torch.float64)
+        rows = (h.unsqueeze(0) * self.signs.double().unsqueeze(1)).reshape(-1, self.block)
+        return rows[: self.num_classes, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, n, c = self.block, self.in_features, self.num_classes
+        lead = x.shape[:-1]
+        xhat = self.normalize(x.reshape(-1, n).to(torch.promote_types(x.dtype, torch.float32)))
+        # alpha on the B x m input rather than the B x C output: the same logits, one pass fewer.
+        u = F.pad((self.sign * self.scale) * xhat, (0, m - n))
+        y = fwht(u.unsqueeze(1) * self.signs.to(u.dtype)).view(len(u), -1)  # B x (blocks m)
+        y = y if y.shape[1] == c else y[:, :c]
+        return (y if self.bias is None else y + self.bias).view(*lead, c)
 
 
 @HEADS.register("fixed-fwht")
-def fixed_fwht(in_features: int, num_classes: int, bias: bool = True, **_: object) -> nn.Module:
-    """The `fixed` head's logits from a fast Walsh–Hadamard transform: no C x N matrix is built or stored."""
-    from distbench.fwht import FWHTHead  # here: distbench.fwht imports hadamard_block from this module
-
+def fixed_fwht(in_features: int, num_classes: int, bias: bool = True, fixed_scale: float | None = None, **_: object):
     warn_shared_rows("fixed-fwht", in_features, num_classes)  # the same logits as `fixed`, the same cap
-    return FWHTHead(in_features, num_classes, bias=bias)
+    return FWHTHead(in_features, num_classes, **hadamard_proj(num_classes, bias, fixed_scale))
+
+
+@HEADS.register("fixed-srht")
+def fixed_srht(
+    in_features: int,
+    num_classes: int,
+    bias: bool = True,
+    seed: int = 0,
+    fixed_scale: float | None = None,
+    **_: object,
+) -> nn.Module:
+    return SRHTHead(in_features, num_classes, seed=seed, **hadamard_proj(num_classes, bias, fixed_scale))
 
 
 def build_head(
@@ -146,5 +330,11 @@ def build_head(
     bias: bool = True,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    fixed_scale: float | None = None,
+    row_norm: str = "authors",
 ) -> nn.Module:
-    return HEADS.get(name)(in_features, num_classes, bias=bias, dtype=dtype, seed=seed)
+    """`fixed_scale` fixes alpha of the fixed heads (the authors' fixed_scale); `row_norm` applies to
+    fixed-orthogonal only."""
+    return HEADS.get(name)(
+        in_features, num_classes, bias=bias, dtype=dtype, seed=seed, fixed_scale=fixed_scale, row_norm=row_norm
+    )

@@ -37,13 +37,20 @@ def test_toml_then_flags(tmp_path):
         (["--batch-size", "0"], "train.batch_size", "must be > 0"),
         (["--steps", "-3"], "train.steps", "must be > 0"),
         (["--model", "resnet19"], "model.model", "unknown model 'resnet19'"),
-        (["--head", "fxied"], "model.head", "choose from: fixed, fixed-fwht, fixed-orthogonal, learned"),
+        (["--head", "fxied"], "model.head", "choose from: fixed, fixed-fwht, fixed-orthogonal, fixed-srht, learned"),
         (["--dataset", "mnist"], "data.dataset", "choose from: digits, fashion-mnist, imagefolder, synthetic"),
         (["--dataset", "imagefolder", "--data-dir", "/no/such/dir"], "data.data_dir", "no such directory"),
         (["--dataset", "digits"], "model.num_classes", "digits has 10 classes"),
         (["--model", "wrn-27-10"], "model.model", "6n \\+ 4"),
         (["--optimizer", "lamb"], "train.optimizer", "choose from: adamw, sgd"),
         (["--warmup-steps", "0"], "train.warmup_steps", "iteration 0 is never timed"),
+        (["--head-scale", "2"], "model.head_scale", "applies only to the fixed heads"),
+        (["--head", "fixed", "--head-scale", "0"], "model.head_scale", "finite non-zero"),
+        (["--head", "fixed", "--head-scale", "nan"], "model.head_scale", "finite non-zero"),
+        (["--head", "fixed", "--head-rows", "unit"], "model.head_rows", "only with --head fixed-orthogonal"),
+        (["--head", "fixed-orthogonal", "--head-rows", "long"], "model.head_rows", "choose from: authors, unit"),
+        (["--code-dim", "193"], "data.code_dim", "must be in 1..192"),
+        (["--code-dim", "0"], "data.code_dim", "must be in 1..192"),
     ],
 )
 def test_bad_values_name_their_field(argv, field, text):
@@ -67,3 +74,20 @@ def test_every_field_has_a_flag_and_help():
         for f in dataclasses.fields(section.default_factory()):
             assert "--" + f.name.replace("_", "-") in text
             assert f.metadata["help"]
+
+
+def test_linked_sweep_axis_sets_fields_together(tmp_path):
+    from distbench.sweep import expand
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        '[axes]\n"model.head" = ["learned", "fixed-srht"]\n'
+        'budget = [{"model.num_classes" = 10, "train.steps" = 3}, {"model.num_classes" = 20, "train.steps" = 5}]\n'
+    )
+    lines, warnings = expand(grid)
+    assert not warnings
+    got = sorted(
+        (x["config"]["model"]["head"], x["config"]["model"]["num_classes"], x["config"]["train"]["steps"])
+        for x in lines
+    )
+    assert got == [("fixed-srht", 10, 3), ("fixed-srht", 20, 5), ("learned", 10, 3), ("learned", 20, 5)]

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from distbench.comm import param_counts, trainable
-from distbench.fwht import FWHTHead, fwht
-from distbench.heads import build_head, hadamard_block
+from distbench.hadamard import fwht, hadamard_block
+from distbench.heads import FWHTHead, build_head
 
 # (C, N): C < N, C > N, C == N, non-powers of two on either side
 SHAPES = [(10, 64), (100, 64), (1000, 48), (64, 64), (3, 5), (5, 3), (1, 7), (7, 1)]

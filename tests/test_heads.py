@@ -5,7 +5,8 @@ import scipy.linalg
 import torch
 
 from distbench.comm import param_counts, trainable
-from distbench.heads import HEADS, FixedHead, build_head, hadamard_block, orthogonal_block
+from distbench.hadamard import hadamard_block
+from distbench.heads import HEADS, FixedHead, build_head, orthogonal_block
 from distbench.registry import UnknownName
 
 
@@ -31,7 +32,7 @@ def test_hadamard_at_100k_classes_builds_only_the_block():
 
 
 @pytest.mark.parametrize("bias,expected", [(True, 1 + 1000), (False, 1)])
-@pytest.mark.parametrize("name", ["fixed", "fixed-orthogonal"])  # fixed-fwht: tests/test_fwht.py
+@pytest.mark.parametrize("name", ["fixed", "fixed-orthogonal"])  # fixed-fwht, fixed-srht: their own files
 def test_fixed_head_trains_only_scale_and_bias(name, bias, expected):
     head = build_head(name, 64, 1000, bias=bias)
     assert sum(p.numel() for p in trainable(head)) == expected
@@ -44,24 +45,92 @@ def test_learned_head_is_linear_with_bias():
     assert sum(p.numel() for p in trainable(head)) == 64 * 1000 + 1000
 
 
-def test_fixed_head_logits_follow_the_formula():
-    torch.manual_seed(0)
-    head = build_head("fixed", 16, 10)
-    x = torch.randn(4, 16)
-    xhat = x / x.norm(dim=1, keepdim=True)
-    expected = head.scale * xhat @ hadamard_block(10, 16).T + head.bias
-    assert torch.allclose(head(x), expected, atol=1e-6)
-    assert math.isclose(head.scale.item(), 1 / math.sqrt(10), rel_tol=1e-6)
+def hadamard_proj(x, scale, bias, c):
+    """The authors' HadamardProj.forward (eladhoffer/fix_your_classifier, fixed_proj.py), written out:
+    sz = 2^ceil(log2 max(N, C)), H = scipy's Hadamard of size sz, x / (||x|| + 1e-8) over the last
+    dimension, out = -scale * linear(x, H[:C, :N]) + bias."""
+    n = x.shape[-1]
+    sz = 2 ** math.ceil(math.log2(max(n, c)))
+    w = torch.from_numpy(scipy.linalg.hadamard(sz)).to(x.dtype)[:c, :n]
+    x = x / (x.norm(2, -1, keepdim=True) + 1e-8)
+    out = -scale * torch.nn.functional.linear(x, w)
+    return out if bias is None else out + bias.view(1, -1)
 
 
-@pytest.mark.parametrize("rows,cols", [(10, 64), (64, 64), (300, 64)])
-def test_orthogonal_block(rows, cols):
-    w = orthogonal_block(rows, cols, seed=3).double()
-    assert torch.allclose(w.norm(dim=1), torch.full((rows,), math.sqrt(cols), dtype=torch.float64))
-    if rows <= cols:
-        assert torch.allclose(w @ w.T / cols, torch.eye(rows, dtype=torch.float64), atol=1e-6)  # float32 rounding
-    else:  # C > N: at most N rows can be orthogonal; the rows are at least all distinct
-        assert torch.unique(w, dim=0).shape[0] == rows
+def proj(x, w, scale, bias):
+    """The authors' Proj.forward: x / ||x||, out = linear(x, W) * scale + bias (no sign, no eps)."""
+    x = x / x.norm(2, -1, keepdim=True)
+    out = torch.nn.functional.linear(x, w) * scale
+    return out if bias is None else out + bias.view(1, -1)
+
+
+@pytest.mark.parametrize("name", ["fixed", "fixed-fwht", "fixed-srht"])
+@pytest.mark.parametrize("c,n", [(10, 16), (40, 16), (16, 16), (5, 12), (100, 24)])
+@pytest.mark.parametrize("lead", [(4,), (2, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_hadamard_heads_compute_the_authors_formula(name, c, n, lead, bias):
+    head = build_head(name, n, c, bias=bias, dtype=torch.float64).double()
+    with torch.no_grad():  # any learned values, not only the initial ones
+        head.scale.fill_(0.7)
+        if bias:
+            head.bias.copy_(torch.linspace(-1, 1, c))
+    x = torch.randn(*lead, n, dtype=torch.float64).relu()  # non-negative, as post-ReLU features are
+    if name == "fixed-srht":  # the same formula with its own rows: -scale * W xhat + b
+        w = head.dense_weight()
+        xhat = x / (x.norm(2, -1, keepdim=True) + 1e-8)
+        expected = -head.scale * xhat @ w.T + (0 if head.bias is None else head.bias)
+    else:
+        expected = hadamard_proj(x, head.scale, head.bias, c)
+    torch.testing.assert_close(head(x), expected)
+
+
+@pytest.mark.parametrize("name", ["fixed", "fixed-fwht", "fixed-srht"])
+def test_hadamard_heads_start_where_the_authors_do(name):
+    c = 400
+    head = build_head(name, 64, c)
+    bound = 1 / math.sqrt(c)
+    assert head.scale.shape == (1,) and math.isclose(head.scale.item(), bound, rel_tol=1e-6)
+    assert head.bias.abs().max() <= bound and head.bias.std() > bound / 3  # U(-1/sqrt(C), 1/sqrt(C))
+    # The sign: with non-negative features, row 0 (all ones) gives class 0 the lowest logit, not the highest.
+    if name != "fixed-srht":
+        x = torch.rand(8, 64)
+        no_bias = build_head(name, 64, c, bias=False)
+        assert (no_bias(x).argmin(1) == 0).all()
+
+
+@pytest.mark.parametrize("name", ["fixed", "fixed-fwht", "fixed-srht", "fixed-orthogonal"])
+def test_fixed_scale_is_held_not_learned(name):
+    head = build_head(name, 32, 50, fixed_scale=2.5)
+    assert [n for n, p in head.named_parameters()] == ["bias"]
+    assert head.scale.item() == 2.5 and "scale" not in head.state_dict()
+    x = torch.rand(3, 32)
+    head(x).sum().backward()
+    assert head.scale.grad is None
+
+
+@pytest.mark.parametrize("c,n", [(10, 64), (64, 64), (300, 64)])
+def test_orthogonal_head_follows_proj(c, n):
+    head = build_head("fixed-orthogonal", n, c, dtype=torch.float64).double()
+    w = head.weight
+    assert head.scale.item() == 10.0 and torch.equal(head.bias, torch.zeros(c, dtype=torch.float64))
+    if c <= n:  # nn.init.orthogonal: orthonormal rows ...
+        torch.testing.assert_close(w @ w.T, torch.eye(c, dtype=torch.float64))
+    else:  # ... or, for more rows than columns, orthonormal columns; rows about sqrt(N / C) long
+        torch.testing.assert_close(w.T @ w, torch.eye(n, dtype=torch.float64))
+        assert abs(w.norm(dim=1).mean().item() - math.sqrt(n / c)) < 0.1 * math.sqrt(n / c)
+        assert torch.unique(w, dim=0).shape[0] == c
+    with torch.no_grad():
+        head.scale.fill_(3.0)
+        head.bias.copy_(torch.linspace(-1, 1, c))
+    x = torch.randn(2, 5, n, dtype=torch.float64)
+    torch.testing.assert_close(head(x), proj(x, w, head.scale, head.bias))
+
+
+def test_orthogonal_unit_rows_option():
+    authors = build_head("fixed-orthogonal", 64, 300)
+    unit = build_head("fixed-orthogonal", 64, 300, row_norm="unit")
+    torch.testing.assert_close(unit.weight.norm(dim=1), torch.ones(300))
+    torch.testing.assert_close(unit.weight, authors.weight / authors.weight.norm(dim=1, keepdim=True))
 
 
 def test_orthogonal_is_seeded_and_leaves_global_rng_alone():
@@ -73,7 +142,7 @@ def test_orthogonal_is_seeded_and_leaves_global_rng_alone():
 
 
 def test_unknown_head_lists_valid_names():
-    valid = "choose from: fixed, fixed-fwht, fixed-orthogonal, learned"
+    valid = "choose from: fixed, fixed-fwht, fixed-orthogonal, fixed-srht, learned"
     with pytest.raises(UnknownName, match=rf"unknown head 'fxied'.*{valid}"):
         HEADS.get("fxied")
 

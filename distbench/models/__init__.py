@@ -110,5 +110,14 @@ def build_model(cfg, freeze=None, seed: int = 0, head_dtype: torch.dtype = torch
     apply_param(cfg.param, backbone)
     if freeze is not None:
         apply_freeze(backbone, freeze.settings())
-    head = build_head(cfg.head, backbone.num_features, cfg.num_classes, bias=cfg.head_bias, dtype=head_dtype, seed=seed)
+    head = build_head(
+        cfg.head,
+        backbone.num_features,
+        cfg.num_classes,
+        bias=cfg.head_bias,
+        dtype=head_dtype,
+        seed=seed,
+        fixed_scale=cfg.head_scale,
+        row_norm=cfg.head_rows,
+    )
     return Classifier(backbone, head)
