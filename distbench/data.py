@@ -1,7 +1,8 @@
 """Data sets behind one interface: infinite per-rank training batches and a finite per-rank share of
 held-out batches, already on the training device.
 
-- `synthetic`: a learnable C-class task generated on the device (no loader in the step time).
+- `synthetic`: a learnable C-class task generated on the device (no loader in the step time), with a
+  Bayes-optimal oracle for its held-out samples.
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (real, 10 classes, fixed split).
 - `imagefolder`: ImageNet-1K layout (DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*).
 """
@@ -46,6 +47,8 @@ class Dataset:
     train: Callable[[], Iterator[Batch]]  # infinite
     eval: Callable[[], Iterator[Batch]]  # this rank's share of the held-out set, finite
     eval_size: int  # held-out samples over all ranks
+    # Held-out samples of this rank that the Bayes-optimal classifier gets right (synthetic data only).
+    oracle_hits: Callable[[], int] | None = None
 
 
 def eval_count(available: int, eval_samples: int) -> int:
@@ -73,26 +76,34 @@ class SyntheticTask:
     """Class c has a code z_c in R^d drawn from N(0, I) by hashing (seed, c, k): no C x d table exists,
     so memory does not grow with C (1M classes cost nothing). A sample of class c is
 
-        x = upsample(G (z_c + noise * e)) ,   e ~ N(0, I)
+        x = upsample(G (z_c + noise * e)) ,   e ~ N(0, I_d)
 
-    with G a fixed random map from R^d to a coarse 3 x 8 x 8 image, upsampled to the model's input
-    size. `noise` sets the difficulty: the Bayes error grows with noise / (distance between codes);
-    more classes crowd the code space, so the task gets harder with C at fixed noise.
+    with G a fixed random map from R^d to a coarse 3 x 8 x 8 image, upsampled to the model's input size.
+    G (d <= 192) and the upsampling are injective, so x determines z = z_c + noise * e, and with equally
+    likely classes the Bayes-optimal decision is the nearest code: `nearest_code` is the oracle.
+
+    Difficulty: the Bayes error grows with noise / (distance between codes). Random codes are about
+    sqrt(2 d) apart and the nearest of C - 1 others a little closer, so a larger d keeps 100K classes
+    apart at a noise that makes 100 classes hard at d = 8. How fast a network learns is a separate
+    matter: see README, "Synthetic task".
     """
 
-    code_dim = 32
     coarse = 8
 
     def __init__(
-        self, num_classes: int, input_shape: tuple[int, int, int], noise: float, seed: int, device: torch.device
+        self,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        noise: float,
+        seed: int,
+        device: torch.device,
+        code_dim: int = 64,
     ) -> None:
         self.num_classes, self.input_shape, self.noise, self.seed = num_classes, input_shape, noise, seed
-        self.device = device
+        self.code_dim, self.device = code_dim, device
         gen = torch.Generator().manual_seed(seed)
         c = input_shape[0]
-        self.proj = (torch.randn(self.code_dim, c * self.coarse**2, generator=gen) / math.sqrt(self.code_dim)).to(
-            device
-        )
+        self.proj = (torch.randn(code_dim, c * self.coarse**2, generator=gen) / math.sqrt(code_dim)).to(device)
 
     def codes(self, labels: torch.Tensor) -> torch.Tensor:
         k = torch.arange(self.code_dim, device=labels.device)
@@ -101,20 +112,53 @@ class SyntheticTask:
         normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)  # Box-Muller
         return normal.to(torch.float32)
 
-    def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
-        labels = torch.randint(self.num_classes, (batch_size,), generator=gen, device=self.device)
+    def noisy_codes(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         z = self.codes(labels)
-        z = z + self.noise * torch.randn(z.shape, generator=gen, device=self.device)
+        return z + self.noise * torch.randn(z.shape, generator=gen, device=z.device)
+
+    def render(self, z: torch.Tensor) -> torch.Tensor:
         c, h, w = self.input_shape
-        img = (z @ self.proj).view(batch_size, c, self.coarse, self.coarse)
-        return F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False), labels
+        img = (z @ self.proj).view(len(z), c, self.coarse, self.coarse)
+        return F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
+
+    def sample(self, labels: torch.Tensor, gen: torch.Generator) -> Batch:
+        return self.render(self.noisy_codes(labels, gen)), labels
+
+    @torch.no_grad()
+    def nearest_code(self, z: torch.Tensor, chunk: int = 1 << 15) -> torch.Tensor:
+        """argmin_c ||z - z_c|| over all C classes = argmax_c (z . z_c - ||z_c||^2 / 2), a chunk of
+        classes at a time, so memory stays O(len(z) x chunk) at 1M classes."""
+        best = torch.full((len(z),), -math.inf, device=z.device)
+        arg = torch.zeros(len(z), dtype=torch.long, device=z.device)
+        for start in range(0, self.num_classes, chunk):
+            classes = torch.arange(start, min(start + chunk, self.num_classes), device=z.device)
+            codes = self.codes(classes)
+            score, idx = (z @ codes.T - 0.5 * codes.square().sum(1)).max(1)
+            better = score > best
+            best, arg = torch.where(better, score, best), torch.where(better, classes[idx], arg)
+        return arg
+
+
+def class_stream(num_classes: int, batch_size: int, shard: Shard, seed: int) -> Iterator[torch.Tensor]:
+    """This rank's labels, step after step: every class once per epoch, in a new random order each epoch
+    that all ranks share. Step s takes the next world_size x batch_size labels of that order and rank r
+    its r-th slice, so after k epochs every class has been seen exactly k times, whatever C (i.i.d.
+    labels would leave e^-k of the classes unseen)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)  # the same on every rank
+    need = batch_size * shard.world_size
+    order = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(order) < need:
+            order = torch.cat([order, torch.randperm(num_classes, generator=gen)])
+        step, order = order[:need], order[need:]
+        yield step[shard.rank * batch_size : (shard.rank + 1) * batch_size].to(shard.device)
 
 
 @DATASETS.register("synthetic")
 def synthetic(
     cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
 ) -> Dataset:
-    task = SyntheticTask(num_classes, input_shape, cfg.noise, seed, shard.device)
+    task = SyntheticTask(num_classes, input_shape, cfg.noise, seed, shard.device, cfg.code_dim)
 
     def generator(stream: int) -> torch.Generator:
         # Distinct streams per rank and for train/eval, so held-out samples are never trained on.
@@ -122,17 +166,30 @@ def synthetic(
 
     def train() -> Iterator[Batch]:
         gen = generator(0)
-        while True:
-            yield task.sample(batch_size, gen)
+        for labels in class_stream(num_classes, batch_size, shard, seed):
+            yield task.sample(labels, gen)
 
-    def evaluate() -> Iterator[Batch]:
+    def eval_codes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(noisy code, label) of this rank's held-out samples, batch by batch: labels i.i.d. uniform."""
         gen, left = generator(1), len(eval_share(cfg.eval_samples, shard))
         while left > 0:
             n = min(batch_size, left)
             left -= n
-            yield task.sample(n, gen)
+            labels = torch.randint(num_classes, (n,), generator=gen, device=shard.device)
+            yield task.noisy_codes(labels, gen), labels
 
-    return Dataset(num_classes, train, evaluate, cfg.eval_samples)
+    def evaluate() -> Iterator[Batch]:
+        for z, labels in eval_codes():
+            yield task.render(z), labels
+
+    def oracle_hits() -> int:
+        pairs = list(eval_codes())  # the very samples evaluate() yields
+        if not pairs:
+            return 0
+        z, labels = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        return int((task.nearest_code(z) == labels).sum())
+
+    return Dataset(num_classes, train, evaluate, cfg.eval_samples, oracle_hits)
 
 
 # ------------------------------------------------------------------------------------------------ tensors

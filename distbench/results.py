@@ -75,7 +75,13 @@ SPEC: dict[str, Any] = {
         "timed_steps": int,
         "warmup_steps": int,
     },
-    "accuracy": {"top1": Number, "top5": Number, "eval_samples": int, "final_loss": (int, float, type(None))},
+    "accuracy": {
+        "top1": Number,
+        "top5": Number,
+        "oracle_top1": (int, float, type(None)),  # Bayes-optimal top-1 on the same samples; null: real data
+        "eval_samples": int,
+        "final_loss": (int, float, type(None)),
+    },
 }
 NULLABLE_IN_FAILED = ("env", "params", "comm", "perf", "accuracy")
 

@@ -97,11 +97,13 @@ def evaluate(engine: Engine, dataset, amp_dtype) -> dict[str, Any]:
             dtype=torch.float64,
         )
     model.train()
-    stats = all_reduce(stats.to(device)).cpu()
+    oracle = dataset.oracle_hits() if dataset.oracle_hits is not None else 0
+    stats = all_reduce(torch.cat([stats, torch.tensor([oracle], dtype=torch.float64)]).to(device)).cpu()
     n = max(stats[2].item(), 1)
     return {
         "top1": stats[0].item() / n,
         "top5": stats[1].item() / n,
+        "oracle_top1": stats[4].item() / n if dataset.oracle_hits is not None else None,
         "eval_samples": int(stats[2].item()),
         "eval_loss": stats[3].item() / n,
     }
@@ -213,14 +215,15 @@ def summary(record: dict[str, Any]) -> str:
     c, p, a = record["comm"], record["perf"], record["accuracy"]
     match = "==" if c["payload_bytes_per_step"] == c["expected_bytes_per_step"] else "!="
     exposed = "n/a" if p["exposed_comm_ms"] is None else f"{p['exposed_comm_ms']:.1f} ms"
+    oracle = "" if a.get("oracle_top1") is None else f" (oracle {a['oracle_top1']:.3f})"
     return (
         f"{record['status']}: {record['run_id']}\n"
         f"  bytes/step   payload {c['payload_bytes_per_step']:,} {match} expected {c['expected_bytes_per_step']:,}"
         f" in {c['buckets_per_step']} buckets ({c['hook']})\n"
         f"  throughput   {p['samples_per_s']:,.1f} samples/s; step p50 {p['step_time_ms']['p50']:.1f} ms,"
         f" p90 {p['step_time_ms']['p90']:.1f} ms; exposed comm {exposed}\n"
-        f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f} on {a['eval_samples']} held-out samples;"
-        f" final loss {a['final_loss']:.4f}"
+        f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f}{oracle} on {a['eval_samples']} held-out"
+        f" samples; final loss {a['final_loss']:.4f}"
     )
 
 

@@ -29,11 +29,57 @@ def test_synthetic_memory_does_not_grow_with_classes():
         return sum(v.numel() for v in vars(t).values() if isinstance(v, torch.Tensor))
 
     assert state(small) == state(huge)
-    x, y = huge.sample(16, torch.Generator().manual_seed(0))
-    assert x.shape == (16, 3, 32, 32) and int(y.max()) < 1_000_000
+    labels = torch.tensor([0, 5, 999_999] * 4)
+    x, y = huge.sample(labels, torch.Generator().manual_seed(0))
+    assert x.shape == (12, 3, 32, 32) and torch.equal(y, labels)
     codes = huge.codes(torch.tensor([0, 999_999, 0]))
     assert torch.equal(codes[0], codes[2]) and not torch.equal(codes[0], codes[1])
     assert abs(huge.codes(torch.arange(2000)).std().item() - 1) < 0.05  # N(0, 1) codes
+
+
+@pytest.mark.parametrize("world,batch,classes", [(1, 7, 20), (2, 4, 20), (2, 3, 10), (3, 8, 1000)])
+def test_class_stream_shows_every_class_once_per_epoch_across_ranks(world, batch, classes):
+    from distbench.data import class_stream
+
+    steps = 6 * classes // (world * batch)  # whole epochs of samples: about six
+    streams = [class_stream(classes, batch, shard(r, world), seed=3) for r in range(world)]
+    per_step = [torch.cat([next(s) for s in streams]) for _ in range(steps)]
+    seen = torch.cat(per_step)
+    counts = torch.bincount(seen, minlength=classes)
+    epochs = len(seen) // classes
+    assert counts.min() >= epochs and counts.max() <= epochs + 1  # exact up to the epoch under way
+    first = torch.cat(per_step)[: epochs * classes].view(epochs, classes)
+    assert all(torch.equal(row.sort().values, torch.arange(classes)) for row in first)  # each epoch a permutation
+    assert not torch.equal(first[0], first[1])  # a new order each epoch
+
+
+def test_oracle_is_the_nearest_code_on_the_held_out_samples():
+    cfg = DataConfig(eval_samples=300, noise=1.5, code_dim=8)  # noisy enough for the oracle to err
+    ds = build_dataset(cfg, 50, (3, 16, 16), 32, shard(), 0)
+    task = SyntheticTask(50, (3, 16, 16), 1.5, 0, CPU, code_dim=8)
+    # Independently of how the stream draws them: the image is a linear function of z (render), so z is
+    # recovered from each held-out image by least squares, then classified by the nearest code.
+    basis = task.render(torch.eye(8)).flatten(1).T.double()  # pixels x d
+    hits = 0
+    for x, y in ds.eval():
+        z = torch.linalg.lstsq(basis, x.flatten(1).T.double()).solution.T.float()
+        hits += int((torch.cdist(z, task.codes(torch.arange(50))).argmin(1) == y).sum())
+    assert ds.oracle_hits() == hits
+    assert 0.3 * 300 < hits < 300  # neither trivial nor hopeless at this noise
+
+
+def test_oracle_of_a_noiseless_task_is_perfect_and_chunking_changes_nothing():
+    task = SyntheticTask(5000, (3, 8, 8), 0.0, 0, CPU)
+    labels = torch.randint(5000, (64,), generator=torch.Generator().manual_seed(0))
+    z = task.noisy_codes(labels, torch.Generator())
+    assert torch.equal(task.nearest_code(z), labels)
+    assert torch.equal(task.nearest_code(z, chunk=777), labels)
+
+
+def test_real_data_has_no_oracle():
+    assert (
+        build_dataset(DataConfig(dataset="digits", eval_samples=0), 10, (3, 32, 32), 16, shard(), 0).oracle_hits is None
+    )
 
 
 def test_eval_shares_cover_the_held_out_set_once():

@@ -19,6 +19,7 @@ def test_two_rank_run_writes_a_valid_record_with_exact_bytes(tmp_path, head):
     assert rec["comm"]["bus_bytes_per_step"] == rec["comm"]["payload_bytes_per_step"]  # 2(n-1)/n = 1 at n = 2
     assert rec["perf"]["timed_steps"] == 4 and rec["accuracy"]["eval_samples"] == 64
     assert rec["perf"]["samples_per_s"] > 0 and rec["perf"]["exposed_comm_ms"] is not None
+    assert 0 < rec["accuracy"]["oracle_top1"] <= 1  # synthetic data: the Bayes-optimal top-1 is recorded
 
 
 def test_learned_minus_fixed_payload_is_the_head_weight(head_pair):
@@ -76,7 +77,7 @@ def test_bad_input_under_torchrun(tmp_path):
     assert ours == [
         (
             "run.py: error: --head (model.head): unknown head 'fxied' (did you mean 'fixed'?); "
-            "choose from: fixed, fixed-fwht, fixed-orthogonal, learned"
+            "choose from: fixed, fixed-fwht, fixed-orthogonal, fixed-srht, learned"
         )
     ]
     assert "exitcode  : 2" in r.stderr and "exitcode  : 1" not in r.stderr
@@ -88,6 +89,7 @@ def test_single_process_run_without_torchrun(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rec = r.records[0]
     assert rec["env"]["world_size"] == 1 and rec["accuracy"]["eval_samples"] == 297
+    assert rec["accuracy"]["oracle_top1"] is None  # real data has no oracle
     assert rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
     assert rec["comm"]["bus_bytes_per_step"] == 0
 
@@ -98,3 +100,17 @@ def test_dry_run_prints_counts_and_writes_nothing(tmp_path):
     assert r.returncode == 0
     assert "46,758,048" in r.stdout  # 11,689,512 parameters x 4 bytes
     assert not out.exists()
+
+
+def test_dry_run_at_a_million_classes_is_quick_with_the_srht_head(tmp_path):
+    """No C x N matrix: ResNet-50 with 1M classes and fixed-srht counts in seconds."""
+    import time
+
+    t = time.perf_counter()
+    r = python_run(
+        ["--dry-run", "--model", "resnet50", "--num-classes", "1000000", "--head", "fixed-srht"], tmp_path / "r.jsonl"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert time.perf_counter() - t < 60  # seconds on this CPU; a dense 1M x 2048 head would need 8 GB first
+    # The backbone's 23,508,032 parameters, alpha and the 1M biases are all that is sent.
+    assert f"{4 * (23_508_032 + 1 + 1_000_000):,}" in r.stdout
