@@ -71,11 +71,33 @@ NOTEBOOKS = {
         new_code_cell(PARAMS),
         new_code_cell(SETUP),
         new_code_cell(
-            'cols = ["config.model.model", "config.data.dataset", "variant", "params.conv_learned_fraction",\n'
-            '        "params.trainable", "accuracy.top1", "accuracy.top5", "top1_delta"]\n'
+            "cols = [\n"
+            '    "config.model.model",\n'
+            '    "config.data.dataset",\n'
+            '    "variant",\n'
+            '    "params.conv_learned_fraction",\n'
+            '    "params.trainable",\n'
+            '    "accuracy.top1",\n'
+            '    "accuracy.top5",\n'
+            '    "top1_delta",\n'
+            "]\n"
             'df[cols].sort_values(["config.model.model", "params.conv_learned_fraction"])'
         ),
         new_code_cell("report.fig_accuracy(df);"),
+        new_markdown_cell(
+            "## Heads at many classes\n\n"
+            "Top-1 on the synthetic task against the number of classes, per head, with the Bayes-optimal oracle "
+            "(the nearest class code to each held-out sample's noisy code) dashed: the oracle says how learnable the "
+            "task is, the gap to it is the network's. Each head at a class count sees the same samples."
+        ),
+        new_code_cell(
+            'big = df[df["config.data.dataset"] == "synthetic"]\n'
+            'cols = ["config.model.num_classes", "config.model.head", "accuracy.top1", "accuracy.top5",\n'
+            '        "accuracy.oracle_top1", "comm.payload_bytes_per_step", "perf.samples_per_s",\n'
+            '        "perf.peak_memory_bytes"]\n'
+            "big[[c for c in cols if c in big]].sort_values(cols[:2])"
+        ),
+        new_code_cell("report.fig_large_classes(df);"),
         new_code_cell("analysis.summary_table(df)"),
     ],
     "scaling": [
@@ -123,5 +145,7 @@ def write(name: str, cells: list) -> Path:
 
 
 if __name__ == "__main__":
-    for name, cells in NOTEBOOKS.items():
-        print(write(name, cells))
+    import sys
+
+    for name in sys.argv[1:] or NOTEBOOKS:  # python analysis/make_notebooks.py [name ...]
+        print(write(name, NOTEBOOKS[name]))

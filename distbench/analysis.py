@@ -20,6 +20,8 @@ from distbench import results
 VARIANT_COLUMNS = (
     "config.model.head",
     "config.model.head_bias",
+    "config.model.head_scale",
+    "config.model.head_rows",
     "config.model.param",
     "config.freeze.freeze",
     "config.freeze.freeze_mode",
@@ -40,6 +42,11 @@ def learns_everything(freeze: str) -> bool:
 def variant(row: pd.Series) -> str:
     """A short label: 'fixed head, fraction:0.1 (mask)'."""
     parts = [f"{row.get('config.model.head', 'learned')} head"]
+    scale = row.get("config.model.head_scale")
+    if scale is not None and not pd.isna(scale):
+        parts[0] += f" (alpha fixed at {scale:g})"
+    if row.get("config.model.head_rows", "authors") != "authors":
+        parts[0] += f" ({row['config.model.head_rows']} rows)"
     freeze = row.get("config.freeze.freeze", "none")
     if not learns_everything(freeze):
         mode = row.get("config.freeze.freeze_mode", "split")

@@ -13,6 +13,8 @@ Grid file:
     [axes]                  # dotted config paths -> values; the sweep is their product
     "model.head" = ["learned", "fixed"]
     "model.num_classes" = [1000, 100000]
+    # A linked axis: any name, each value a table of fields set together.
+    budget = [{"model.num_classes" = 1000, "train.steps" = 100}, {"model.num_classes" = 100000, "train.steps" = 900}]
 """
 
 from __future__ import annotations
@@ -92,10 +94,12 @@ def expand(grid_path: str | os.PathLike, results: str | None = None) -> tuple[li
         tree = {s: dict(t) for s, t in base.items()}
         launch = dict(launch_base)
         for name, value in zip(axes, combo, strict=True):
-            if name.startswith("launch."):
-                launch[name.split(".", 1)[1]] = value
-            else:
-                _set(tree, name, value)
+            # A table value sets several fields together (a linked axis), e.g. classes with their steps.
+            for dotted, v in value.items() if isinstance(value, dict) else [(name, value)]:
+                if dotted.startswith("launch."):
+                    launch[dotted.split(".", 1)[1]] = v
+                else:
+                    _set(tree, dotted, v)
         output = tree.setdefault("output", {})
         output["out"] = str(Path(results or output.get("out", out_default)).resolve())
         try:

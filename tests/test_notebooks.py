@@ -21,6 +21,7 @@ def results_dir(tmp_path_factory):
         ["--head", "fixed"],
         ["--head", "fixed", "--freeze", "fraction:0.5"],
         ["--head", "learned", "--freeze", "fraction:0.5"],
+        ["--head", "learned", "--num-classes", "20"],  # a second class count: the large-class figure's line
     ):
         r = torchrun([*FAST, "--num-classes", "10", *args], d / "runs.jsonl")
         assert r.returncode == 0, r.stderr[-2000:]
@@ -76,6 +77,6 @@ def test_report_writes_pngs_and_a_table(results_dir, tmp_path):
 
     written = write_report(results_dir, tmp_path / "report")
     pngs = [p for p in written if p.suffix == ".png"]
-    assert len(pngs) == 4 and all(p.stat().st_size > 5000 for p in pngs)
+    assert len(pngs) == 5 and all(p.stat().st_size > 5000 for p in pngs)
     table = (tmp_path / "report" / "summary.md").read_text()
     assert "fixed head, fraction:0.5" in table and table.count("\n") >= 6
