@@ -1,18 +1,43 @@
-"""How much faster and smaller is the fixed Hadamard head as a fast Walsh–Hadamard transform (`fixed-fwht`)
-than as a dense C x N matrix (`fixed`), at 100K classes?
+"""How much faster and smaller are the transform heads (`fixed-fwht`, `fixed-srht`) than the dense fixed heads
+(`fixed`, `fixed-orthogonal`: a C x N buffer), at 100K and 1M classes and N = 2048?
 
-Forward + backward of the head alone (input requires grad; alpha and b learned; a fixed random upstream
-gradient, so neither side gets the stride-0 gradient of `.sum()`), interleaved repetitions, median.
-Memory: the bytes of the head's fixed-weight buffers, and the peak of what one forward + backward
-allocates above what existed before it (CUDA: the caching allocator's peak; CPU: the torch profiler's
-memory timeline, tensor creations minus destructions). Prints `name: value` lines, the ratio last.
-CPU by default, CUDA when present.
+The four heads (printed as dense, fwht, orthogonal, srht):
+- `fixed` (dense): the C x N top-left block of a Sylvester Hadamard matrix as a buffer, `F.linear`;
+- `fixed-fwht`: the same logits from a fast Walsh–Hadamard transform (fold N, FWHT of size 2048, tile over
+  C): no C x N matrix, but classes C and C + 2048 share a row;
+- `fixed-orthogonal`: a seeded random (semi-)orthogonal C x N buffer (float64 QR), `F.linear`;
+- `fixed-srht`: C distinct rows of H D_b, one FWHT of size 2048 per block of 2048 classes; holds the
+  ceil(C / 2048) x 2048 signs D_b (`srht_<C>_other_buffers_MB`), which are no weight.
 
-    python benchmarks/fwht.py
+For each C in `--classes`, one at a time (the heads of one C are freed before the next): build time (the
+orthogonal head's QR dominates), the bytes of the fixed-weight buffers (distbench.comm.fixed_weights) and of
+any other buffer, the peak of what one forward + backward allocates above what existed before it (CUDA: the
+caching allocator's peak; CPU: the torch profiler's memory timeline, tensor creations minus destructions),
+and forward + backward time of the head alone (input requires grad; alpha and b learned; a fixed random
+upstream gradient, so neither side gets the stride-0 gradient of `.sum()`): one untimed call, then `--reps`
+timed calls per head interleaved in ABBA order, median.
+
+What cannot fit is not attempted: a head whose estimated build memory (dense: the float32 C x N buffer;
+orthogonal: about 3 float64 copies of it during the QR, measured, so ~52 GB at 1M classes) exceeds 80% of
+the memory available (/proc/meminfo MemAvailable; CUDA: also the device's free memory for the buffer) prints
+`<head>_<C>: skipped (...)`. The batch at each C is `--batch` capped so that the dense product
+(forward and input gradient, 4 B C N FLOP) stays under `--max-gflop` (256 at 100K classes, 64 at 1M by
+default: 1M classes at batch 256 is ~2 TFLOP, 15-60 s per call on 2 CPU cores); the shape lines say which.
+
+Prints `name: value` lines: per C `<head>_<C>_<metric>` and the ratios `dense_over_fwht_<C>`,
+`dense_over_srht_<C>`, `srht_over_fwht_<C>`; then the headline ratios at the first C in `--classes` where all
+three ran, `dense_over_srht` and, last, `dense_over_fwht`. CPU by default, CUDA when present.
+
+    python benchmarks/fwht.py          # 2 CPU cores: 9.5 min beside another job keeping both busy (the 100K QR 2.5)
+    python benchmarks/fwht.py --classes 100000 --batch 64 --reps 2
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
+import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,8 +50,12 @@ from distbench.comm import fixed_weights, tensor_bytes
 from distbench.engines import synchronize
 from distbench.heads import build_head
 
-BATCH, IN_FEATURES, NUM_CLASSES = 256, 2048, 100_000
-MB = 1e6
+from common import interleave
+
+IN_FEATURES = 2048
+HEADS = {"dense": "fixed", "fwht": "fixed-fwht", "orthogonal": "fixed-orthogonal", "srht": "fixed-srht"}
+MB, GB = 1e6, 1e9
+FIT = 0.8  # build only what needs at most this share of the memory available
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
@@ -50,17 +79,77 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
-def main() -> None:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    heads = {}
-    for name, key in (("dense", "fixed"), ("fwht", "fixed-fwht")):
+def host_bytes() -> tuple[int, int]:
+    """(available, total) host memory in bytes: /proc/meminfo's MemAvailable (what can be allocated without
+    swapping, page cache included) and MemTotal; os.sysconf's free and total pages where there is no
+    /proc/meminfo."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)}
+        return info["MemAvailable"], info["MemTotal"]
+    except (OSError, KeyError, ValueError):
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+
+
+def build_estimate(name: str, c: int, n: int) -> tuple[int, int]:
+    """(host bytes to build, bytes the built head holds on its device), estimated. The dense Hadamard block
+    is built as whole periods of 2^ceil(log2 N) rows; the orthogonal one holds a float64 Gaussian, its QR
+    and the sign-corrected Q at once (3.1 x 8 C N measured at 20000 x 2048) before the float32 copy."""
+    matrix = c * n * 4
+    if name == "dense":
+        rows = -(-c // n) * n
+        return rows * n * 4, matrix
+    if name == "orthogonal":
+        return int(3.2 * 2 * matrix), matrix
+    return 2 * c * 4, 2 * c * 4  # bias, signs
+
+
+def skip_reason(name: str, c: int, n: int, batch: int, device: torch.device) -> str | None:
+    """Why head `name` at C classes would not fit here, or None."""
+    build, held = build_estimate(name, c, n)
+    build += 4 * batch * c * 4  # and one forward + backward: logits, their gradient, transients
+    available, total = host_bytes()
+    if build > FIT * available:
+        return f"needs ~{build / GB:.0f} GB to build; {available / GB:.0f} GB available of {total / GB:.0f} GB here"
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        if held + 4 * batch * c * 4 > FIT * free:
+            return f"needs ~{held / GB:.0f} GB on the device; {free / GB:.0f} GB free of {total / GB:.0f} GB"
+    return None
+
+
+def batch_for(c: int, n: int, batch: int, max_gflop: float) -> int:
+    """`batch`, halved until the dense head's forward + backward (4 B C N FLOP) is at most `max_gflop`."""
+    while batch > 1 and 4 * batch * c * n > max_gflop * 1e9:
+        batch //= 2
+    return batch
+
+
+def run_classes(c: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Builds, measures and times every head at C classes; prints its lines, returns the median ms per head."""
+    n = IN_FEATURES
+    batch = batch_for(c, n, args.batch, args.max_gflop)
+    capped = ""
+    if batch < args.batch:
+        capped = f" (--batch {args.batch} capped: dense forward+backward <= {args.max_gflop:g} GFLOP)"
+    print(f"shape_{c}: batch {batch}{capped}, in_features {n}, num_classes {c}")
+    heads: dict[str, torch.nn.Module] = {}
+    for name, key in HEADS.items():
+        if reason := skip_reason(name, c, n, batch, device):
+            print(f"{name}_{c}: skipped ({reason})")
+            continue
         t = time.perf_counter()
-        heads[name] = build_head(key, IN_FEATURES, NUM_CLASSES).to(device)
+        heads[name] = build_head(key, n, c).to(device)
         synchronize(device)
-        print(f"{name}_build_s: {time.perf_counter() - t:.2f}")
-    x = torch.randn(BATCH, IN_FEATURES, device=device, requires_grad=True)
-    grad = torch.randn(BATCH, NUM_CLASSES, device=device)
+        print(f"{name}_{c}_build_s: {time.perf_counter() - t:.2f}")
+        gc.collect()  # the orthogonal build's float64 temporaries
+    if not heads:
+        return {}
+
+    gen = torch.Generator().manual_seed(c)
+    x = torch.randn(batch, n, generator=gen).to(device).requires_grad_(True)
+    grad = torch.randn(batch, c, generator=gen).to(device)
 
     def step(head: torch.nn.Module) -> None:
         head(x).backward(grad)
@@ -69,30 +158,58 @@ def main() -> None:
         x.grad = None
         head.zero_grad(set_to_none=True)
 
-    print(f"device: {device.type}")
-    print(f"shape: batch {BATCH}, in_features {IN_FEATURES}, num_classes {NUM_CLASSES}")
     for name, head in heads.items():
-        print(f"{name}_buffer_MB: {tensor_bytes(fixed_weights(head)) / MB:.1f}")
+        weights = list(fixed_weights(head))
+        others = [b for b in head.buffers() if not any(b is w for w in weights)]
+        print(f"{name}_{c}_buffer_MB: {tensor_bytes(weights) / MB:.1f}")
+        print(f"{name}_{c}_other_buffers_MB: {tensor_bytes(others) / MB:.1f}")
     for name, head in heads.items():
         step(head)  # first call outside the measurement: one-off allocations and lazy initialisation
         clear_grads(head)
-        print(f"{name}_peak_fwd_bwd_MB: {peak_bytes(lambda head=head: step(head), device) / MB:.1f}")
+        print(f"{name}_{c}_peak_fwd_bwd_MB: {peak_bytes(lambda head=head: step(head), device) / MB:.1f}")
 
-    reps, warmup = (7, 2) if device.type == "cpu" else (25, 5)
-    times: dict[str, list[float]] = {name: [] for name in heads}
-    for rep in range(reps):
-        for name, head in heads.items():
-            clear_grads(head)
-            synchronize(device)
-            t = time.perf_counter()
-            step(head)
-            synchronize(device)
-            if rep >= warmup:
-                times[name].append(time.perf_counter() - t)
-    med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
-    print(f"dense_fwd_bwd_ms: {med['dense']:.2f}")
-    print(f"fwht_fwd_bwd_ms: {med['fwht']:.2f}")
-    print(f"dense_over_fwht: {med['dense'] / med['fwht']:.1f}")
+    def timed(head: torch.nn.Module) -> list[float]:
+        clear_grads(head)
+        synchronize(device)
+        t = time.perf_counter()
+        step(head)
+        synchronize(device)
+        return [time.perf_counter() - t]
+
+    times = interleave({name: lambda head=head: timed(head) for name, head in heads.items()}, args.reps)
+    med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+    for name, ms in med.items():
+        print(f"{name}_{c}_fwd_bwd_ms: {ms:.2f}")
+    for a, b in (("dense", "fwht"), ("dense", "srht"), ("srht", "fwht")):
+        print(f"{a}_over_{b}_{c}: " + (f"{med[a] / med[b]:.1f}" if a in med and b in med else "skipped"))
+    heads.clear()
+    gc.collect()
+    return med
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--classes", default="100000,1000000", help="comma-separated class counts")
+    ap.add_argument("--batch", type=int, default=256, help="batch (capped per C by --max-gflop)")
+    ap.add_argument("--reps", type=int, default=None, help="timed calls per head and C (default: 5 CPU, 25 CUDA)")
+    ap.add_argument(
+        "--max-gflop", type=float, default=600, help="cap on the dense head's forward+backward work per call"
+    )
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.reps = args.reps or (5 if device.type == "cpu" else 25)
+    logging.getLogger("distbench.heads").setLevel(logging.ERROR)  # "classes share a row": true, and beside the point
+    torch.manual_seed(0)
+    print(f"device: {device.type}")
+    print(f"threads: {torch.get_num_threads()}")
+    print(f"reps: {args.reps}")
+    results = {c: run_classes(c, args, device) for c in (int(v) for v in args.classes.split(","))}
+    headline = next((c for c, med in results.items() if {"dense", "fwht", "srht"} <= med.keys()), None)
+    if headline is not None:
+        med = results[headline]
+        print(f"headline_classes: {headline}")
+        print(f"dense_over_srht: {med['dense'] / med['srht']:.1f}")
+        print(f"dense_over_fwht: {med['dense'] / med['fwht']:.1f}")
 
 
 if __name__ == "__main__":

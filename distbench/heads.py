@@ -271,7 +271,8 @@ class SRHTHead(_ScaledHead):
     Features are zero-padded to m = 2^ceil(log2 N). Class c lies in block b = c div m and uses row c mod m
     of H D_b: H the m x m Sylvester matrix, D_b a seeded random +-1 diagonal. Rows in one block are
     orthogonal (for N = m; nearly so after padding); rows of different blocks have |cos| of order
-    1/sqrt(m), and coincide only if D_b D_b' is itself a row of H (probability m / 2^m per pair). Every
+    1/sqrt(m), and coincide only if the first N entries of D_b D_b' are those of a row of H (probability
+    at most m / 2^N per pair of blocks: nil at N = 512, not for a toy N of 12). Every
     block has its own D_b, block 0 too: without it row 0 would be all ones, and non-negative (post-ReLU)
     features would single out class 0 at initialisation.
 
@@ -299,7 +300,7 @@ class SRHTHead(_ScaledHead):
         xhat = self.normalize(x.reshape(-1, n).to(torch.promote_types(x.dtype, torch.float32)))
         # alpha on the B x m input rather than the B x C output: the same logits, one pass fewer.
         u = F.pad((self.sign * self.scale) * xhat, (0, m - n))
-        y = fwht(u.unsqueeze(1) * self.signs.to(u.dtype)).view(len(u), -1)  # B x (blocks m)
+        y = fwht(u.unsqueeze(1) * self.signs.to(u.dtype)).view(len(u), self.signs.numel())  # B x (blocks m)
         y = y if y.shape[1] == c else y[:, :c]
         return (y if self.bias is None else y + self.bias).view(*lead, c)
 

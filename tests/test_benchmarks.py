@@ -52,10 +52,19 @@ def test_data_rate_runs():
     assert bench("data_rate", "--blocks", "2", "--train-steps", "2", "--generate-batches", "2")["_ratio"] == "data_rate"
 
 
-def test_fwht_head_has_no_dense_buffer():
-    out = bench("fwht")
-    assert out["_ratio"] == "dense_over_fwht"
-    assert float(out["fwht_buffer_MB"]) == 0 < float(out["dense_buffer_MB"])
+def test_fwht_transform_heads_hold_no_dense_buffer():
+    # 20000 classes: the orthogonal head's QR takes ~30 s; 1e9: every head but the transforms' would need
+    # terabytes, so the script must skip them, not try
+    out = bench("fwht", "--classes", "20000,1000000000", "--batch", "64", "--reps", "2")
+    assert out["_ratio"] == "dense_over_fwht" and out["headline_classes"] == "20000"
+    dense = float(out["dense_20000_buffer_MB"])
+    assert dense == float(out["orthogonal_20000_buffer_MB"]) == pytest.approx(20000 * 2048 * 4 / 1e6, abs=0.05)
+    assert float(out["fwht_20000_buffer_MB"]) == float(out["srht_20000_buffer_MB"]) == 0
+    # the signs, ceil(C / N) x N (printed to 0.1 MB)
+    assert float(out["srht_20000_other_buffers_MB"]) == pytest.approx(10 * 2048 * 4 / 1e6, abs=0.05)
+    assert float(out["dense_over_srht"]) > 0
+    for name in ("dense", "orthogonal"):
+        assert out[f"{name}_1000000000"].startswith("skipped (needs ~"), out[f"{name}_1000000000"]
 
 
 def test_split_forward_runs():

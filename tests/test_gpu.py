@@ -9,7 +9,7 @@ from distbench.results import validate
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("head", ["learned", "fixed", "fixed-fwht"])
+@pytest.mark.parametrize("head", ["learned", "fixed", "fixed-fwht", "fixed-srht", "fixed-orthogonal"])
 def test_gpu_run_uses_nccl_and_exact_bytes(tmp_path, head):
     n = torch.cuda.device_count()
     r = torchrun([*FAST, "--head", head, "--num-classes", "100000"], tmp_path / "runs.jsonl", nproc=n, gpu=True)
