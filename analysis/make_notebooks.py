@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -92,9 +94,16 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             'big = df[df["config.data.dataset"] == "synthetic"]\n'
-            'cols = ["config.model.num_classes", "config.model.head", "accuracy.top1", "accuracy.top5",\n'
-            '        "accuracy.oracle_top1", "comm.payload_bytes_per_step", "perf.samples_per_s",\n'
-            '        "perf.peak_memory_bytes"]\n'
+            "cols = [\n"
+            '    "config.model.num_classes",\n'
+            '    "config.model.head",\n'
+            '    "accuracy.top1",\n'
+            '    "accuracy.top5",\n'
+            '    "accuracy.oracle_top1",\n'
+            '    "comm.payload_bytes_per_step",\n'
+            '    "perf.samples_per_s",\n'
+            '    "perf.peak_memory_bytes",\n'
+            "]\n"
             "big[[c for c in cols if c in big]].sort_values(cols[:2])"
         ),
         new_code_cell("report.fig_large_classes(df);"),
@@ -135,17 +144,20 @@ NOTEBOOKS = {
 }
 
 
-def write(name: str, cells: list) -> Path:
+def write(name: str, cells: list, out: Path = HERE) -> Path:
+    """Write one notebook as the project stores it: stable cell ids and ruff-formatted code, so that
+    regenerating an unchanged notebook changes nothing (tests/test_notebooks.py holds them equal)."""
+    for i, cell in enumerate(cells):
+        cell["id"] = f"{name}-{i}"
     nb = new_notebook(
         cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     )
-    path = HERE / f"{name}.ipynb"
+    path = out / f"{name}.ipynb"
     nbformat.write(nb, path)
+    subprocess.run([sys.executable, "-m", "ruff", "format", "-q", str(path)], check=True)
     return path
 
 
 if __name__ == "__main__":
-    import sys
-
     for name in sys.argv[1:] or NOTEBOOKS:  # python analysis/make_notebooks.py [name ...]
         print(write(name, NOTEBOOKS[name]))

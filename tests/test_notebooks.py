@@ -49,6 +49,18 @@ def results_dir(tmp_path_factory):
     return d
 
 
+def test_make_notebooks_regenerates_the_committed_notebooks(tmp_path):
+    sys.path.insert(0, str(ANALYSIS))
+    try:
+        import make_notebooks
+    finally:
+        sys.path.remove(str(ANALYSIS))
+    assert sorted(make_notebooks.NOTEBOOKS) == [p.stem for p in NOTEBOOKS]
+    for name, cells in make_notebooks.NOTEBOOKS.items():
+        fresh = make_notebooks.write(name, cells, out=tmp_path)
+        assert fresh.read_text() == (ANALYSIS / f"{name}.ipynb").read_text(), f"{name}: run analysis/make_notebooks.py"
+
+
 def test_notebooks_are_stored_without_outputs():
     assert NOTEBOOKS, "no notebooks in analysis/"
     for path in NOTEBOOKS:
