@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from distbench import results
+from distbench.freeze import parse_rule
 
 # Settings that define a variant rather than the experiment: they may differ from the baseline.
 VARIANT_COLUMNS = (
@@ -33,10 +34,7 @@ IGNORED_PREFIXES = ("config.output.", "config.data.workers")
 
 def learns_everything(freeze: str) -> bool:
     """`fraction:1.0` learns every filter, as `none` does."""
-    if freeze == "none":
-        return True
-    name, _, arg = freeze.partition(":")
-    return name == "fraction" and float(arg) >= 1.0
+    return parse_rule(freeze).learns_everything
 
 
 def variant(row: pd.Series) -> str:

@@ -1,7 +1,12 @@
-"""One typed, validated, frozen run configuration: TOML file (`--config`) overlaid by command-line flags.
+"""One typed, frozen run configuration: TOML file (`--config`) overlaid by command-line flags.
 
 Each field is documented where it is declared; its flag is `--` + the field name with dashes, and its
 TOML key is `[section] field`. A bad value raises ConfigError naming both.
+
+This module is a leaf: it imports nothing of distbench, so anything may import it. It checks values
+(ranges, choices written here); whether names exist in the registries and whether the freeze rule and
+parameterisation fit the model is `distbench.checks.check`, the one explicit step that run.py and the
+sweep take before any process group exists.
 """
 
 from __future__ import annotations
@@ -49,15 +54,6 @@ def _check(ok: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
-def _check_name(field: str, lookup) -> None:
-    from distbench.registry import UnknownName
-
-    try:
-        lookup()
-    except (UnknownName, ValueError) as e:
-        raise ConfigError(field, str(e)) from None
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     model: str = opt("tiny", "backbone: tiny, wrn-<depth>-<width>, or any torchvision classification model")
@@ -72,21 +68,6 @@ class ModelConfig:
     param: str = opt("none", "conv parameterisation: none, symmetric (square convs), dirac")
 
     def __post_init__(self) -> None:
-        from distbench.heads import HEADS
-        from distbench.models import check_model_name
-
-        _check_name("model.model", lambda: check_model_name(self.model))
-        _check_name("model.head", lambda: HEADS.get(self.head))
-        from distbench.params import PARAMS
-
-        _check_name("model.param", lambda: PARAMS.get(self.param))
-        from distbench.heads import ROW_NORMS
-
-        _check(
-            self.head_rows in ROW_NORMS,
-            "model.head_rows",
-            f"unknown value {self.head_rows!r}; choose from: {', '.join(ROW_NORMS)}",
-        )
         _check(
             self.head_rows == "authors" or self.head == "fixed-orthogonal",
             "model.head_rows",
@@ -116,9 +97,6 @@ class FreezeConfig:
     frozen_init: str = opt("random", "fixed weights keep their random init, or are zeroed: random or zero")
 
     def __post_init__(self) -> None:
-        from distbench.freeze import parse_rule
-
-        _check_name("freeze.freeze", lambda: parse_rule(self.freeze))
         for name, valid in (
             ("freeze_mode", ("mask", "split")),
             ("bn", ("frozen", "learned")),
@@ -126,11 +104,6 @@ class FreezeConfig:
         ):
             value = getattr(self, name)
             _check(value in valid, f"freeze.{name}", f"unknown value {value!r}; choose from: {', '.join(valid)}")
-
-    def settings(self):
-        from distbench.freeze import FreezeSettings, parse_rule
-
-        return FreezeSettings(parse_rule(self.freeze), self.freeze_mode, self.bn, self.frozen_init)
 
 
 @dataclass(frozen=True)
@@ -143,9 +116,6 @@ class DataConfig:
     workers: int = opt(4, "data-loader worker processes per rank (imagefolder)")
 
     def __post_init__(self) -> None:
-        from distbench.data import DATASETS
-
-        _check_name("data.dataset", lambda: DATASETS.get(self.dataset))
         _check(self.eval_samples >= 0, "data.eval_samples", f"must be >= 0, got {self.eval_samples}")
         _check(
             self.dataset != "synthetic" or self.eval_samples > 0,
@@ -209,11 +179,6 @@ class DistConfig:
     bucket_cap_mb: float = opt(25.0, "DDP gradient bucket size in MiB")
 
     def __post_init__(self) -> None:
-        from distbench.comm import COMM_HOOKS
-        from distbench.engines import ENGINES
-
-        _check_name("dist.backend", lambda: ENGINES.get(self.backend))
-        _check_name("dist.comm_hook", lambda: COMM_HOOKS.get(self.comm_hook))
         _check(
             self.dist_backend in ("auto", "nccl", "gloo"),
             "dist.dist_backend",
@@ -279,39 +244,6 @@ class RunConfig:
                 f"{self.dist.powersgd_start_iter} > --warmup-steps "
                 f"{self.train.warmup_steps}: every timed step must be a compressed one",
             )
-        self._check_model_structure()
-        from distbench.data import DataError, check_data
-
-        try:
-            check_data(self.data, self.model.num_classes)
-        except DataError as e:
-            section = "model" if e.field == "num_classes" else "data"
-            raise ConfigError(f"{section}.{e.field}", str(e)) from None
-
-    def _check_model_structure(self) -> None:
-        """Freeze rules and parameterisations that do not fit the model fail here, before any process
-        starts: the backbone is built on the meta device, which allocates nothing."""
-        import torch
-
-        from distbench.freeze import FreezeError, apply_freeze
-        from distbench.models import build_backbone
-        from distbench.params import ParamError, apply_param
-
-        settings = self.freeze.settings()
-        if settings.rule.filters is not None and self.model.param != "none":
-            raise ConfigError(
-                "freeze.freeze",
-                f"{self.freeze.freeze!r} cannot split the filters of {self.model.param} "
-                "convs; use --param none, or a bn / blocks rule",
-            )
-        with torch.device("meta"):
-            backbone = build_backbone(self.model.model, self.model.image_size)
-            try:
-                apply_param(self.model.param, backbone)
-                apply_freeze(backbone, settings)
-            except (FreezeError, ParamError) as e:
-                section = "model" if e.field == "param" else "freeze"
-                raise ConfigError(f"{section}.{e.field}", str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

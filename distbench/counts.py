@@ -11,10 +11,8 @@ import argparse
 import torch
 
 from distbench.comm import COMM_HOOKS, param_counts
-from distbench.config import FreezeConfig, ModelConfig
-from distbench.freeze import FreezeError
+from distbench.config import ConfigError, FreezeConfig, ModelConfig
 from distbench.models import build_model
-from distbench.params import ParamError
 
 VARIANTS: list[tuple[str, dict, dict]] = [
     ("none", {}, {}),
@@ -44,7 +42,7 @@ def table(models: list[str], num_classes: int) -> str:
                     model = build_model(
                         ModelConfig(model=name, num_classes=num_classes, **model_kw), FreezeConfig(**freeze_kw)
                     )
-            except (FreezeError, ParamError) as e:
+            except ConfigError as e:
                 rows.append(f"| {name} | {label} | does not apply: {e} | | | |")
                 continue
             counts = param_counts(model)

@@ -17,19 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from distbench.config import ConfigError
 from distbench.registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 DATASETS: Registry = Registry("dataset")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class DataError(ValueError):
-    """Bad data settings found while building a data set; `field` names the config field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -313,16 +306,18 @@ def _class_dirs(split: Path) -> list[str]:
 def check_imagefolder(data_dir: str | None, num_classes: int) -> None:
     """Cheap checks before any process starts work: the layout exists and the class count matches."""
     if not data_dir:
-        raise DataError("data_dir", "imagefolder needs --data-dir (a folder with train/ and val/)")
+        raise ConfigError("data.data_dir", "imagefolder needs --data-dir (a folder with train/ and val/)")
     root = Path(data_dir)
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise DataError("data_dir", f"{root / split} is not a directory (expected ImageNet layout)")
+            raise ConfigError("data.data_dir", f"{root / split} is not a directory (expected ImageNet layout)")
     n_train, n_val = len(_class_dirs(root / "train")), len(_class_dirs(root / "val"))
     if n_train != n_val:
-        raise DataError("data_dir", f"train/ has {n_train} classes but val/ has {n_val}")
+        raise ConfigError("data.data_dir", f"train/ has {n_train} classes but val/ has {n_val}")
     if n_train != num_classes:
-        raise DataError("num_classes", f"{root / 'train'} has {n_train} classes, got --num-classes {num_classes}")
+        raise ConfigError(
+            "model.num_classes", f"{root / 'train'} has {n_train} classes, got --num-classes {num_classes}"
+        )
 
 
 @DATASETS.register("imagefolder")
@@ -382,14 +377,18 @@ FIXED_CLASSES = {"digits": 10, "fashion-mnist": 10}
 def check_data(cfg, num_classes: int) -> None:
     """Checks that need no data loaded, run while the config is validated (before any process group)."""
     if cfg.dataset in FIXED_CLASSES and num_classes != FIXED_CLASSES[cfg.dataset]:
-        raise DataError("num_classes", f"{cfg.dataset} has {FIXED_CLASSES[cfg.dataset]} classes, got {num_classes}")
+        raise ConfigError(
+            "model.num_classes", f"{cfg.dataset} has {FIXED_CLASSES[cfg.dataset]} classes, got {num_classes}"
+        )
     if cfg.dataset == "imagefolder":
         check_imagefolder(cfg.data_dir, num_classes)
     if cfg.dataset == "fashion-mnist":
         root = Path(cfg.data_dir or FASHION_MNIST_DIR)
         missing = [f for f in FASHION_MNIST_FILES.values() if not (root / f).is_file()]
         if missing:
-            raise DataError("data_dir", f"no {missing[0]} in {root} (Debian: apt-get install dataset-fashion-mnist)")
+            raise ConfigError(
+                "data.data_dir", f"no {missing[0]} in {root} (Debian: apt-get install dataset-fashion-mnist)"
+            )
 
 
 def build_dataset(

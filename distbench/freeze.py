@@ -12,44 +12,71 @@ code does: it learns the same thing and sends every byte. The contrast is the po
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distbench.config import ConfigError, FreezeConfig
 from distbench.registry import Registry
-
-
-class FreezeError(ValueError):
-    """A freeze spec that cannot apply; `field` is the config field it comes from."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
 class Rule:
-    """What to learn. `filters(out_channels)` gives the number of learned filters of a conv (None: the
-    rule is not per-filter); `bn_only` and `blocks` cover the whole-tensor rules."""
+    """A parsed freeze spec: what the backbone learns. `kind` is the spec's name; `fraction` (fraction:P),
+    `count` (filters:K) and `blocks` (blocks:a,b) its argument. Parsed once by `parse_rule`; everything that
+    needs to know what a spec means asks the rule, never the text."""
 
-    name: str
-    filters: Callable[[int], int] | None = None
-    bn_only: bool = False
+    kind: str
+    fraction: float | None = None
+    count: int | None = None
     blocks: tuple[str, ...] = ()
+    spec: str = ""  # the text it was parsed from, as the user wrote it (run ids and labels keep it)
+
+    @property
+    def per_filter(self) -> bool:
+        """The rule learns some filters of every conv (fraction, filters)."""
+        return self.kind in ("fraction", "filters")
+
+    @property
+    def bn_only(self) -> bool:
+        return self.kind == "bn"
+
+    @property
+    def learns_everything(self) -> bool:
+        """`none`, and `fraction:1.0`, which learns every filter."""
+        return self.kind == "none" or (self.kind == "fraction" and self.fraction >= 1.0)
+
+    def learned_filters(self, out_channels: int) -> int:
+        """Learned filters of a conv with `out_channels` filters (per-filter rules only)."""
+        if self.kind == "fraction":  # "the first p coefficients": ceil(p x out), at least one
+            return max(1, math.ceil(self.fraction * out_channels - 1e-9))
+        if self.kind == "filters":
+            return min(self.count, out_channels)
+        raise ValueError(f"rule {self} is not per filter")
+
+    def __str__(self) -> str:
+        return self.spec or self.kind
+
+    @property
+    def slug(self) -> str:
+        """The spec as a run-id part: fraction:0.1 -> fraction0.1, blocks:layer3,layer4 -> blockslayer3+layer4."""
+        return str(self).replace(":", "").replace(",", "+")
 
 
 RULES: Registry = Registry("freeze rule")
+FIELD = "freeze.freeze"
 
 
 def _number(arg: str, kind: type, spec: str) -> float:
     try:
         return kind(arg)
     except ValueError:
-        raise FreezeError("freeze", f"{spec!r}: {arg!r} is not a{'n integer' if kind is int else ' number'}") from None
+        raise ConfigError(FIELD, f"{spec!r}: {arg!r} is not a{'n integer' if kind is int else ' number'}") from None
 
 
 @RULES.register("none")
@@ -61,36 +88,36 @@ def _none(arg: str | None, spec: str) -> Rule:
 def _fraction(arg: str | None, spec: str) -> Rule:
     p = _number(arg or "", float, spec)
     if not 0 < p <= 1:
-        raise FreezeError("freeze", f"{spec!r}: the fraction must be in (0, 1], got {p}")
-    # "the first p coefficients": ceil(p x out), at least one
-    return Rule("fraction", filters=lambda out: max(1, math.ceil(p * out - 1e-9)))
+        raise ConfigError(FIELD, f"{spec!r}: the fraction must be in (0, 1], got {p}")
+    return Rule("fraction", fraction=p)
 
 
 @RULES.register("filters")
 def _filters(arg: str | None, spec: str) -> Rule:
     k = _number(arg or "", int, spec)
     if k < 1:
-        raise FreezeError("freeze", f"{spec!r}: the filter count must be >= 1, got {k}")
-    return Rule("filters", filters=lambda out: min(k, out))
+        raise ConfigError(FIELD, f"{spec!r}: the filter count must be >= 1, got {k}")
+    return Rule("filters", count=k)
 
 
 @RULES.register("bn")
 def _bn(arg: str | None, spec: str) -> Rule:
-    return Rule("bn", bn_only=True)
+    return Rule("bn")
 
 
 @RULES.register("blocks")
 def _blocks(arg: str | None, spec: str) -> Rule:
     names = tuple(n for n in (arg or "").split(",") if n)
     if not names:
-        raise FreezeError("freeze", f"{spec!r}: name at least one submodule, e.g. blocks:layer4")
+        raise ConfigError(FIELD, f"{spec!r}: name at least one submodule, e.g. blocks:layer4")
     return Rule("blocks", blocks=names)
 
 
+@functools.cache
 def parse_rule(spec: str) -> Rule:
-    """'fraction:0.1' -> Rule. Unknown names and bad arguments raise (UnknownName / FreezeError)."""
+    """'fraction:0.1' -> Rule. Unknown names raise UnknownName, bad arguments ConfigError."""
     name, _, arg = spec.partition(":")
-    return RULES.get(name)(arg or None, spec)
+    return dataclasses.replace(RULES.get(name)(arg or None, spec), spec=spec)
 
 
 # ------------------------------------------------------------------------------------------ split convs
@@ -109,9 +136,9 @@ class SplitConv2d(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
         if conv.groups != 1:
-            raise FreezeError("freeze", "grouped convolutions cannot be split by filter")
+            raise ConfigError(FIELD, "grouped convolutions cannot be split by filter")
         if conv.padding_mode != "zeros":
-            raise FreezeError("freeze", f"padding mode {conv.padding_mode!r} is not supported when splitting")
+            raise ConfigError(FIELD, f"padding mode {conv.padding_mode!r} is not supported when splitting")
         w = conv.weight.detach()
         self.weight_learned = nn.Parameter(w[:learned].clone())
         self.register_buffer("weight_fixed", w[learned:].clone())
@@ -149,6 +176,10 @@ class FreezeSettings:
     bn: str = "learned"  # BatchNorm affine of partly frozen layers: learned | frozen
     frozen_init: str = "random"  # random | zero
 
+    @classmethod
+    def from_config(cls, cfg: FreezeConfig) -> FreezeSettings:
+        return cls(parse_rule(cfg.freeze), cfg.freeze_mode, cfg.bn, cfg.frozen_init)
+
 
 def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)
@@ -157,9 +188,9 @@ def _is_bn(m: nn.Module) -> bool:
 def apply_freeze(backbone: nn.Module, settings: FreezeSettings) -> None:
     """Freeze parts of `backbone` in place. The head is left alone: it follows --head."""
     rule = settings.rule
-    if rule.name == "none":
+    if rule.kind == "none":
         return
-    if rule.filters is not None:
+    if rule.per_filter:
         _freeze_filters(backbone, settings)
         return
     if rule.bn_only:
@@ -169,7 +200,7 @@ def apply_freeze(backbone: nn.Module, settings: FreezeSettings) -> None:
         missing = [b for b in rule.blocks if b not in children or b == ""]
         if missing:
             top = ", ".join(n for n, m in backbone.named_children() if any(True for _ in m.parameters()))
-            raise FreezeError("freeze", f"no submodule {missing[0]!r} in the model; top-level blocks: {top}")
+            raise ConfigError(FIELD, f"no submodule {missing[0]!r} in the model; top-level blocks: {top}")
         learn = [children[b] for b in rule.blocks]
     keep = {id(p) for m in learn for p in m.parameters()}
     for m in backbone.modules():
@@ -183,9 +214,9 @@ def apply_freeze(backbone: nn.Module, settings: FreezeSettings) -> None:
 def _freeze_filters(backbone: nn.Module, settings: FreezeSettings) -> None:
     convs = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise FreezeError("freeze", "the model has no conv layer to freeze filters of")
+        raise ConfigError(FIELD, "the model has no conv layer to freeze filters of")
     for name, conv in convs:
-        k = settings.rule.filters(conv.out_channels)
+        k = settings.rule.learned_filters(conv.out_channels)
         if settings.frozen_init == "zero":
             with torch.no_grad():
                 conv.weight[k:].zero_()

@@ -33,7 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from distbench import results
+from distbench.checks import check
 from distbench.config import SECTIONS, ConfigError, flag, from_dict
+from distbench.freeze import parse_rule
+from distbench.registry import UnknownName
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DEFAULTS = {"nproc_per_node": None, "nnodes": 1}  # None: GPUs on the node, else 1
@@ -60,8 +63,12 @@ def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
     digest = hashlib.sha1(json.dumps([what, launch], sort_keys=True).encode()).hexdigest()[:10]
     m, f, d = config.get("model", {}), config.get("freeze", {}), config.get("dist", {})
     parts = [m.get("model", "tiny"), m.get("head", "learned"), f"c{m.get('num_classes', 100)}"]
-    if f.get("freeze", "none") != "none":
-        parts += [f["freeze"].replace(":", "").replace(",", "+"), f.get("freeze_mode", "split")]
+    try:
+        rule = parse_rule(f.get("freeze", "none"))
+        if rule.kind != "none":
+            parts += [rule.slug, f.get("freeze_mode", "split")]
+    except (ConfigError, UnknownName):  # a line kept to record its own failure
+        parts.append("badfreeze")
     if d.get("backend", "ddp") != "ddp":
         parts.append(f"{d['backend']}{d.get('zero_stage', 0)}")
     return "-".join([*parts, digest])
@@ -103,8 +110,8 @@ def expand(grid_path: str | os.PathLike, results: str | None = None) -> tuple[li
         output = tree.setdefault("output", {})
         output["out"] = str(Path(results or output.get("out", out_default)).resolve())
         try:
-            config = from_dict(tree).to_dict()
-        except ConfigError as e:
+            config = check(from_dict(tree)).to_dict()
+        except (ConfigError, UnknownName) as e:
             warnings.append(f"line {len(lines)}: {e}")
             config = _defaults_overlaid(tree)
         config["output"]["run_id"] = None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distbench import config, results
+from distbench import checks, config, results
 
 log = logging.getLogger("distbench")
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     rank0 = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s")
     try:
-        cfg = config.parse_args(argv)
+        cfg = checks.parse_and_check(argv)
     except config.ConfigError as e:
         return config.fail(e, quiet=not rank0)
 

@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from distbench.checks import parse_and_check
 from distbench.config import ConfigError, RunConfig, build_parser, parse_args
 
 
@@ -55,7 +56,7 @@ def test_toml_then_flags(tmp_path):
 )
 def test_bad_values_name_their_field(argv, field, text):
     with pytest.raises(ConfigError, match=text) as e:
-        parse_args(argv)
+        parse_and_check(argv)
     assert e.value.field == field
     assert str(e.value).startswith("--" + field.split(".")[1].replace("_", "-"))
 
@@ -64,16 +65,28 @@ def test_unknown_toml_key(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[train]\nstepz = 3\n")
     with pytest.raises(ConfigError, match="unknown key") as e:
-        parse_args(["--config", str(f)])
+        parse_and_check(["--config", str(f)])
     assert e.value.field == "train.stepz"
 
 
-def test_every_field_has_a_flag_and_help():
-    text = build_parser().format_help()
-    for section in dataclasses.fields(RunConfig):
-        for f in dataclasses.fields(section.default_factory()):
-            assert "--" + f.name.replace("_", "-") in text
-            assert f.metadata["help"]
+def test_readme_flag_table_is_the_parser():
+    """The README's flag table names every flag the parser takes, and no other (each with a help text)."""
+    import re
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| flag | default | meaning |") :].split("\n\n")[0]
+    documented = {f for row in table.splitlines()[2:] for f in re.findall(r"`(--[a-z0-9-]+)", row.split("|")[1])}
+    parser = build_parser()
+    taken = {o for a in parser._actions for o in a.option_strings if a.help not in (None, "==SUPPRESS==")}
+    taken -= {"-h", "--help"}
+
+    def plain(flags):  # --no-head-bias and --head-bias are one boolean flag
+        return {f.replace("--no-", "--") for f in flags}
+
+    assert plain(documented) == plain(taken)
+    assert all(a.help for a in parser._actions if a.option_strings)
 
 
 def test_linked_sweep_axis_sets_fields_together(tmp_path):
@@ -91,3 +104,22 @@ def test_linked_sweep_axis_sets_fields_together(tmp_path):
         for x in lines
     )
     assert got == [("fixed-srht", 10, 3), ("fixed-srht", 20, 5), ("learned", 10, 3), ("learned", 20, 5)]
+
+
+def test_config_is_a_leaf():
+    """Importing the config loads no other distbench module (nor torch): anything may import it."""
+    import subprocess
+    import sys
+
+    code = "import sys, distbench.config; print(sorted(m for m in sys.modules if m.startswith(('distbench', 'torch'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['distbench', 'distbench.config']"
+
+
+def test_name_checks_are_one_explicit_step():
+    from distbench.checks import check
+
+    cfg = parse_args(["--head", "fxied", "--freeze", "bogus:1"])  # values alone: fine
+    with pytest.raises(ConfigError) as e:
+        check(cfg)
+    assert e.value.field == "model.head"

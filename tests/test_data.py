@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from distbench.config import ConfigError, DataConfig, parse_args
+from distbench.checks import parse_and_check
+from distbench.config import ConfigError, DataConfig
 from distbench.data import Shard, SyntheticTask, build_dataset
 
 CPU = torch.device("cpu")
@@ -121,10 +122,10 @@ def test_imagefolder_loads_with_distributed_sampler(tmp_path):
 def test_imagefolder_class_count_mismatch_is_a_config_error(tmp_path):
     root = make_imagefolder(tmp_path)
     with pytest.raises(ConfigError, match="has 3 classes, got --num-classes 5") as e:
-        parse_args(["--dataset", "imagefolder", "--data-dir", str(root), "--num-classes", "5"])
+        parse_and_check(["--dataset", "imagefolder", "--data-dir", str(root), "--num-classes", "5"])
     assert e.value.field == "model.num_classes"
     with pytest.raises(ConfigError, match="not a directory") as e:
-        parse_args(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "train"), "--num-classes", "3"])
+        parse_and_check(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "train"), "--num-classes", "3"])
     assert e.value.field == "data.data_dir"
 
 
@@ -145,5 +146,5 @@ def test_fashion_mnist_full_split():
 
 def test_fashion_mnist_missing_files_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="dataset-fashion-mnist") as e:
-        parse_args(["--dataset", "fashion-mnist", "--num-classes", "10", "--data-dir", str(tmp_path)])
+        parse_and_check(["--dataset", "fashion-mnist", "--num-classes", "10", "--data-dir", str(tmp_path)])
     assert e.value.field == "data.data_dir"

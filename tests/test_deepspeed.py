@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import RUN, _records, run_cmd, torchrun
 
+from distbench.checks import parse_and_check
 from distbench.results import validate
 
 pytest.importorskip("deepspeed")
@@ -98,7 +99,7 @@ def test_user_config_overlay_and_bad_values(tmp_path):
         (["--backend", "deepspeed", "--deepspeed-config", str(tmp_path / "no.json")], "dist.deepspeed_config"),
     ]:
         with pytest.raises(ConfigError) as e:
-            parse_args(argv)
+            parse_and_check(argv)
         assert e.value.field == field
 
 

@@ -3,7 +3,8 @@
 import pytest
 from conftest import SHORT, flags, torchrun
 
-from distbench.config import ConfigError, parse_args
+from distbench.checks import parse_and_check
+from distbench.config import ConfigError
 from distbench.results import validate
 
 SMALL = flags(steps=3, warmup_steps=3, nosync_steps=0, batch_size=8, eval_samples=16)
@@ -58,7 +59,7 @@ def test_powersgd_on_resnet18_with_a_fixed_head(tmp_path):
 
 def test_powersgd_must_start_within_the_warmup():
     with pytest.raises(ConfigError) as e:
-        parse_args(["--comm-hook", "powersgd", "--powersgd-start-iter", "20", "--warmup-steps", "10"])
+        parse_and_check(["--comm-hook", "powersgd", "--powersgd-start-iter", "20", "--warmup-steps", "10"])
     assert e.value.field == "dist.powersgd_start_iter"
     with pytest.raises(ConfigError, match="choose from: allreduce, bf16, fp16, powersgd"):
-        parse_args(["--comm-hook", "int8"])
+        parse_and_check(["--comm-hook", "int8"])

@@ -102,14 +102,14 @@ from distbench.models import diracnet, tiny, wrn  # noqa: E402,F401  (registrati
 def build_model(cfg, freeze=None, seed: int = 0, head_dtype: torch.dtype = torch.float32) -> Classifier:
     """`cfg` is a `distbench.config.ModelConfig`, `freeze` a `FreezeConfig` (None: learn everything).
     Weights are drawn from the global RNG (seed it first); then the convs are reparameterised and frozen."""
-    from distbench.freeze import apply_freeze
+    from distbench.freeze import FreezeSettings, apply_freeze
     from distbench.heads import build_head
     from distbench.params import apply_param
 
     backbone = build_backbone(cfg.model, cfg.image_size)
     apply_param(cfg.param, backbone)
     if freeze is not None:
-        apply_freeze(backbone, freeze.settings())
+        apply_freeze(backbone, FreezeSettings.from_config(freeze))
     head = build_head(
         cfg.head,
         backbone.num_features,

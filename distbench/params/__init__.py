@@ -15,14 +15,6 @@ from distbench.registry import Registry
 PARAMS: Registry = Registry("parameterisation")
 
 
-class ParamError(ValueError):
-    """A parameterisation that cannot apply to this model; `field` is the config field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 def replace_convs(
     backbone: nn.Module, take: Callable[[nn.Conv2d], bool], make: Callable[[nn.Conv2d], nn.Module]
 ) -> int:

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.params import PARAMS, ParamError, replace_convs
+from distbench.config import ConfigError
+from distbench.params import PARAMS, replace_convs
 
 
 def is_square(conv: nn.Conv2d) -> bool:
@@ -48,4 +49,4 @@ class SymmetricConv2d(nn.Module):
 @PARAMS.register("symmetric")
 def symmetric(backbone: nn.Module) -> None:
     if replace_convs(backbone, is_square, SymmetricConv2d) == 0:
-        raise ParamError("param", "the model has no square conv (in == out channels) to make symmetric")
+        raise ConfigError("model.param", "the model has no square conv (in == out channels) to make symmetric")

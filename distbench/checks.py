@@ -1,0 +1,74 @@
+"""The one step that holds a RunConfig against the code: names against the registries, the head's options,
+the data on disk, and whether the freeze rule and parameterisation fit the model (built on the meta device,
+which allocates nothing). `launch/run.py` and the sweep call `check` before any process group exists, so
+bad input fails first, in one line naming its flag. Every failure is a `ConfigError` with the dotted field.
+
+`distbench.config` checks values alone and imports nothing of distbench; this module knows the components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from distbench.config import ConfigError, RunConfig, parse_args
+from distbench.registry import UnknownName
+
+
+def _known(field: str, lookup: Callable[[str], Any], name: str) -> None:
+    try:
+        lookup(name)
+    except (UnknownName, ValueError) as e:  # ValueError: a family member that cannot be built (wrn-27-10)
+        raise ConfigError(field, e.args[0] if isinstance(e, UnknownName) else str(e)) from None
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    """Raise ConfigError for the first setting the code cannot honour; return `cfg` unchanged."""
+    from distbench.comm import COMM_HOOKS
+    from distbench.data import DATASETS, check_data
+    from distbench.engines import ENGINES
+    from distbench.freeze import parse_rule
+    from distbench.heads import HEADS, ROW_NORMS
+    from distbench.models import check_model_name
+    from distbench.params import PARAMS
+
+    m = cfg.model
+    _known("model.model", check_model_name, m.model)
+    _known("model.head", HEADS.get, m.head)
+    _known("model.param", PARAMS.get, m.param)
+    _known("freeze.freeze", parse_rule, cfg.freeze.freeze)
+    _known("data.dataset", DATASETS.get, cfg.data.dataset)
+    _known("dist.backend", ENGINES.get, cfg.dist.backend)
+    _known("dist.comm_hook", COMM_HOOKS.get, cfg.dist.comm_hook)
+    if m.head_rows not in ROW_NORMS:
+        raise ConfigError("model.head_rows", f"unknown value {m.head_rows!r}; choose from: {', '.join(ROW_NORMS)}")
+    check_data(cfg.data, m.num_classes)
+    check_structure(cfg)
+    return cfg
+
+
+def check_structure(cfg: RunConfig) -> None:
+    """Freeze rules and parameterisations that do not fit the model fail here: the backbone is built on the
+    meta device and the rule applied to it."""
+    from distbench.freeze import FreezeSettings, apply_freeze
+    from distbench.models import build_backbone
+    from distbench.params import apply_param
+
+    settings = FreezeSettings.from_config(cfg.freeze)
+    if settings.rule.per_filter and cfg.model.param != "none":
+        raise ConfigError(
+            "freeze.freeze",
+            f"{cfg.freeze.freeze!r} cannot split the filters of {cfg.model.param} "
+            "convs; use --param none, or a bn / blocks rule",
+        )
+    with torch.device("meta"):
+        backbone = build_backbone(cfg.model.model, cfg.model.image_size)
+        apply_param(cfg.model.param, backbone)
+        apply_freeze(backbone, settings)
+
+
+def parse_and_check(argv: Sequence[str] | None = None, prog: str = "run.py") -> RunConfig:
+    """Command line (+ TOML) -> a RunConfig the code can run, or ConfigError."""
+    return check(parse_args(argv, prog))
