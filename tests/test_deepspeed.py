@@ -54,6 +54,15 @@ def test_zero_stages_match_ddp_and_the_comms_logger(tmp_path, ddp_payload, stage
     assert rec["perf"]["exposed_comm_ms"] is None  # DeepSpeed forbids steps without sync
 
 
+def free_port() -> int:
+    """A port nothing listens on now: a fixed one collides with another run of the suite on the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_deepspeed_launcher(tmp_path):
     launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable))
     out = tmp_path / "runs.jsonl"
@@ -62,7 +71,7 @@ def test_deepspeed_launcher(tmp_path):
         "--num_gpus",
         "2",
         "--master_port",
-        "29517",
+        str(free_port()),
         str(RUN),
         "--out",
         str(out),

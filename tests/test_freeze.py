@@ -133,10 +133,26 @@ def test_dirac_starts_near_identity():
 def test_diracnet_has_no_skip_connections_and_trains():
     torch.manual_seed(0)
     model = build_model(ModelConfig(model="diracnet-10-1", num_classes=10))
-    assert sum(isinstance(m, DiracConv2d) for m in model.modules()) == 6  # 3 groups x 2n, n = 1
-    loss = F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4))
-    loss.backward()
-    assert all(p.grad is not None for p in trainable(model))
+    convs = [m for m in model.modules() if isinstance(m, DiracConv2d)]
+    assert len(convs) == 6  # 3 groups x 2n, n = 1
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    # Trains: a few steps on one batch lower its loss.
+    opt = torch.optim.SGD(trainable(model), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(8):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    # No skip connection: silence one conv in the middle (W = 0) and nothing of the input gets past it.
+    with torch.no_grad():
+        convs[3].alpha.zero_()
+        convs[3].beta.zero_()
+    model.eval()
+    a, b = model(x[:1]), model(torch.randn(1, 3, 32, 32) * 5)
+    torch.testing.assert_close(a, b)
 
 
 def test_counts_table_agrees_with_expected_bytes():
