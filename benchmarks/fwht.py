@@ -10,7 +10,7 @@ The four heads (printed as dense, fwht, orthogonal, srht):
   ceil(C / 2048) x 2048 signs D_b (`srht_<C>_other_buffers_MB`), which are no weight.
 
 For each C in `--classes`, one at a time (the heads of one C are freed before the next): build time (the
-orthogonal head's QR dominates), the bytes of the fixed-weight buffers (distbench.comm.fixed_weights) and of
+orthogonal head's QR dominates), the bytes of the fixed-weight buffers (distbench.models.counts.fixed_weights) and of
 any other buffer, the peak of what one forward + backward allocates above what existed before it (CUDA: the
 caching allocator's peak; CPU: the torch profiler's memory timeline, tensor creations minus destructions),
 and forward + backward time of the head alone (input requires grad; alpha and b learned; a fixed random
@@ -46,9 +46,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import Action
 
-from distbench.comm import fixed_weights, tensor_bytes
+from distbench.comm import tensor_bytes
 from distbench.engines import synchronize
 from distbench.heads import build_head
+from distbench.models.counts import fixed_weights
 
 from common import interleave
 

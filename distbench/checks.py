@@ -26,9 +26,9 @@ def _known(field: str, lookup: Callable[[str], Any], name: str) -> None:
 
 def check(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError for the first setting the code cannot honour; return `cfg` unchanged."""
-    from distbench.comm import COMM_HOOKS
     from distbench.data import DATASETS, check_data
     from distbench.engines import ENGINES
+    from distbench.engines.hooks import COMM_HOOKS
     from distbench.freeze import parse_rule
     from distbench.heads import HEADS, ROW_NORMS
     from distbench.models import check_model_name

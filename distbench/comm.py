@@ -2,24 +2,23 @@
 
 Two sides that a test holds equal:
 - pure functions that say what the model must send (`expected_bytes`, `bus_bytes`, bandwidths);
-- the CommMeter, which counts what really goes to a collective, from inside the DDP comm hook.
+- the CommMeter, which counts what really goes to a collective; the engines feed it from their comm hooks
+  and collective taps (distbench.engines.hooks for DDP).
 
-Definitions (ARCHITECTURE.md): payload bytes are the bytes of the tensors handed to a collective per
-optimizer step; bus bytes per rank for a ring all-reduce are payload x 2(n-1)/n, and algbw / busbw are
-as nccl-tests defines them (docs/PERFORMANCE.md there).
+Definitions, as code, README and records use them: payload bytes are the bytes of the tensors handed to a
+collective per optimizer step; bus bytes per rank for a ring all-reduce are payload x 2(n-1)/n, and algbw /
+busbw are as nccl-tests defines them (docs/PERFORMANCE.md there).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-
-from distbench.registry import Registry
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -52,42 +51,6 @@ def algbw(payload_bytes: float, seconds: float) -> float:
 def busbw(payload_bytes: float, seconds: float, world_size: int) -> float:
     """All-reduce bus bandwidth in bytes/s (nccl-tests): algbw x 2(n-1)/n."""
     return bus_bytes(algbw(payload_bytes, seconds), world_size)
-
-
-def named_fixed_weights(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    """(qualified name, tensor) of the weights that exist but are never trained and so are buffers, not
-    parameters (a fixed head's projection, a split conv's fixed filters). Modules name them in a
-    `fixed_weights` attribute; a name set to None (a conv without bias) is no weight."""
-    for prefix, m in model.named_modules():
-        for name in getattr(m, "fixed_weights", ()):
-            if (tensor := getattr(m, name)) is not None:
-                yield (f"{prefix}.{name}" if prefix else name), tensor
-
-
-def fixed_weights(model: nn.Module) -> Iterable[torch.Tensor]:
-    return (tensor for _, tensor in named_fixed_weights(model))
-
-
-def param_counts(model: nn.Module) -> dict[str, int]:
-    """Weight counts for the record. Fixed weights count as frozen parameters, so `total` is the same
-    for a learned and a fixed head of the same shape."""
-
-    def count(m: nn.Module) -> tuple[int, int]:
-        total = sum(p.numel() for p in m.parameters()) + sum(t.numel() for t in fixed_weights(m))
-        return total, sum(p.numel() for p in trainable(m))
-
-    from distbench.freeze import conv_learned_fraction
-
-    total, learned = count(model)
-    head_total, head_learned = count(model.head) if hasattr(model, "head") else (0, 0)
-    return {
-        "total": total,
-        "trainable": learned,
-        "frozen": total - learned,
-        "head_total": head_total,
-        "head_trainable": head_learned,
-        "conv_learned_fraction": conv_learned_fraction(model),
-    }
 
 
 # ----------------------------------------------------------------------------------------------- the meter
@@ -156,110 +119,3 @@ class CommMeter:
             "buckets_per_step": per_step(sum(s.buckets for s in steps)),
             "collectives": {op: per_step(b) for op, b in sorted(totals.items())},
         }
-
-
-# ------------------------------------------------------------------------------------------------- hooks
-class AllReduceTap:
-    """While installed, every torch.distributed.all_reduce is counted as payload of the open step.
-
-    Comm hooks are counted by what they really send: the fp16 hook's half-size copy, PowerSGD's
-    uncompressed tensors, P and Q. PowerSGD launches its second all-reduce from a future callback, after
-    the hook has returned, so wrapping the hook call alone would miss it; wrapping the collective does not.
-    With `forward_sync_buffers=False` DDP issues no other collective inside a step, and collectives outside
-    a bracketed step (evaluation, statistics) are ignored by the meter.
-    """
-
-    def __init__(self, meter: CommMeter) -> None:
-        self.meter = meter
-        self.original: Callable | None = None
-
-    def install(self) -> None:
-        import torch.distributed as dist
-
-        original = self.original = dist.all_reduce
-
-        def all_reduce(tensor, *args, **kwargs):
-            self.meter.count("all_reduce", tensor, bucket=False)  # DDP's hook wrapper counts the buckets
-            return original(tensor, *args, **kwargs)
-
-        dist.all_reduce = all_reduce
-
-    def uninstall(self) -> None:
-        import torch.distributed as dist
-
-        if self.original is not None:
-            dist.all_reduce, self.original = self.original, None
-
-
-@dataclass(frozen=True)
-class CommHook:
-    """A DDP comm hook (torch's own) and the bytes per step it is expected to send."""
-
-    make: Callable[[Any], tuple[Any, Callable]]  # dist config -> (hook state, hook(state, bucket) -> Future)
-    expected: Callable[[nn.Module, Any], int]  # (model, dist config) -> bytes per step
-
-
-COMM_HOOKS: Registry = Registry("comm hook")
-
-
-def counting_buckets(meter: CommMeter, hook: Callable) -> Callable:
-    """`hook`, also counting its calls (one per DDP bucket)."""
-
-    # DDP inspects the hook's signature: `bucket` must be unannotated or dist.GradBucket itself, which
-    # `from __future__ import annotations` would turn into a string.
-    def counted(state, bucket):
-        meter.count_bucket()
-        return hook(state, bucket)
-
-    return counted
-
-
-def _default_hooks():
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-    return default_hooks
-
-
-def powersgd_expected_bytes(model: nn.Module, rank: int) -> int:
-    """PowerSGD's bytes per step once compression has started (Vogels et al. 2019; torch's powerSGD_hook):
-    each gradient viewed as an n x m matrix (n = its first dimension) sends P (n x r) and Q (m x r) when
-    torch's own test says compression pays, else the whole tensor; r = min(n, m, rank). fp32 throughout."""
-    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _should_compress
-
-    total = 0
-    for p in trainable(model):
-        n = p.shape[0] if p.dim() else 1
-        m = p.numel() // n
-        r = min(n, m, rank)
-        compress, _, _ = _should_compress(n, m, r, 2)  # PowerSGDState's default min_compression_rate
-        total += ((n + m) * r if compress else p.numel()) * p.element_size()
-    return total
-
-
-def _powersgd(dc) -> tuple[Any, Callable]:
-    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
-
-    state = psgd.PowerSGDState(
-        process_group=None, matrix_approximation_rank=dc.powersgd_rank, start_powerSGD_iter=dc.powersgd_start_iter
-    )
-    return state, psgd.powerSGD_hook
-
-
-COMM_HOOKS.register("allreduce")(
-    CommHook(make=lambda dc: (None, _default_hooks().allreduce_hook), expected=lambda model, dc: expected_bytes(model))
-)
-COMM_HOOKS.register("fp16")(
-    CommHook(
-        make=lambda dc: (None, _default_hooks().fp16_compress_hook),
-        expected=lambda model, dc: expected_bytes(model, torch.float16),
-    )
-)
-COMM_HOOKS.register("bf16")(
-    CommHook(
-        make=lambda dc: (None, _default_hooks().bf16_compress_hook),
-        expected=lambda model, dc: expected_bytes(model, torch.bfloat16),
-    )
-)
-COMM_HOOKS.register("powersgd")(
-    CommHook(make=_powersgd, expected=lambda model, dc: powersgd_expected_bytes(model, dc.powersgd_rank))
-)

@@ -10,9 +10,10 @@ import argparse
 
 import torch
 
-from distbench.comm import COMM_HOOKS, param_counts
 from distbench.config import ConfigError, FreezeConfig, ModelConfig
+from distbench.engines.hooks import COMM_HOOKS
 from distbench.models import build_model
+from distbench.models.counts import param_counts
 
 VARIANTS: list[tuple[str, dict, dict]] = [
     ("none", {}, {}),

@@ -66,7 +66,7 @@ class _ScaledHead(nn.Module):
     `bias_bound` > 0 draws b from U(-bound, bound) (HadamardProj), 0 starts it at zero (Proj).
     """
 
-    fixed_weights: tuple[str, ...] = ()  # counted as frozen weights by distbench.comm.param_counts
+    fixed_weights: tuple[str, ...] = ()  # counted as frozen weights by distbench.models.counts.param_counts
 
     def __init__(
         self,

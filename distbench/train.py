@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from distbench import results
-from distbench.comm import param_counts
 from distbench.config import RunConfig
 from distbench.data import Batch, Shard, build_dataset
 from distbench.engines import Engine, Place, all_reduce, build_engine, init_distributed, replicas_identical
+from distbench.engines.hooks import COMM_HOOKS
 from distbench.models import build_model
+from distbench.models.counts import param_counts
 from distbench.optim import autocast, autocast_dtype
 from distbench.results import SCHEMA, environment, new_run_id, now
 
@@ -229,8 +230,6 @@ def summary(record: dict[str, Any]) -> str:
 
 def describe(cfg: RunConfig) -> str:
     """Parameter and expected byte counts of the configured model, built on the CPU (`--dry-run`)."""
-    from distbench.comm import COMM_HOOKS
-
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
     counts = param_counts(model)

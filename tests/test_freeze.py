@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.comm import expected_bytes, param_counts, trainable
+from distbench.comm import expected_bytes, trainable
 from distbench.config import FreezeConfig, ModelConfig
 from distbench.freeze import FreezeSettings, SplitConv2d, apply_freeze, conv_learned_fraction, parse_rule
 from distbench.models import build_backbone, build_model
+from distbench.models.counts import param_counts
 from distbench.params.dirac import DiracConv2d
 from distbench.params.symmetric import SymmetricConv2d
 

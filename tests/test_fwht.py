@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from distbench.comm import param_counts, trainable
+from distbench.comm import trainable
 from distbench.hadamard import fwht, hadamard_block
 from distbench.heads import FWHTHead, build_head
+from distbench.models.counts import param_counts
 
 # (C, N): C < N, C > N, C == N, non-powers of two on either side
 SHAPES = [(10, 64), (100, 64), (1000, 48), (64, 64), (3, 5), (5, 3), (1, 7), (7, 1)]

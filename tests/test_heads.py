@@ -4,9 +4,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from distbench.comm import param_counts, trainable
+from distbench.comm import trainable
 from distbench.hadamard import hadamard_block
 from distbench.heads import HEADS, build_head, orthogonal_block
+from distbench.models.counts import param_counts
 from distbench.registry import UnknownName
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from distbench.comm import fixed_weights, param_counts, trainable
+from distbench.comm import trainable
 from distbench.hadamard import hadamard_block
 from distbench.heads import SRHTHead, build_head
+from distbench.models.counts import fixed_weights, param_counts
 
 
 def block_size(n: int) -> int:

@@ -1,4 +1,4 @@
-"""Data-parallel engines: the only place (with distbench.comm) that talks to process groups.
+"""Data-parallel engines: the only place that talks to process groups.
 
 An engine owns the process group, wraps the model, attaches the CommMeter, and runs one optimizer
 step at a time. `distbench.train` drives it and never touches torch.distributed itself.

@@ -9,16 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distbench.comm import (
-    COMM_HOOKS,
-    AllReduceTap,
-    CommMeter,
-    counting_buckets,
-    named_fixed_weights,
-    tensor_bytes,
-    trainable,
-)
+from distbench.comm import CommMeter, tensor_bytes, trainable
 from distbench.engines import ENGINES, Engine, Place
+from distbench.engines.hooks import COMM_HOOKS, AllReduceTap, counting_buckets
+from distbench.models.counts import named_fixed_weights
 from distbench.optim import autocast, autocast_dtype, build_optimizer
 
 log = logging.getLogger(__name__)
