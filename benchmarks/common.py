@@ -1,5 +1,6 @@
 """What every benchmark script shares: the torchrun re-launch, the default job's parts, ABBA interleaving, medians'
-ratio intervals. Scripts import it as `common` (Python puts the script's own folder first on sys.path)."""
+ratio intervals, and (from records.py) the printed figures and the `--out` record. Scripts import it as `common`
+(Python puts the script's own folder first on sys.path)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from distbench.config import parse_args
 from distbench.data import Shard, build_dataset
 from distbench.engines import init_distributed
 from distbench.models import build_model
+
+from records import Figures, add_out_flag
+
+__all__ = [
+    "RANKS",
+    "Figures",
+    "NoProgress",
+    "add_out_flag",
+    "interleave",
+    "ratio_ci95",
+    "relaunch",
+    "tiny_job",
+    "under_torchrun",
+]
 
 RANKS = 2
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import time
 
 import torch
 
-from distbench.engines import build_engine, close_distributed, synchronize
+from distbench.engines import build_engine, close_distributed
+from distbench.timing import Stopwatch
 from distbench.train import run_steps
 
-from common import NoProgress, interleave, tiny_job
+from common import Figures, NoProgress, add_out_flag, interleave, tiny_job
 
 
 def main() -> None:
@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=30, help="blocks per variant")
     ap.add_argument("--train-steps", type=int, default=4, help="training steps per block")
     ap.add_argument("--generate-batches", type=int, default=20, help="generated batches per block")
+    add_out_flag(ap)
     args = ap.parse_args()
+    figures = Figures(__file__, args)
 
     cfg, place, model, batch_stream = tiny_job()
     tc, device = cfg.train, place.device
@@ -39,14 +41,14 @@ def main() -> None:
     engine = build_engine(cfg, model, place)
     feed = itertools.cycle(list(itertools.islice(stream, 8)))
 
+    watch = Stopwatch(device)
+
     def generate(n: int) -> list[float]:
         times = []
         for _ in range(n):
-            synchronize(device)
-            t = time.perf_counter()
+            watch.start()
             next(stream)
-            synchronize(device)
-            times.append((time.perf_counter() - t) * 1e3)
+            times.append(watch.stop() * 1e3)
         return times
 
     def train(n: int) -> list[float]:
@@ -60,14 +62,15 @@ def main() -> None:
 
     med = {name: statistics.median(v) for name, v in times.items()}
     rate = {name: tc.batch_size / (ms / 1e3) for name, ms in med.items()}
-    print(
+    figures.print(
         f"device: {device.type}, ranks: {place.world_size}, threads: {torch.get_num_threads()}, batch: {tc.batch_size}"
     )
-    print(f"generate_batch_ms: {med['generate']:.3f}")
-    print(f"train_step_ms: {med['train']:.2f}")
-    print(f"generated_samples_per_s: {rate['generate']:.0f}")
-    print(f"trained_samples_per_s: {rate['train']:.0f}")
-    print(f"data_rate: {rate['generate'] / rate['train']:.1f}")
+    figures.print(f"generate_batch_ms: {med['generate']:.3f}")
+    figures.print(f"train_step_ms: {med['train']:.2f}")
+    figures.print(f"generated_samples_per_s: {rate['generate']:.0f}")
+    figures.print(f"trained_samples_per_s: {rate['train']:.0f}")
+    figures.print(f"data_rate: {rate['generate'] / rate['train']:.1f}")
+    figures.finish("data_rate", device, place.world_size, place.backend)
     close_distributed()
 
 

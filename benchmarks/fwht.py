@@ -39,7 +39,6 @@ import gc
 import logging
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -47,11 +46,11 @@ from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import Action
 
 from distbench.comm import tensor_bytes
-from distbench.engines import synchronize
 from distbench.heads import build_head
 from distbench.models.counts import fixed_weights
+from distbench.timing import Stopwatch, synchronize
 
-from common import interleave
+from common import Figures, add_out_flag, interleave
 
 IN_FEATURES = 2048
 HEADS = {"dense": "fixed", "fwht": "fixed-fwht", "orthogonal": "fixed-orthogonal", "srht": "fixed-srht"}
@@ -127,23 +126,23 @@ def batch_for(c: int, n: int, batch: int, max_gflop: float) -> int:
     return batch
 
 
-def run_classes(c: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def run_classes(c: int, args: argparse.Namespace, device: torch.device, figures: Figures) -> dict[str, float]:
     """Builds, measures and times every head at C classes; prints its lines, returns the median ms per head."""
     n = IN_FEATURES
     batch = batch_for(c, n, args.batch, args.max_gflop)
     capped = ""
     if batch < args.batch:
         capped = f" (--batch {args.batch} capped: dense forward+backward <= {args.max_gflop:g} GFLOP)"
-    print(f"shape_{c}: batch {batch}{capped}, in_features {n}, num_classes {c}")
+    figures.print(f"shape_{c}: batch {batch}{capped}, in_features {n}, num_classes {c}")
     heads: dict[str, torch.nn.Module] = {}
+    watch = Stopwatch(device)
     for name, key in HEADS.items():
         if reason := skip_reason(name, c, n, batch, device):
-            print(f"{name}_{c}: skipped ({reason})")
+            figures.print(f"{name}_{c}: skipped ({reason})")
             continue
-        t = time.perf_counter()
+        watch.start()
         heads[name] = build_head(key, n, c).to(device)
-        synchronize(device)
-        print(f"{name}_{c}_build_s: {time.perf_counter() - t:.2f}")
+        figures.print(f"{name}_{c}_build_s: {watch.stop():.2f}")
         gc.collect()  # the orthogonal build's float64 temporaries
     if not heads:
         return {}
@@ -162,27 +161,25 @@ def run_classes(c: int, args: argparse.Namespace, device: torch.device) -> dict[
     for name, head in heads.items():
         weights = list(fixed_weights(head))
         others = [b for b in head.buffers() if not any(b is w for w in weights)]
-        print(f"{name}_{c}_buffer_MB: {tensor_bytes(weights) / MB:.1f}")
-        print(f"{name}_{c}_other_buffers_MB: {tensor_bytes(others) / MB:.1f}")
+        figures.print(f"{name}_{c}_buffer_MB: {tensor_bytes(weights) / MB:.1f}")
+        figures.print(f"{name}_{c}_other_buffers_MB: {tensor_bytes(others) / MB:.1f}")
     for name, head in heads.items():
         step(head)  # first call outside the measurement: one-off allocations and lazy initialisation
         clear_grads(head)
-        print(f"{name}_{c}_peak_fwd_bwd_MB: {peak_bytes(lambda head=head: step(head), device) / MB:.1f}")
+        figures.print(f"{name}_{c}_peak_fwd_bwd_MB: {peak_bytes(lambda head=head: step(head), device) / MB:.1f}")
 
     def timed(head: torch.nn.Module) -> list[float]:
         clear_grads(head)
-        synchronize(device)
-        t = time.perf_counter()
+        watch.start()
         step(head)
-        synchronize(device)
-        return [time.perf_counter() - t]
+        return [watch.stop()]
 
     times = interleave({name: lambda head=head: timed(head) for name, head in heads.items()}, args.reps)
     med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
     for name, ms in med.items():
-        print(f"{name}_{c}_fwd_bwd_ms: {ms:.2f}")
+        figures.print(f"{name}_{c}_fwd_bwd_ms: {ms:.2f}")
     for a, b in (("dense", "fwht"), ("dense", "srht"), ("srht", "fwht")):
-        print(f"{a}_over_{b}_{c}: " + (f"{med[a] / med[b]:.1f}" if a in med and b in med else "skipped"))
+        figures.print(f"{a}_over_{b}_{c}: " + (f"{med[a] / med[b]:.1f}" if a in med and b in med else "skipped"))
     heads.clear()
     gc.collect()
     return med
@@ -196,21 +193,24 @@ def main() -> None:
     ap.add_argument(
         "--max-gflop", type=float, default=600, help="cap on the dense head's forward+backward work per call"
     )
+    add_out_flag(ap)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.reps = args.reps or (5 if device.type == "cpu" else 25)
+    figures = Figures(__file__, args)  # the record holds the reps really used
     logging.getLogger("distbench.heads").setLevel(logging.ERROR)  # "classes share a row": true, and beside the point
     torch.manual_seed(0)
-    print(f"device: {device.type}")
-    print(f"threads: {torch.get_num_threads()}")
-    print(f"reps: {args.reps}")
-    results = {c: run_classes(c, args, device) for c in (int(v) for v in args.classes.split(","))}
+    figures.print(f"device: {device.type}")
+    figures.print(f"threads: {torch.get_num_threads()}")
+    figures.print(f"reps: {args.reps}")
+    results = {c: run_classes(c, args, device, figures) for c in (int(v) for v in args.classes.split(","))}
     headline = next((c for c, med in results.items() if {"dense", "fwht", "srht"} <= med.keys()), None)
     if headline is not None:
         med = results[headline]
-        print(f"headline_classes: {headline}")
-        print(f"dense_over_srht: {med['dense'] / med['srht']:.1f}")
-        print(f"dense_over_fwht: {med['dense'] / med['fwht']:.1f}")
+        figures.print(f"headline_classes: {headline}")
+        figures.print(f"dense_over_srht: {med['dense'] / med['srht']:.1f}")
+        figures.print(f"dense_over_fwht: {med['dense'] / med['fwht']:.1f}")
+    figures.finish("dense_over_fwht", device)
 
 
 if __name__ == "__main__":

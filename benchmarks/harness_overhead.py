@@ -27,16 +27,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distbench.engines import build_engine, close_distributed
-from distbench.train import StepTimer, make_progress, run_steps
+from distbench.timing import StepTimer
+from distbench.train import make_progress, run_steps
 
-from common import interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
+from common import Figures, add_out_flag, interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=60, help="blocks per variant")
     ap.add_argument("--block-steps", type=int, default=4, help="steps per block")
+    add_out_flag(ap)
     args = ap.parse_args()
+    figures = Figures(__file__, args)
 
     cfg, place, model, batch_stream = tiny_job()
     tc, device = cfg.train, place.device
@@ -86,12 +89,13 @@ def main() -> None:
     engine.close()
     if place.rank == 0:
         med = {n: statistics.median(v) for n, v in times.items()}
-        print(f"device: {device.type}, ranks: {place.world_size}, steps per variant: {len(times['plain'])}")
-        print(f"distbench_step_ms: {med['distbench']:.2f}")
-        print(f"plain_step_ms: {med['plain']:.2f}")
+        figures.print(f"device: {device.type}, ranks: {place.world_size}, steps per variant: {len(times['plain'])}")
+        figures.print(f"distbench_step_ms: {med['distbench']:.2f}")
+        figures.print(f"plain_step_ms: {med['plain']:.2f}")
         lo, hi = ratio_ci95(times["distbench"], times["plain"])
-        print(f"harness_overhead_ci95: {lo:.3f} to {hi:.3f}")
-        print(f"harness_overhead: {med['distbench'] / med['plain']:.3f}")
+        figures.print(f"harness_overhead_ci95: {lo:.3f} to {hi:.3f}")
+        figures.print(f"harness_overhead: {med['distbench'] / med['plain']:.3f}")
+        figures.finish("harness_overhead", device, place.world_size, place.backend)
     close_distributed()
 
 

@@ -25,7 +25,6 @@ import itertools
 import logging
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -34,13 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.config import parse_args
-from distbench.engines import Engine, build_engine, close_distributed, init_distributed, synchronize
+from distbench.engines import Engine, build_engine, close_distributed, init_distributed
 from distbench.heads import build_head
 from distbench.models import Classifier, build_model
 from distbench.optim import autocast
+from distbench.timing import Stopwatch
 from distbench.train import run_steps
 
-from common import NoProgress, interleave, relaunch, under_torchrun
+from common import Figures, NoProgress, add_out_flag, interleave, relaunch, under_torchrun
 
 MB = 1e6
 
@@ -56,28 +56,20 @@ def phases(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
     """One step, as DDPEngine.step does it, split into forward, backward and optimizer seconds. Each phase
     starts after a barrier (so it does not absorb the other rank's lag) and ends after a device sync."""
     device = engine.place.device
+    watch = Stopwatch(device)
 
-    def start() -> float:
-        synchronize(device)
-        dist.barrier()
-        return time.perf_counter()
-
-    def stop(t: float) -> float:
-        synchronize(device)
-        return time.perf_counter() - t
-
-    t = start()
+    watch.start(then=dist.barrier)
     engine.optimizer.zero_grad(set_to_none=True)
     with autocast(device, engine.amp_dtype):
         loss = F.cross_entropy(engine.ddp(x), y)
-    forward = stop(t)
-    t = start()
+    forward = watch.stop()
+    watch.start(then=dist.barrier)
     engine.scaler.scale(loss).backward()
-    backward = stop(t)
-    t = start()
+    backward = watch.stop()
+    watch.start(then=dist.barrier)
     engine.scaler.step(engine.optimizer)
     engine.scaler.update()
-    return forward, backward, stop(t)
+    return forward, backward, watch.stop()
 
 
 def main() -> None:
@@ -89,7 +81,9 @@ def main() -> None:
         "--blocks", type=int, default=8, help="blocks per head for the headline, half as many for the split"
     )
     ap.add_argument("--block-steps", type=int, default=3, help="steps per block")
+    add_out_flag(ap)
     args = ap.parse_args()
+    figures = Figures(__file__, args)
     # C > 512 repeats Hadamard rows: a warning about accuracy, which timing does not care about.
     logging.getLogger("distbench.heads").setLevel(logging.ERROR)
 
@@ -153,20 +147,21 @@ def main() -> None:
 
     if place.rank == 0:
         med = {name: statistics.median(v) for name, v in step_ms.items()}
-        print(f"device: {device.type}, ranks: {place.world_size}, backbone: {args.backbone}, batch: {batch}")
+        figures.print(f"device: {device.type}, ranks: {place.world_size}, backbone: {args.backbone}, batch: {batch}")
         for name in engines:
             nosync = statistics.median(nosync_ms[name])
             fwd, bwd, opt = (statistics.median(p) * 1e3 for p in zip(*split[f"{name}/sync"], strict=True))
             bwd_compute = statistics.median(p[1] for p in split[f"{name}/nosync"]) * 1e3
-            print(f"{name}_payload_MB: {payload[name] / MB:.1f}")
-            print(f"{name}_step_ms: {med[name]:.1f}")
-            print(f"{name}_nosync_step_ms: {nosync:.1f}")
-            print(f"{name}_exposed_comm_ms: {med[name] - nosync:.1f}")
-            print(f"{name}_forward_ms: {fwd:.1f}")
-            print(f"{name}_backward_ms: {bwd:.1f}")
-            print(f"{name}_backward_nosync_ms: {bwd_compute:.1f}")
-            print(f"{name}_optimizer_ms: {opt:.1f}")
-        print(f"head_speedup: {med['learned'] / med['fixed']:.2f}")
+            figures.print(f"{name}_payload_MB: {payload[name] / MB:.1f}")
+            figures.print(f"{name}_step_ms: {med[name]:.1f}")
+            figures.print(f"{name}_nosync_step_ms: {nosync:.1f}")
+            figures.print(f"{name}_exposed_comm_ms: {med[name] - nosync:.1f}")
+            figures.print(f"{name}_forward_ms: {fwd:.1f}")
+            figures.print(f"{name}_backward_ms: {bwd:.1f}")
+            figures.print(f"{name}_backward_nosync_ms: {bwd_compute:.1f}")
+            figures.print(f"{name}_optimizer_ms: {opt:.1f}")
+        figures.print(f"head_speedup: {med['learned'] / med['fixed']:.2f}")
+        figures.finish("head_speedup", device, place.world_size, place.backend)
     close_distributed()
 
 

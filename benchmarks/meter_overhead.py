@@ -26,7 +26,6 @@ import copy
 import itertools
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +33,12 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from distbench.comm import trainable
-from distbench.engines import Place, build_engine, close_distributed, synchronize
+from distbench.engines import Place, build_engine, close_distributed
 from distbench.engines.ddp import wrap
 from distbench.optim import autocast, autocast_dtype, build_optimizer
+from distbench.timing import Stopwatch
 
-from common import interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
+from common import Figures, add_out_flag, interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -61,12 +61,12 @@ def compare(cfg, model: nn.Module, batches: list[Batch], place: Place, blocks: i
         variants[name] = (ddp, build_optimizer(cfg.train, trainable(twin)), None)
     batches = [(x.contiguous(memory_format=memory_format) if x.dim() == 4 else x, y) for x, y in batches]
     feeds = {name: itertools.cycle(batches) for name in variants}
+    watch = Stopwatch(device)
 
     def step(name: str) -> float:
         ddp, optimizer, meter = variants[name]
         x, y = next(feeds[name])
-        synchronize(device)
-        t = time.perf_counter()
+        watch.start()
         if meter is not None:
             meter.start_step()
         optimizer.zero_grad(set_to_none=True)
@@ -76,8 +76,7 @@ def compare(cfg, model: nn.Module, batches: list[Batch], place: Place, blocks: i
         optimizer.step()
         if meter is not None:
             meter.end_step()
-        synchronize(device)
-        return time.perf_counter() - t
+        return watch.stop()
 
     for name in variants:  # warm-up: iteration 0, after which DDP rebuilds its buckets, and a few more
         for _ in range(3):
@@ -92,7 +91,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=50, help="blocks per variant (tiny CNN)")
     ap.add_argument("--block-steps", type=int, default=4, help="steps per block (tiny CNN)")
     ap.add_argument("--floor-blocks", type=int, default=300, help="blocks of 10 steps per variant (linear layer)")
+    add_out_flag(ap)
     args = ap.parse_args()
+    figures = Figures(__file__, args)
 
     cfg, place, model, batch_stream = tiny_job()
     device = place.device
@@ -109,22 +110,23 @@ def main() -> None:
         med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
         floor_us = {n: statistics.median(v) * 1e6 for n, v in floor.items()}
         lo, hi = ratio_ci95(times["meter"], times["default"])
-        print(f"device: {device.type}, ranks: {place.world_size}, steps per variant: {len(times['meter'])}")
-        print(f"meter_bytes_per_step: {counted.payload} in {counted.buckets} buckets")
-        print(f"floor_meter_step_us: {floor_us['meter']:.0f}")
-        print(f"floor_default_step_us: {floor_us['default']:.0f}")
-        print(f"floor_torch_hook_step_us: {floor_us['torch_hook']:.0f}")
-        print(f"floor_meter_added_us: {floor_us['meter'] - floor_us['default']:.0f}")
-        print(f"floor_counting_added_us: {floor_us['meter'] - floor_us['torch_hook']:.0f}")
-        print(f"meter_step_ms: {med['meter']:.2f}")
-        print(f"torch_hook_step_ms: {med['torch_hook']:.2f}")
-        print(f"default_step_ms: {med['default']:.2f}")
+        figures.print(f"device: {device.type}, ranks: {place.world_size}, steps per variant: {len(times['meter'])}")
+        figures.print(f"meter_bytes_per_step: {counted.payload} in {counted.buckets} buckets")
+        figures.print(f"floor_meter_step_us: {floor_us['meter']:.0f}")
+        figures.print(f"floor_default_step_us: {floor_us['default']:.0f}")
+        figures.print(f"floor_torch_hook_step_us: {floor_us['torch_hook']:.0f}")
+        figures.print(f"floor_meter_added_us: {floor_us['meter'] - floor_us['default']:.0f}")
+        figures.print(f"floor_counting_added_us: {floor_us['meter'] - floor_us['torch_hook']:.0f}")
+        figures.print(f"meter_step_ms: {med['meter']:.2f}")
+        figures.print(f"torch_hook_step_ms: {med['torch_hook']:.2f}")
+        figures.print(f"default_step_ms: {med['default']:.2f}")
         # What the meter adds does not grow with the model (it counts numel x element size per bucket), so
         # the floor's microseconds over the tiny CNN's step bound the ratio far more tightly than its noise.
         added_ms = (floor_us["meter"] - floor_us["default"]) / 1e3
-        print(f"meter_overhead_bound: {(med['default'] + added_ms) / med['default']:.4f}")
-        print(f"meter_overhead_ci95: {lo:.3f} to {hi:.3f}")
-        print(f"meter_overhead: {med['meter'] / med['default']:.3f}")
+        figures.print(f"meter_overhead_bound: {(med['default'] + added_ms) / med['default']:.4f}")
+        figures.print(f"meter_overhead_ci95: {lo:.3f} to {hi:.3f}")
+        figures.print(f"meter_overhead: {med['meter'] / med['default']:.3f}")
+        figures.finish("meter_overhead", device, place.world_size, place.backend)
     close_distributed()
 
 

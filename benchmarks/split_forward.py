@@ -9,16 +9,21 @@ the ratio last. CPU by default, CUDA when present.
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from distbench.engines import synchronize
+from distbench.timing import Stopwatch
+
+from common import Figures, add_out_flag
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_out_flag(ap)
+    figures = Figures(__file__, ap.parse_args())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     batch, channels, size = (32, 256, 14) if device.type == "cpu" else (128, 256, 28)
@@ -37,19 +42,20 @@ def main() -> None:
 
         times: dict[str, list[float]] = {"cat_weights": [], "cat_outputs": []}
         fns = {"cat_weights": cat_weights, "cat_outputs": cat_outputs}
+        watch = Stopwatch(device)
         for rep in range(12):
             for name, fn in fns.items():
-                synchronize(device)
-                t = time.perf_counter()
+                watch.start()
                 fn().sum().backward()
-                synchronize(device)
+                seconds = watch.stop()
                 if rep >= 2:  # warm-up
-                    times[name].append(time.perf_counter() - t)
+                    times[name].append(seconds)
         med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
-        print(f"device: {device.type}")
-        print(f"p{p}_cat_weights_ms: {med['cat_weights']:.2f}")
-        print(f"p{p}_cat_outputs_ms: {med['cat_outputs']:.2f}")
-        print(f"p{p}_cat_weights_over_cat_outputs: {med['cat_weights'] / med['cat_outputs']:.3f}")
+        figures.print(f"device: {device.type}")
+        figures.print(f"p{p}_cat_weights_ms: {med['cat_weights']:.2f}")
+        figures.print(f"p{p}_cat_outputs_ms: {med['cat_outputs']:.2f}")
+        figures.print(f"p{p}_cat_weights_over_cat_outputs: {med['cat_weights'] / med['cat_outputs']:.3f}")
+    figures.finish("p0.5_cat_weights_over_cat_outputs", device)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import random
 import re
 import statistics
-import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +30,10 @@ import torch
 import torch.distributed as dist
 
 from distbench.comm import algbw, bus_bytes
-from distbench.engines import synchronize
 from distbench.registry import Registry
 from distbench.results import SPEC as RUN_SPEC
 from distbench.results import SchemaError, check_fields, environment, new_run_id, now
+from distbench.timing import Stopwatch
 
 SCHEMA = "distbench.commbench/1"
 DTYPE = torch.float32
@@ -164,18 +163,17 @@ def time_sizes(place, op: str, counts: Sequence[int], iters: int, warmup: int, r
         for _ in range(warmup):
             coll.call(x, out)
     windows = torch.zeros(len(counts), repeats, dtype=torch.float64)
+    watch = Stopwatch(place.device)
     for r in range(repeats):
         order = list(range(len(counts)))
         random.Random(r).shuffle(order)
         for i in order:
             x, out = buffers[i]
             dist.barrier()  # start together: otherwise the first call absorbs the ranks' skew
-            synchronize(place.device)
-            start = time.perf_counter()
+            watch.start()
             for _ in range(iters):
                 coll.call(x, out)
-            synchronize(place.device)  # NCCL calls return at launch; the work is done only after this
-            windows[i, r] = (time.perf_counter() - start) / iters
+            windows[i, r] = watch.stop() / iters  # stop() synchronises: NCCL calls return at launch
     windows = windows.to(place.device)
     dist.all_reduce(windows)
     return (windows / place.world_size).tolist()

@@ -1,9 +1,9 @@
 """One benchmark run: build, warm up, time, evaluate, measure exposed communication, make the record.
 
 Timing follows nanoGPT's bench.py and timm's benchmark.py: warm-up steps first (they include
-iteration 0, after which DDP rebuilds its buckets), then a window of individually timed steps. On GPU,
-CUDA events bracket each step and are read after one synchronise at the end, so timing neither stalls
-the host nor hides asynchronous work.
+iteration 0, after which DDP rebuilds its buckets), then a window of individually timed steps
+(`distbench.timing.StepTimer`: on GPU, CUDA events bracket each step and are read after one synchronise at
+the end, so timing neither stalls the host nor hides asynchronous work).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import resource
 import statistics
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,37 +28,9 @@ from distbench.models import build_model
 from distbench.models.counts import param_counts
 from distbench.optim import autocast, autocast_dtype
 from distbench.results import SCHEMA, environment, new_run_id, now
+from distbench.timing import StepTimer, quantile
 
 log = logging.getLogger("distbench")
-
-
-class StepTimer:
-    """Per-step wall times in ms: CUDA events on GPU (read once at the end), perf_counter on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def times_ms(self) -> list[float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:], strict=False)]
-        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:], strict=False)]
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def run_steps(engine: Engine, batches: Iterator[Batch], n: int, progress) -> tuple[list[float], torch.Tensor]:

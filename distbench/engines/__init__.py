@@ -58,13 +58,6 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on `device` (CUDA launches return at once), so that a host clock read
-    after it covers the work; nothing to wait for on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def replicas_identical(params: list[torch.Tensor]) -> bool:
     """Whether every rank holds bit-identical `params`: a per-rank fingerprint (sums of the values and
