@@ -320,8 +320,8 @@ class CommbenchArgs:
     """untimed calls before the windows, per size"""
     repeats: int = 5
     """timed windows per size; the median is reported"""
-    backend: str = "auto"
-    """process-group backend: auto (nccl on GPU, gloo on CPU), gloo or nccl"""
+    dist_backend: str = "auto"
+    """process-group backend: auto (nccl on GPU, gloo on CPU), gloo or nccl (run.py's --dist-backend)"""
     out: str = "results/commbench.jsonl"
     """results file; one record per (op, size) is appended"""
     run_id: str | None = None
@@ -341,8 +341,8 @@ class CommbenchArgs:
         for name, low in (("factor", 2), ("iters", 1), ("warmup", 0), ("repeats", 1)):
             if getattr(self, name) < low:
                 raise ArgsError(f"--{name} must be at least {low}, got {getattr(self, name)}")
-        if self.backend not in ("auto", "gloo", "nccl"):
-            raise ArgsError(f"--backend must be auto, gloo or nccl, got {self.backend!r}")
+        if self.dist_backend not in ("auto", "gloo", "nccl"):
+            raise ArgsError(f"--dist-backend must be auto, gloo or nccl, got {self.dist_backend!r}")
         object.__setattr__(self, "sizes", tuple(message_sizes(self.min_bytes, self.max_bytes, self.factor)))
 
 
@@ -363,7 +363,10 @@ def parse_args(argv: Sequence[str] | None = None) -> CommbenchArgs:
     p.add_argument("--iters", type=int, default=defaults.iters, help="timed calls per window (default 20)")
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls per size (default 5)")
     p.add_argument("--repeats", type=int, default=defaults.repeats, help="timed windows; median reported (default 5)")
-    p.add_argument("--backend", default=defaults.backend, help="auto, gloo or nccl")
+    # --dist-backend, as in run.py, where --backend names the engine (ddp, deepspeed); the old spelling still works.
+    p.add_argument(
+        "--dist-backend", "--backend", dest="dist_backend", default=defaults.dist_backend, help="auto, gloo or nccl"
+    )
     p.add_argument("--out", default=defaults.out, help=f"results file (default {defaults.out})")
     p.add_argument("--run-id", default=None, help="id for this invocation's records")
     a = p.parse_args(argv)
@@ -375,7 +378,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CommbenchArgs:
         iters=a.iters,
         warmup=a.warmup,
         repeats=a.repeats,
-        backend=a.backend,
+        dist_backend=a.dist_backend,
         out=a.out,
         run_id=a.run_id,
     )

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(commbench.table_row(record))
 
     try:
-        place = init_distributed(args.backend)
+        place = init_distributed(args.dist_backend)
         if place.rank == 0:
             log.info(
                 "# %d ranks, %s on %s\n%s", place.world_size, place.backend, place.device, commbench.table_header()

@@ -177,7 +177,8 @@ def test_sizes_follow_nccl_tests():
         (["--factor", "1"], "--factor"),
         (["--iters", "0"], "--iters"),
         (["--ops", "all_reduc"], "did you mean 'all_reduce'"),
-        (["--backend", "mpi"], "--backend"),
+        (["--dist-backend", "mpi"], "--dist-backend"),
+        (["--backend", "mpi"], "--dist-backend"),  # the old spelling still reaches the same flag
     ],
 )
 def test_bad_flags_name_themselves(args, flag):
