@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distbench.engines import build_engine, close_distributed
+from distbench.optim import autocast_dtype
 from distbench.timing import StepTimer
 from distbench.train import make_progress, run_steps
 
@@ -63,6 +64,7 @@ def main() -> None:
     )
     optimizer = torch.optim.SGD(ddp.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     plain_batches = batch_stream()
+    amp = autocast_dtype(tc.precision, device)  # the run's own choice, spelled out in plain torch below
 
     def plain_steps(n: int) -> list[float]:
         timer = StepTimer(device)  # the same clock as run_steps
@@ -70,7 +72,7 @@ def main() -> None:
         for _ in range(n):
             x, y = next(plain_batches)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                 loss = F.cross_entropy(ddp(x.contiguous(memory_format=memory_format)), y)
             loss.backward()
             optimizer.step()
