@@ -59,7 +59,8 @@ class LearnedHead(nn.Linear):
 
 
 class _ScaledHead(nn.Module):
-    """What every fixed head shares: logits = sign * alpha * (W xhat) + b, with W supplied by `project`.
+    """What every fixed head shares: sign, alpha, b and the normalisation of logits = sign * alpha * (W xhat) + b;
+    each subclass computes W xhat its own way (a dense buffer, an FWHT, signed block FWHTs).
 
     alpha is a learned parameter of shape (1,) (as in the authors' code; DeepSpeed 0.19.8 also cannot
     broadcast 0-dim parameters), or a buffer when `fixed_scale` is given (their `fixed_scale`).
@@ -101,14 +102,6 @@ class _ScaledHead(nn.Module):
         norm = x.norm(dim=-1, keepdim=True)
         return x / (norm + self.eps if self.eps else norm.clamp_min(1e-30))
 
-    def project(self, xhat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """scale * W xhat, for xhat of any leading shape."""
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.project(self.normalize(x), self.sign * self.scale)
-        return logits if self.bias is None else logits + self.bias
-
 
 class FixedHead(_ScaledHead):
     """logits = sign * alpha * W xhat + b with W a fixed C x N buffer (Hoffer et al. 2018, eq. 2)."""
@@ -119,10 +112,12 @@ class FixedHead(_ScaledHead):
         super().__init__(weight.shape[1], weight.shape[0], **conventions)
         self.register_buffer("weight", weight, persistent=False)
 
-    def project(self, xhat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xhat = self.normalize(x)
         # alpha W xhat = W (alpha xhat): scaling the B x N input instead of the B x C logits saves two
         # passes over them (forward, and alpha's gradient).
-        return F.linear(scale * xhat, self.weight.to(xhat.dtype))
+        logits = F.linear((self.sign * self.scale) * xhat, self.weight.to(xhat.dtype))
+        return logits if self.bias is None else logits + self.bias
 
 
 def hadamard_proj(num_classes: int, bias: bool, fixed_scale: float | None) -> dict:
