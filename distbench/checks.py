@@ -8,7 +8,10 @@ bad input fails first, in one line naming its flag. Every failure is a `ConfigEr
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +27,9 @@ def _known(field: str, lookup: Callable[[str], Any], name: str) -> None:
         raise ConfigError(field, e.args[0] if isinstance(e, UnknownName) else str(e)) from None
 
 
-def check(cfg: RunConfig) -> RunConfig:
-    """Raise ConfigError for the first setting the code cannot honour; return `cfg` unchanged."""
+def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
+    """Raise ConfigError for the first setting the code cannot honour; return `cfg` unchanged.
+    `world_size`: the ranks that will run it, where known (a checkpoint to resume must be of as many)."""
     from distbench.data import DATASETS, check_data
     from distbench.engines import ENGINES
     from distbench.engines.hooks import COMM_HOOKS
@@ -46,7 +50,34 @@ def check(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.head_rows", f"unknown value {m.head_rows!r}; choose from: {', '.join(ROW_NORMS)}")
     check_data(cfg.data, m.num_classes)
     check_structure(cfg)
+    check_writable(cfg, world_size)
     return cfg
+
+
+def check_writable(cfg: RunConfig, world_size: int | None = None) -> None:
+    """The results file and the checkpoint directory must be writable before training starts, not found
+    unwritable after it (the run would be lost). Tried, not inferred from permission bits: root passes
+    those, and a read-only file system or a file where a directory should be does not show in them."""
+    if cfg.output.dry_run:
+        return
+    out = Path(cfg.output.out)
+    _writable("output.out", out.parent, out)
+    if cfg.output.checkpoint_dir is not None:
+        from distbench.checkpoint import check_resumable
+
+        _writable("output.checkpoint_dir", Path(cfg.output.checkpoint_dir))
+        check_resumable(cfg, world_size)
+
+
+def _writable(field: str, directory: Path, file: Path | None = None) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)  # what the run would do first anyway
+        if file is not None and file.exists():
+            os.close(os.open(file, os.O_WRONLY | os.O_APPEND))
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise ConfigError(field, f"cannot write {file or directory}: {e.strerror or e}") from None
 
 
 def check_structure(cfg: RunConfig) -> None:
@@ -69,6 +100,8 @@ def check_structure(cfg: RunConfig) -> None:
         apply_freeze(backbone, settings)
 
 
-def parse_and_check(argv: Sequence[str] | None = None, prog: str = "run.py") -> RunConfig:
+def parse_and_check(
+    argv: Sequence[str] | None = None, prog: str = "run.py", world_size: int | None = None
+) -> RunConfig:
     """Command line (+ TOML) -> a RunConfig the code can run, or ConfigError."""
-    return check(parse_args(argv, prog))
+    return check(parse_args(argv, prog), world_size)

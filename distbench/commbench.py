@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import socket
 import statistics
 import typing
 from collections.abc import Callable, Sequence
@@ -196,7 +197,9 @@ def run_commbench(
     measured (rank 0 appends it there, so a run that breaks in a later op keeps the earlier ones).
     """
     run_id = run_id or new_run_id(now(), prefix="commbench-")
-    env = environment(place.device, place.world_size, place.backend)
+    hosts = [None] * place.world_size
+    dist.all_gather_object(hosts, socket.gethostname())
+    env = environment(place.device, place.world_size, place.backend, hosts)
     n, records = place.world_size, []
     for op in ops:
         coll = OPS.get(op)

@@ -177,6 +177,10 @@ class DistConfig:
     powersgd_rank: int = opt(1, "PowerSGD matrix approximation rank")
     powersgd_start_iter: int = opt(2, "PowerSGD compresses from this iteration on (plain all-reduce before)")
     bucket_cap_mb: float = opt(25.0, "DDP gradient bucket size in MiB")
+    # gloo waits 30 minutes by default, NCCL 10: a hung rank would hold the job (and its GPUs) that long.
+    # Five minutes is far above any legitimate wait in a run (one step, one rank's share of evaluation,
+    # writing a checkpoint) and far below those defaults.
+    pg_timeout_s: float = opt(300.0, "seconds a rank waits for its peers in a collective before the run fails")
 
     def __post_init__(self) -> None:
         _check(
@@ -185,6 +189,7 @@ class DistConfig:
             f"unknown process-group backend {self.dist_backend!r}; choose from: auto, gloo, nccl",
         )
         _check(self.bucket_cap_mb > 0, "dist.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
+        _check(self.pg_timeout_s > 0, "dist.pg_timeout_s", f"must be > 0, got {self.pg_timeout_s}")
         _check(self.zero_stage in (0, 1, 2), "dist.zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
         _check(self.powersgd_rank >= 1, "dist.powersgd_rank", f"must be >= 1, got {self.powersgd_rank}")
         _check(
@@ -222,9 +227,19 @@ class OutputConfig:
     out: str = opt("results/runs.jsonl", "results file; one JSON record is appended per run")
     run_id: str | None = opt(None, "record id; default: derived from the config and start time")
     dry_run: bool = opt(False, "build the model, print parameter and expected byte counts, train nothing")
+    checkpoint_dir: str | None = opt(
+        None, "save here at the end, every --checkpoint-every steps and on SIGTERM/SIGUSR1; resume from it"
+    )
+    checkpoint_every: int = opt(0, "also save every N optimizer steps (0: only at the end and on a signal)")
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "output.out", "must be a file path")
+        _check(self.checkpoint_every >= 0, "output.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        _check(
+            self.checkpoint_dir is not None or self.checkpoint_every == 0,
+            "output.checkpoint_every",
+            "needs --checkpoint-dir",
+        )
         _check(not Path(self.out).is_dir(), "output.out", f"{self.out} is a directory; give a .jsonl file")
 
 

@@ -37,7 +37,8 @@ class Shard:
 @dataclass
 class Dataset:
     num_classes: int
-    train: Callable[[], Iterator[Batch]]  # infinite
+    # infinite; train(start) begins at step `start`, exactly where a run that took `start` steps was (resume)
+    train: Callable[..., Iterator[Batch]]
     eval: Callable[[], Iterator[Batch]]  # this rank's share of the held-out set, finite
     eval_size: int  # held-out samples over all ranks
     # Held-out samples of this rank that the Bayes-optimal classifier gets right (synthetic data only).
@@ -157,9 +158,12 @@ def synthetic(
         # Distinct streams per rank and for train/eval, so held-out samples are never trained on.
         return torch.Generator(device=shard.device).manual_seed((seed * 1_000_003 + stream) * 65_537 + shard.rank)
 
-    def train() -> Iterator[Batch]:
+    def train(start: int = 0) -> Iterator[Batch]:
         gen = generator(0)
-        for labels in class_stream(num_classes, batch_size, shard, seed):
+        for step, labels in enumerate(class_stream(num_classes, batch_size, shard, seed)):
+            if step < start:  # draw the noise, skip the rendering: the generator ends where it was
+                torch.randn((len(labels), task.code_dim), generator=gen, device=shard.device)
+                continue
             yield task.sample(labels, gen)
 
     def eval_codes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -199,14 +203,16 @@ def _tensor_dataset(
         range(len(y_train)), shard.world_size, shard.rank, shuffle=True, seed=seed, drop_last=True
     )
 
-    def train() -> Iterator[Batch]:
-        epoch = 0
+    per_epoch = max(len(sampler) // batch_size, 1)
+
+    def train(start: int = 0) -> Iterator[Batch]:
+        epoch, skip = divmod(start, per_epoch)
         while True:
             sampler.set_epoch(epoch)
             idx = torch.tensor(list(sampler), device=shard.device)
-            for i in range(0, len(idx) - batch_size + 1, batch_size):
+            for i in range(skip * batch_size, per_epoch * batch_size, batch_size):
                 yield prepare(x_train[idx[i : i + batch_size]]), y_train[idx[i : i + batch_size]]
-            epoch += 1
+            epoch, skip = epoch + 1, 0
 
     share = torch.tensor(eval_share(len(y_eval), shard))
 
@@ -356,9 +362,17 @@ def imagefolder(
         for x, y in batches:
             yield x.to(shard.device, non_blocking=True), y.to(shard.device, non_blocking=True)
 
-    def train() -> Iterator[Batch]:
+    per_epoch = max(len(sampler) // batch_size, 1)
+
+    def train(start: int = 0) -> Iterator[Batch]:
+        # The sample order resumes exactly; random crops and flips are drawn afresh by the loader's workers.
+        epoch, skip = divmod(start, per_epoch)
+        if skip:
+            sampler.set_epoch(epoch)
+            rest = list(sampler)[skip * batch_size :]
+            yield from to_device(DataLoader(Subset(train_set, rest), drop_last=True, **loader_args))
+            epoch += 1
         loader = DataLoader(train_set, sampler=sampler, drop_last=True, **loader_args)
-        epoch = 0
         while True:
             sampler.set_epoch(epoch)
             yield from to_device(loader)

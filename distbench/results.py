@@ -44,7 +44,8 @@ SPEC: dict[str, Any] = {
         "device": str,
         "world_size": int,
         "backend": str,
-        "hostname": str,
+        "hostname": str,  # rank 0's
+        "hosts": list,  # every rank's host, sorted, each once: two entries for a two-node run
         "git_sha": (str, type(None)),
         "python": str,
     },
@@ -74,6 +75,9 @@ SPEC: dict[str, Any] = {
         "peak_memory_bytes": int,
         "timed_steps": int,
         "warmup_steps": int,
+        "untimed_steps": int,  # timed-window steps left out: the first (cold) step after each resume
+        "resumed_from_steps": list,  # the step each resume began at; [] for a run that ran through
+        "timed_window": str,  # continuous, or split (its steps ran in more than one process)
     },
     "accuracy": {
         "top1": Number,
@@ -163,7 +167,7 @@ def git_sha() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def environment(device, world_size: int, backend: str) -> dict[str, Any]:
+def environment(device, world_size: int, backend: str, hosts: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     def version(package: str) -> str | None:  # from metadata: importing deepspeed would take seconds
@@ -184,6 +188,7 @@ def environment(device, world_size: int, backend: str) -> dict[str, Any]:
         "world_size": world_size,
         "backend": backend,
         "hostname": socket.gethostname(),
+        "hosts": sorted(set(hosts or [socket.gethostname()])),
         "git_sha": git_sha(),
         "python": platform.python_version(),
     }

@@ -19,6 +19,7 @@ Grid file:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -26,13 +27,15 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from distbench import results
+from distbench import checkpoint, results
 from distbench.checks import check
 from distbench.config import SECTIONS, ConfigError, flag, from_dict
 from distbench.freeze import parse_rule
@@ -40,6 +43,9 @@ from distbench.registry import UnknownName
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DEFAULTS = {"nproc_per_node": None, "nnodes": 1}  # None: GPUs on the node, else 1
+
+
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"  # torchrun's default four, and SIGUSR1
 
 
 class SweepError(ValueError):
@@ -188,7 +194,8 @@ def torchrun_argv(launch: dict[str, Any]) -> list[str]:
     rendezvous on the first node of the allocation, at a port derived from the job id."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     nnodes = int(os.environ.get("SLURM_NNODES", launch.get("nnodes") or 1))
-    argv = [torchrun, f"--nproc_per_node={nproc_per_node(launch)}"]
+    # SIGUSR1 too: torchrun then passes it to the ranks (which checkpoint) instead of dying of it.
+    argv = [torchrun, f"--nproc_per_node={nproc_per_node(launch)}", f"--signals-to-handle={TORCHRUN_SIGNALS}"]
     if nnodes <= 1:
         return [*argv, "--standalone"]
     head = subprocess.run(
@@ -206,29 +213,75 @@ def torchrun_argv(launch: dict[str, Any]) -> list[str]:
     ]
 
 
+def checkpoint_dir(line: dict[str, Any]) -> Path:
+    """Where a line checkpoints: its own --checkpoint-dir, else `checkpoints/<run_id>` beside its results
+    file (DISTBENCH_CHECKPOINTS moves that root, e.g. to a faster file system)."""
+    own = line["config"].get("output", {}).get("checkpoint_dir")
+    if own:
+        return Path(own)
+    root = os.environ.get("DISTBENCH_CHECKPOINTS") or Path(line["config"]["output"]["out"]).parent / "checkpoints"
+    return Path(root) / line["run_id"]
+
+
+def _stopped_since(directory: Path, since: float) -> bool:
+    """Whether the run saved a checkpoint on a signal after `since` (a preempted run, not a failed one)."""
+    latest = checkpoint.read_latest(directory)
+    stamp = (directory / checkpoint.LATEST).stat().st_mtime if latest else 0
+    return latest is not None and latest["reason"].startswith("SIG") and stamp >= since
+
+
 def run_line(line: dict[str, Any], force: bool = False) -> int:
     """Run one sweep line unless an ok record for it exists. If the run ends without writing a record
-    (bad config: exit 2; a crash before the record), append a `failed` record with its last error line."""
+    (bad config: exit 2; a crash before the record), append a `failed` record with its last error line.
+
+    Every line checkpoints (`checkpoint_dir`): a line stopped by a signal exits EXIT_STOPPED with no
+    record, and running it again resumes it. The checkpoint is removed once the line has its ok record."""
     out = line["config"]["output"]["out"]
     if not force and statuses([line])[line["run_id"]] == "ok":
         print(f"skip {line['run_id']}: an ok record exists in {out}")
         return 0
-    cmd = [*torchrun_argv(line["launch"]), str(ROOT / "launch" / "run.py"), *config_argv(line["config"])]
+    ckpt = checkpoint_dir(line)
+    config = {**line["config"], "output": {**line["config"]["output"], "checkpoint_dir": str(ckpt)}}
+    cmd = [*torchrun_argv(line["launch"]), str(ROOT / "launch" / "run.py"), *config_argv(config)]
     print("run", shlex.join(cmd), flush=True)
     before = {r["run_id"] for r in results.read_records(out)} if Path(out).exists() else set()
-    started = results.now()
+    started, since = results.now(), time.time() - 1  # file times have coarser steps than time.time()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    tail: list[str] = []
-    for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
-        sys.stderr.write(text)
-        tail = [*tail[-199:], text.rstrip()]
-    code = proc.wait()
+    with _passing_signals_to(proc):
+        tail: list[str] = []
+        for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
+            sys.stderr.write(text)
+            tail = [*tail[-199:], text.rstrip()]
+        code = proc.wait()
     wrote = Path(out).exists() and line["run_id"] in {r["run_id"] for r in results.read_records(out)} - before
+    if code != 0 and not wrote and _stopped_since(ckpt, since):
+        print(f"stopped {line['run_id']}: checkpoint in {ckpt}; run the line again to resume", flush=True)
+        return checkpoint.EXIT_STOPPED
     if code != 0 and not wrote:
         ours = [t for t in tail if t.startswith("run.py: error:")]
         error = (ours or [t for t in tail if t.strip()] or [f"exit status {code}"])[-1]
         results.append(out, results.failed_record(line["run_id"], line["config"], error, started))
+    if wrote and statuses([line])[line["run_id"]] == "ok":
+        shutil.rmtree(ckpt, ignore_errors=True)
     return code
+
+
+@contextlib.contextmanager
+def _passing_signals_to(proc: subprocess.Popen):
+    """SIGTERM and SIGUSR1 must not end this process before its run has checkpointed. Inside a Slurm job
+    step, Slurm signals every process of the step, the run's ranks included: here they are only noted.
+    Elsewhere (a shell, another launcher) they are passed on to torchrun, which passes them to the ranks."""
+
+    def handle(signum, frame):
+        if "SLURM_STEP_ID" not in os.environ:
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, handle) for s in checkpoint.SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 # ---------------------------------------------------------------------------------------------- submit

@@ -34,25 +34,36 @@ class StepTimer:
     """Per-step wall times in ms: CUDA events on GPU (read once at the end), perf_counter on CPU.
 
     `mark()` before the first step and after each one; `times_ms()` gives the n - 1 intervals of n marks.
+    `restart()` instead of `mark()` starts the next step without ending one: work between steps that is
+    not part of them (the stop vote, saving a checkpoint) stays out of the times.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.marks: list[Any] = []
+        self.ends: list[bool] = []  # whether each mark ends a step
 
-    def mark(self) -> None:
+    def _now(self) -> Any:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()  # on the current device's current stream, where the steps run
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
+            return event
+        return time.perf_counter()
+
+    def mark(self) -> None:
+        self.marks.append(self._now())
+        self.ends.append(len(self.marks) > 1)
+
+    def restart(self) -> None:
+        self.marks.append(self._now())
+        self.ends.append(False)
 
     def times_ms(self) -> list[float]:
+        pairs = [(a, b) for a, b, end in zip(self.marks, self.marks[1:], self.ends[1:], strict=False) if end]
         if self.cuda:
             torch.cuda.synchronize()  # the current device: the one the events were recorded on
-            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:], strict=False)]
-        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:], strict=False)]
+            return [a.elapsed_time(b) for a, b in pairs]
+        return [(b - a) * 1e3 for a, b in pairs]
 
 
 class Stopwatch:

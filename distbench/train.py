@@ -11,18 +11,32 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import socket
 import statistics
 import sys
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
 from distbench import results
+from distbench.checkpoint import Checkpoints, LoopState, Stopped, StopRequest
+from distbench.comm import StepTraffic
 from distbench.config import RunConfig
 from distbench.data import Batch, Shard, build_dataset
-from distbench.engines import Engine, Place, all_reduce, build_engine, init_distributed, replicas_identical
+from distbench.engines import (
+    Engine,
+    Place,
+    StopVote,
+    all_reduce,
+    barrier,
+    build_engine,
+    gather_objects,
+    init_distributed,
+    replicas_identical,
+)
 from distbench.engines.hooks import COMM_HOOKS
 from distbench.models import build_model
 from distbench.models.counts import param_counts
@@ -33,19 +47,73 @@ from distbench.timing import StepTimer, quantile
 log = logging.getLogger("distbench")
 
 
-def run_steps(engine: Engine, batches: Iterator[Batch], n: int, progress) -> tuple[list[float], torch.Tensor]:
-    """n metered optimizer steps; returns their times (ms) and the last loss. Fetching the batch is part
-    of the step: a loader that cannot keep up shows in the throughput, as it would in training."""
-    timer, loss = StepTimer(engine.place.device), torch.tensor(float("nan"))
+class Steps(NamedTuple):
+    times_ms: list[float]  # one per step taken
+    loss: torch.Tensor  # the last step's, detached
+    traffic: list[StepTraffic]  # the meter's record of each step
+
+
+def run_steps(
+    engine: Engine, batches: Iterator[Batch], n: int, progress, stop: Callable[[], bool] | None = None
+) -> Steps:
+    """Up to n metered optimizer steps. Fetching the batch is part of the step: a loader that cannot keep
+    up shows in the throughput, as it would in training. `stop()` is asked after each step, outside its
+    time; True ends the run of steps early (fewer times come back)."""
+    timer, loss, traffic = StepTimer(engine.place.device), torch.tensor(float("nan")), []
     timer.mark()
     for _ in range(n):
         engine.meter.start_step()
         x, y = next(batches)
         loss = engine.step(x, y)
-        engine.meter.end_step()
+        traffic.append(engine.meter.end_step())
         timer.mark()
         progress.update()
-    return timer.times_ms(), loss
+        if stop is not None:
+            if stop():
+                break
+            timer.restart()
+    return Steps(timer.times_ms(), loss, traffic)
+
+
+def train_steps(
+    engine: Engine,
+    batches: Iterator[Batch],
+    state: LoopState,
+    tc,
+    progress,
+    stop: Callable[[], bool],
+    save: Callable[[str], object] | None,
+    every: int,
+) -> None:
+    """Warm-up and timed steps from `state.step` on, in runs that end at the warm-up's end, at each
+    checkpoint (`save` every `every` steps) and on an agreed stop. Timed steps go into `state`; a resumed
+    process's first step is left out of the window: it is cold, and DDP's iteration 0 (buckets rebuilt)."""
+    end, cold = tc.warmup_steps + tc.steps, state.step if state.step > 0 else None
+    while state.step < end:
+        timed = state.step >= tc.warmup_steps
+        until = end if timed else tc.warmup_steps
+        if every:
+            until = min(until, (state.step // every + 1) * every)
+        if timed and state.step == tc.warmup_steps and engine.place.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(engine.place.device)
+        logged_before = engine.logged_bytes()
+        done = run_steps(engine, batches, until - state.step, progress, stop)
+        taken = len(done.times_ms)
+        if timed:
+            # (unless it is the window's last step: a window is never empty)
+            skip = 1 if state.step == cold and end - state.step > 1 else 0
+            state.timed_ms += done.times_ms[skip:]
+            state.traffic += done.traffic[skip:]
+            state.untimed_steps += skip
+            if logged_before is not None:
+                state.logged_bytes += engine.logged_bytes() - logged_before
+                state.logged_steps += taken
+        state.step += taken
+        state.loss = done.loss.float().item()
+        if state.step < until:  # the ranks agreed to stop
+            return
+        if save is not None and every and state.step % every == 0 and state.step < end:
+            save(f"every {every} steps")
 
 
 @torch.no_grad()
@@ -98,7 +166,7 @@ def make_progress(place: Place, total: int):
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run the benchmark and return its record (every rank returns it; rank 0 writes it)."""
     started_at = now()
-    place = init_distributed(cfg.dist.dist_backend)
+    place = init_distributed(cfg.dist.dist_backend, cfg.dist.pg_timeout_s)
     amp_dtype = autocast_dtype(cfg.train.precision, place.device)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
@@ -112,30 +180,59 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         tc.seed,
     )
     engine = build_engine(cfg, model, place)
-    batches = dataset.train()
     total_steps = tc.warmup_steps + tc.steps + tc.nosync_steps
-    with make_progress(place, total_steps) as progress:
-        run_steps(engine, batches, tc.warmup_steps, progress)
-        if place.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(place.device)
-        logged_before = engine.logged_bytes()
-        timed_ms, loss = run_steps(engine, batches, tc.steps, progress)
-        timed_traffic = engine.meter.steps[-tc.steps :]
-        logged = None if logged_before is None else (engine.logged_bytes() - logged_before) / tc.steps
+    checkpoints = None
+    if cfg.output.checkpoint_dir:
+        checkpoints = Checkpoints(
+            cfg.output.checkpoint_dir, place.rank, place.world_size, place.device, cfg.to_dict(), barrier
+        )
+    state = checkpoints.load(engine) if checkpoints else None
+    if state is None:
+        state = LoopState(run_id=cfg.output.run_id or new_run_id(started_at), started_at=started_at)
+    else:
+        log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, tc.warmup_steps + tc.steps)
+    batches = dataset.train(start=state.step)
+    vote, request = StopVote(), StopRequest()
+
+    def save(reason: str) -> Path | None:
+        return checkpoints.save(engine, state, reason) if checkpoints else None
+
+    with request.installed(), make_progress(place, total_steps) as progress:
+        progress.update(state.step)
+        train_steps(
+            engine,
+            batches,
+            state,
+            tc,
+            progress,
+            lambda: vote(request.signal is not None),
+            save,
+            cfg.output.checkpoint_every,
+        )
+        vote.close()
+        if state.step < tc.warmup_steps + tc.steps:
+            raise Stopped(
+                request.signal or "a peer's signal", state.step, tc.warmup_steps + tc.steps, save(request.signal)
+            )
+        if checkpoints is not None:
+            save("end")  # a run killed during evaluation resumes here and only evaluates
+        timed_ms = state.timed_ms
+        logged = state.logged_bytes / state.logged_steps if state.logged_steps else None
         in_sync = replicas_identical([p for p in engine.module.parameters() if p.requires_grad])
-        final_loss = all_reduce(loss.float().reshape(1).clone()).item() / place.world_size
+        final_loss = all_reduce(torch.tensor([state.loss], device=place.device)).item() / place.world_size
         accuracy = evaluate(engine, dataset, amp_dtype)
         # Last, because steps without sync let the replicas drift apart.
         nosync, nosync_ms = engine.no_sync(), []
         if nosync is not None and tc.nosync_steps:
             with nosync:
-                nosync_ms, _ = run_steps(engine, batches, tc.nosync_steps, progress)
+                nosync_ms = run_steps(engine, batches, tc.nosync_steps, progress).times_ms
     engine.close()
     peak = all_reduce(torch.tensor([peak_memory_bytes(place.device)], device=place.device), "max").item()
+    hosts = gather_objects(socket.gethostname())
 
     step_ms = {"p50": quantile(timed_ms, 0.5), "p90": quantile(timed_ms, 0.9), "mean": statistics.fmean(timed_ms)}
     exposed = step_ms["p50"] - quantile(nosync_ms, 0.5) if nosync_ms else None
-    comm = engine.meter.summary(timed_traffic, place.world_size)
+    comm = engine.meter.summary(state.traffic, place.world_size)
     comm = {
         "payload_bytes_per_step": comm.pop("payload_bytes_per_step"),
         "expected_bytes_per_step": engine.expected_bytes_per_step,
@@ -155,13 +252,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         status, error = "failed", f"comm validation: the meter counted {metered} bytes/step, the comms logger {logged}"
     return {
         "schema": SCHEMA,
-        "run_id": cfg.output.run_id or new_run_id(started_at),
+        "run_id": state.run_id,
         "status": status,
         "error": error,
-        "started_at": started_at,
+        "started_at": state.started_at,
         "finished_at": now(),
         "config": cfg.to_dict(),
-        "env": environment(place.device, place.world_size, place.backend),
+        "env": environment(place.device, place.world_size, place.backend, hosts),
         "params": param_counts(model),
         "comm": comm,
         "perf": {
@@ -171,6 +268,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             "peak_memory_bytes": int(peak),
             "timed_steps": len(timed_ms),
             "warmup_steps": tc.warmup_steps,
+            "untimed_steps": state.untimed_steps,
+            "resumed_from_steps": state.resumed_from,
+            # split: the window's steps ran in more than one process (resumed inside it)
+            "timed_window": "split" if any(s > tc.warmup_steps for s in state.resumed_from) else "continuous",
         },
         "accuracy": {**accuracy, "final_loss": final_loss},
     }
@@ -179,6 +280,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 def failed_record(cfg: RunConfig, error: BaseException, started_at: str) -> dict[str, Any]:
     """A record for a run that raised after it started: the sweep sees why, and moves on."""
     message = " ".join(f"{type(error).__name__}: {error}".split())  # one line
+    if "timed out" in message.lower() or "timeout" in message.lower():
+        message = f"a peer did not answer within --pg-timeout-s {cfg.dist.pg_timeout_s:g} s (hung or gone): {message}"
     run_id = cfg.output.run_id or f"failed-{uuid.uuid4().hex[:8]}"
     return results.failed_record(run_id, cfg.to_dict(), message, started_at)
 

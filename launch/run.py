@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     rank0 = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s")
     try:
-        cfg = checks.parse_and_check(argv)
+        cfg = checks.parse_and_check(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     except config.ConfigError as e:
         return config.fail(e, quiet=not rank0)
 
     from distbench import train
-    from distbench.engines import close_distributed
+    from distbench.checkpoint import EXIT_STOPPED, Stopped
+    from distbench.engines import barrier, close_distributed
 
     if cfg.output.dry_run:
         print(train.describe(cfg)) if rank0 else None
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     started_at = results.now()
     try:
         record = train.run(cfg)
+    except Stopped as e:  # a signal: every rank stopped at the same step boundary
+        log.warning("%s", e)
+        if rank0 and e.checkpoint is None:
+            results.append(cfg.output.out, train.failed_record(cfg, e, started_at))
+        barrier()  # rank 0's record is written before any rank exits and torchrun ends the others
+        return EXIT_STOPPED
     except Exception as e:  # a run that broke after it started is recorded, not lost
         log.exception("run failed")
         if rank0:

@@ -26,6 +26,7 @@ def record(**over):
             "world_size": 2,
             "backend": "gloo",
             "hostname": "h",
+            "hosts": ["h"],
             "git_sha": None,
             "python": "3.11",
         },
@@ -55,6 +56,9 @@ def record(**over):
             "peak_memory_bytes": 100,
             "timed_steps": 4,
             "warmup_steps": 2,
+            "untimed_steps": 0,
+            "resumed_from_steps": [],
+            "timed_window": "continuous",
         },
         "accuracy": {"top1": 0.5, "top5": 0.9, "oracle_top1": None, "eval_samples": 64, "final_loss": 1.0},
     }

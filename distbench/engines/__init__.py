@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -29,8 +31,10 @@ class Place:
     backend: str  # process-group backend: nccl or gloo
 
 
-def init_distributed(dist_backend: str = "auto") -> Place:
-    """Join the process group torchrun describes (env://), or make a world of one without torchrun."""
+def init_distributed(dist_backend: str = "auto", timeout_s: float = 300.0) -> Place:
+    """Join the process group torchrun describes (env://), or make a world of one without torchrun.
+    A collective that waits more than `timeout_s` for a peer raises (gloo) or aborts the process (NCCL's
+    watchdog) instead of holding the job for the backend's default 30 (gloo) or 10 (NCCL) minutes."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
@@ -39,11 +43,12 @@ def init_distributed(dist_backend: str = "auto") -> Place:
         device = torch.device("cpu")
     backend = dist_backend if dist_backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
         if "RANK" in os.environ:
             kwargs = {"device_id": device} if backend == "nccl" else {}
-            dist.init_process_group(backend, **kwargs)
+            dist.init_process_group(backend, timeout=timeout, **kwargs)
         else:  # plain `python launch/run.py`: a world of one, no rendezvous needed
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return Place(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
@@ -56,6 +61,48 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce of a small host-side statistic (not training traffic: never metered)."""
     dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return tensor
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+class StopVote:
+    """Ranks agree to stop at the same step boundary when any of them was asked to (a signal).
+
+    A rank that stopped alone would leave the others waiting in the next gradient all-reduce. Each
+    boundary waits for the vote issued at the previous one, long finished (a whole step ran since), and
+    issues the next without waiting: on its own gloo group, on the host, so it neither synchronises the
+    device nor mixes with the gradient traffic, and no rank can pass a boundary the others stop at.
+    A request is therefore acted on one boundary later, by every rank together.
+    """
+
+    def __init__(self) -> None:
+        self.group = dist.new_group(backend="gloo")
+        self.flag = torch.zeros(1, dtype=torch.int32)
+        self.pending = None
+
+    def __call__(self, requested: bool) -> bool:
+        agreed = False
+        if self.pending is not None:
+            self.pending.wait()
+            agreed = bool(self.flag.item())
+        self.flag = torch.tensor([int(requested)], dtype=torch.int32)
+        self.pending = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return agreed
+
+    def close(self) -> None:
+        """Wait for the vote in flight, so no rank leaves a collective behind."""
+        if self.pending is not None:
+            self.pending.wait()
+            self.pending = None
+
+
+def gather_objects(obj) -> list:
+    """`obj` from every rank, in rank order (small picklable values: host names, not training traffic)."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 @torch.no_grad()
@@ -94,6 +141,14 @@ class Engine:
     def logged_bytes(self) -> int | None:
         """Bytes the engine's own communication logger has seen so far (None: no such logger)."""
         return None
+
+    def save_checkpoint(self, directory: Path) -> None:
+        """Write this rank's model, optimizer and loss-scaler state into `directory` (every rank calls it;
+        `distbench.checkpoint` makes the checkpoint visible once all have)."""
+        raise NotImplementedError
+
+    def load_checkpoint(self, directory: Path) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         pass

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager as ContextManager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from distbench.checkpoint import atomic_save
 from distbench.comm import CommMeter, tensor_bytes, trainable
 from distbench.engines import ENGINES, Engine, Place
 from distbench.engines.hooks import COMM_HOOKS, AllReduceTap, counting_buckets
@@ -57,8 +59,8 @@ class DDPEngine(Engine):
         self.ddp = wrap(model, place, self.bucket_cap_mb)
         hook = COMM_HOOKS.get(cfg.dist.comm_hook)
         self.hook_name = cfg.dist.comm_hook
-        state, fn = hook.make(cfg.dist)
-        self.ddp.register_comm_hook(state, counting_buckets(self.meter, fn))
+        self.hook_state, fn = hook.make(cfg.dist)
+        self.ddp.register_comm_hook(self.hook_state, counting_buckets(self.meter, fn))
         self.tap = AllReduceTap(self.meter)
         self.tap.install()
         self.expected_bytes_per_step = hook.expected(model, cfg.dist)
@@ -79,6 +81,29 @@ class DDPEngine(Engine):
 
     def no_sync(self) -> ContextManager:
         return self.ddp.no_sync()
+
+    def save_checkpoint(self, directory: Path) -> None:
+        # Fixed weights are rebuilt from the seed (hundreds of MB for a large fixed head): not saved.
+        fixed = {name for name, _ in named_fixed_weights(self.module)}
+        state = {
+            "model": {k: v for k, v in self.module.state_dict().items() if k not in fixed},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            # PowerSGD's error feedback and warm-start matrices: without them a resumed run differs.
+            "hook": self.hook_state.__getstate__() if self.hook_state is not None else None,
+        }
+        atomic_save(state, directory / f"engine-rank{self.place.rank}.pt")
+
+    def load_checkpoint(self, directory: Path) -> None:
+        state = torch.load(directory / f"engine-rank{self.place.rank}.pt", map_location=self.place.device)
+        fixed = {name for name, _ in named_fixed_weights(self.module)}
+        missing, unexpected = self.module.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - fixed:
+            raise RuntimeError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if state["hook"] is not None:
+            self.hook_state.__setstate__(state["hook"])
 
     def close(self) -> None:
         self.tap.uninstall()

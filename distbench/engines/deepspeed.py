@@ -17,13 +17,16 @@ import contextlib
 import functools
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from distbench.checkpoint import atomic_save
 from distbench.comm import CommMeter, tensor_bytes, trainable
 from distbench.engines import ENGINES, Engine, Place
+from distbench.models.counts import named_fixed_weights
 from distbench.optim import autocast_dtype, build_optimizer
 
 # deepspeed.comm function -> (collective, name of the input-tensor argument, its position)
@@ -187,6 +190,7 @@ class DeepSpeedEngine(Engine):
         self.expected_bytes_per_step = tensor_bytes(params, comm_dtype)
         self.validate = cfg.dist.validate_comm
         self._logger = dscomm.comms_logger if self.validate else None
+        self._fixed = {name for name, _ in named_fixed_weights(model)}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Under bf16/fp16 the engine holds the weights in that dtype; inputs follow.
@@ -198,6 +202,23 @@ class DeepSpeedEngine(Engine):
 
     def no_sync(self):
         return None  # DeepSpeed forbids optimizer steps inside its no_sync(); see the README
+
+    def save_checkpoint(self, directory: Path) -> None:
+        # DeepSpeed's own API: model, optimizer (its ZeRO partitions), loss scaler. Its model file comes
+        # from rank 0 alone, so each rank also keeps its own buffers (BatchNorm statistics differ per rank).
+        self.engine.save_checkpoint(str(directory), tag="deepspeed", save_latest=False)
+        buffers = {k: v for k, v in self.module.named_buffers() if k not in self._fixed}
+        atomic_save(buffers, directory / f"buffers-rank{self.place.rank}.pt")
+
+    def load_checkpoint(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory), tag="deepspeed")
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
+        buffers = torch.load(directory / f"buffers-rank{self.place.rank}.pt", map_location=self.place.device)
+        own = dict(self.module.named_buffers())
+        with torch.no_grad():
+            for k, v in buffers.items():
+                own[k].copy_(v)
 
     def logged_bytes(self) -> int | None:
         """Bytes DeepSpeed's own comms logger has recorded so far (--validate-comm), else None."""

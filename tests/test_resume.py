@@ -1,0 +1,292 @@
+"""Checkpoint and resume, preemption by signal, and a hung rank: real torchrun jobs, real signals.
+
+`pytest -k "preempt or resume or rank_fail"` selects them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RUN, TORCHRUN, _env, _records, flags, python_run
+
+from distbench import checkpoint
+from distbench.checkpoint import EXIT_STOPPED, Checkpoints, LoopState, StopRequest, read_latest
+from distbench.comm import StepTraffic
+from distbench.config import RunConfig
+from distbench.data import Shard, build_dataset
+from distbench.results import validate
+from distbench.timing import StepTimer
+
+# Long enough (about 3 s of steps) that a signal sent after the first checkpoint lands mid-run.
+JOB = flags(steps=120, warmup_steps=3, nosync_steps=2, batch_size=8, eval_samples=64, checkpoint_every=4)
+
+
+def start(args: list[str], out: Path, ckpt: Path | None) -> subprocess.Popen:
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out), *args]
+    if ckpt is not None:
+        cmd += ["--checkpoint-dir", str(ckpt)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+def worker(proc: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker of `rank`."""
+    for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    raise LookupError(f"no rank {rank} under torchrun {proc.pid}")
+
+
+def model_state(ckpt: Path, rank: int) -> dict[str, torch.Tensor]:
+    latest = read_latest(ckpt)
+    return torch.load(ckpt / latest["dir"] / f"engine-rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same job run through without interruption, keeping its final checkpoint."""
+    tmp = tmp_path_factory.mktemp("reference")
+    code, log = finish(start(JOB, tmp / "runs.jsonl", tmp / "ckpt"))
+    assert code == 0, log[-3000:]
+    (record,) = _records(tmp / "runs.jsonl")
+    return record, tmp / "ckpt"
+
+
+def assert_same_run(resumed: dict, ref: dict, ckpt: Path, ref_ckpt: Path) -> None:
+    validate(resumed)
+    assert resumed["status"] == "ok"
+    for rank in (0, 1):  # weights, optimizer state (momentum) and loss scaler, bit for bit
+        a, b = model_state(ckpt, rank), model_state(ref_ckpt, rank)
+        assert a["model"].keys() == b["model"].keys()
+        for name in a["model"]:
+            assert torch.equal(a["model"][name], b["model"][name]), name
+        for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+            assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert resumed["accuracy"] == ref["accuracy"]  # final loss, top-1, top-5, eval loss: exactly
+    assert resumed["comm"] == ref["comm"]  # bytes, buckets, collectives: exactly
+    assert resumed["perf"]["timed_steps"] + resumed["perf"]["untimed_steps"] == ref["perf"]["timed_steps"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preempt_then_resume_ends_bit_identical(tmp_path, reference, sig):
+    """A signal to the launcher (SIGTERM: torchrun passes it on) or to every rank (SIGUSR1, as Slurm's
+    `scancel --signal` delivers it): every rank saves at one step boundary and exits 75; the same command
+    resumes and ends exactly where the uninterrupted run ended."""
+    ref, ref_ckpt = reference
+    out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
+    proc = start(JOB, out, ckpt)
+    wait_for((ckpt / "latest").exists, what="the first checkpoint")
+    if sig == signal.SIGTERM:
+        proc.send_signal(sig)
+    else:
+        for rank in (0, 1):
+            os.kill(worker(proc, rank), sig)
+    code, log = finish(proc)
+    latest = read_latest(ckpt)
+    assert latest["reason"] == sig.name, log[-3000:]
+    stopped_at = latest["step"]
+    assert 0 < stopped_at < 123
+    assert f"stopped by {sig.name} after step {stopped_at} of 123" in log
+    assert code != 0
+    if sig == signal.SIGUSR1:  # torchrun itself was not signalled: it reports its workers' exit code
+        assert f"exitcode  : {EXIT_STOPPED}" in log, log[-3000:]
+    assert not out.exists()  # nothing recorded for a run that will resume
+
+    code, log = finish(start(JOB, out, ckpt))
+    assert code == 0, log[-3000:]
+    (record,) = _records(out)
+    assert record["perf"]["resumed_from_steps"] == [stopped_at]
+    assert record["run_id"] == latest["run_id"]  # one run, one id, over both processes
+    window = "split" if stopped_at > 3 else "continuous"
+    assert record["perf"]["timed_window"] == window
+    assert record["perf"]["untimed_steps"] == (1 if stopped_at >= 3 else 0)
+    assert_same_run(record, ref, ckpt, ref_ckpt)
+
+
+def test_resume_after_a_crash_starts_from_the_last_checkpoint(tmp_path, reference):
+    """SIGKILL (no chance to save): the rerun resumes from the last periodic checkpoint."""
+    ref, ref_ckpt = reference
+    out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
+    proc = start(JOB, out, ckpt)
+    wait_for(lambda: (read_latest(ckpt) or {}).get("step", 0) >= 8, what="the second checkpoint")
+    for rank in (0, 1):
+        os.kill(worker(proc, rank), signal.SIGKILL)
+    code, log = finish(proc)
+    assert code != 0 and not out.exists()
+    saved = read_latest(ckpt)
+    assert saved["reason"] == "every 4 steps" and saved["step"] % 4 == 0
+
+    code, log = finish(start(JOB, out, ckpt))
+    assert code == 0, log[-3000:]
+    (record,) = _records(out)
+    assert record["perf"]["resumed_from_steps"] == [saved["step"]]
+    assert_same_run(record, ref, ckpt, ref_ckpt)
+
+
+def test_resume_at_the_end_only_evaluates(tmp_path, reference):
+    ref, ref_ckpt = reference
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for item in ref_ckpt.iterdir():  # a copy of the finished run's checkpoint
+        if item.is_dir():
+            subprocess.run(["cp", "-r", str(item), str(ckpt)], check=True)
+        else:
+            (ckpt / item.name).write_bytes(item.read_bytes())
+    code, log = finish(start(JOB, tmp_path / "runs.jsonl", ckpt))
+    assert code == 0, log[-3000:]
+    (record,) = _records(tmp_path / "runs.jsonl")
+    assert record["perf"]["resumed_from_steps"] == [123]
+    assert record["accuracy"] == ref["accuracy"] and record["comm"] == ref["comm"]
+    assert record["perf"]["step_time_ms"] == ref["perf"]["step_time_ms"]  # the window came from the checkpoint
+
+
+def test_preempt_without_checkpoint_dir_records_the_stop(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    proc = start(flags(steps=100_000, warmup_steps=1, batch_size=8, eval_samples=64), out, None)
+    wait_for(lambda: b"RANK=1" in b"".join(_environs(proc)), what="the workers")
+    time.sleep(8)  # into the training loop (imports and model build take a few seconds)
+    proc.send_signal(signal.SIGTERM)
+    code, _ = finish(proc)
+    assert code != 0
+    (record,) = _records(out)
+    validate(record)
+    assert record["status"] == "failed"
+    assert "stopped by SIGTERM after step" in record["error"] and "nothing to resume from" in record["error"]
+
+
+def _environs(proc: subprocess.Popen) -> list[bytes]:
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        return [Path(f"/proc/{c}/environ").read_bytes() for c in children]
+    except OSError:
+        return []
+
+
+def test_rank_fail_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):
+    """A stopped rank (SIGSTOP: a stuck read, a GPU hang): rank 0 gives up after --pg-timeout-s, records
+    why, and torchrun ends the job; without the flag gloo would wait 30 minutes."""
+    out, timeout_s = tmp_path / "runs.jsonl", 10
+    proc = start(flags(steps=100_000, warmup_steps=1, batch_size=8, eval_samples=64, pg_timeout_s=timeout_s), out, None)
+    wait_for(lambda: b"RANK=1" in b"".join(_environs(proc)), what="the workers")
+    time.sleep(8)  # into the training loop
+    hung = worker(proc, 1)
+    os.kill(hung, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        code, _ = finish(proc, timeout=timeout_s + 90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGKILL)
+    took = time.monotonic() - stopped
+    assert code != 0
+    # The timeout, then torchrun's 30 s shutdown grace before it SIGKILLs the stopped rank.
+    assert took < timeout_s + 30 + 20, f"{took:.0f} s"
+    (record,) = _records(out)
+    validate(record)
+    assert record["status"] == "failed"
+    assert f"did not answer within --pg-timeout-s {timeout_s} s" in record["error"]
+
+
+# ------------------------------------------------------------------------------------------- in process
+def test_resume_data_stream_starts_where_it_left_off():
+    cfg = RunConfig().data
+    for name, classes in (("synthetic", 100), ("digits", 10)):
+        cfg = RunConfig(data=type(cfg)(dataset=name)).data
+        ds = build_dataset(cfg, classes, (3, 32, 32), 4, Shard(1, 2, torch.device("cpu")), 0)
+        whole = list(itertools.islice(ds.train(), 60))  # digits: over an epoch boundary
+        for start in (0, 1, 7, 45):
+            tail = list(itertools.islice(ds.train(start=start), 60 - start))
+            assert all(
+                torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[start:], tail, strict=True)
+            )
+
+
+def test_step_timer_restart_leaves_the_gap_out():
+    timer = StepTimer(torch.device("cpu"))
+    timer.mark()
+    time.sleep(0.002)
+    timer.mark()  # step 1: ~2 ms
+    time.sleep(0.05)  # between steps: not a step
+    timer.restart()
+    timer.mark()  # step 2: ~0 ms
+    ms = timer.times_ms()
+    assert len(ms) == 2 and ms[0] >= 2 and ms[1] < 20
+
+
+def test_stop_request_records_the_first_signal_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    request = StopRequest()
+    with request.installed():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert request.signal == "SIGUSR1"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+class _Engine:
+    """The engine's side of a checkpoint, a tensor standing in for its state."""
+
+    def __init__(self, value: float) -> None:
+        self.value = torch.tensor([value])
+
+    def save_checkpoint(self, directory: Path) -> None:
+        checkpoint.atomic_save(self.value, directory / "engine-rank0.pt")
+
+    def load_checkpoint(self, directory: Path) -> None:
+        self.value = torch.load(directory / "engine-rank0.pt")
+
+
+def test_resume_checkpoints_replace_each_other_whole(tmp_path):
+    store = Checkpoints(tmp_path, 0, 1, torch.device("cpu"), RunConfig().to_dict(), barrier=lambda: None)
+    state = LoopState(
+        run_id="r", started_at="t", step=4, timed_ms=[1.0], traffic=[StepTraffic({"all_reduce": 8}, 8, 1)]
+    )
+    store.save(_Engine(1.0), state, "every 4 steps")
+    state.step = 8
+    torch.manual_seed(123)
+    store.save(_Engine(2.0), state, "SIGTERM")
+    next_draw = torch.rand(1)  # what the run would have drawn next
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000008"]  # the older one removed
+    # A save that dies before `latest` moves on leaves the previous checkpoint in force.
+    (tmp_path / "step-00000012").mkdir()
+    (tmp_path / "step-00000012" / "engine-rank0.pt").write_bytes(b"half a file")
+    engine = _Engine(0.0)
+    loaded = store.load(engine)
+    assert engine.value.item() == 2.0 and loaded.step == 8 and loaded.resumed_from == [8]
+    assert loaded.traffic == state.traffic and loaded.timed_ms == [1.0]
+    assert read_latest(tmp_path)["reason"] == "SIGTERM"
+    assert torch.equal(torch.rand(1), next_draw)  # the RNG is back where the save left it
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    latest = {"step": 4, "dir": "step-00000004", "reason": "end", "world_size": 1, "run_id": "r"}
+    (ckpt / "latest").write_text(json.dumps({**latest, "config": RunConfig().to_dict()}))
+    r = python_run(["--lr", "0.1", "--checkpoint-dir", str(ckpt)], tmp_path / "runs.jsonl", timeout=60)
+    assert r.returncode == 2 and not (tmp_path / "runs.jsonl").exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run.py: error: --checkpoint-dir")
+    assert "train.lr" in lines[0]
