@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from distbench.results import SPEC as RUN_SPEC
-from distbench.results import SchemaError, append, check_fields, environment, new_run_id, now, read_records
+from distbench.results import (
+    ADDED,
+    SchemaError,
+    append,
+    check_fields,
+    environment,
+    new_run_id,
+    now,
+    read_records,
+)
 
 SCHEMA = "distbench.bench/1"
 LINE = re.compile(r"^([A-Za-z0-9_.]+): (.+)$")  # a figure line, as tests/test_benchmarks.py reads it
@@ -60,9 +69,10 @@ def parse_lines(text: str) -> dict[str, int | float | str]:
     return {m[1]: parse_value(m[2]) for line in text.splitlines() if (m := LINE.match(line))}
 
 
-def validate_bench(record: dict[str, Any]) -> None:
-    """Raise SchemaError naming the first field of a `distbench.bench/1` record that does not fit."""
-    check_fields(SPEC, record)
+def validate_bench(record: dict[str, Any], written_before: bool = False) -> None:
+    """Raise SchemaError naming the first field of a `distbench.bench/1` record that does not fit.
+    `written_before`: a committed record, which may predate the run schema's later env fields."""
+    check_fields(SPEC, record, optional=frozenset(ADDED) if written_before else frozenset())
     if record["schema"] != SCHEMA:
         raise SchemaError(f"schema is {record['schema']!r}, expected {SCHEMA!r}")
     if not re.fullmatch(r"[a-z0-9_]+", record["bench"]):
@@ -142,7 +152,7 @@ def latest_records(data: str | Path) -> dict[str, dict[str, Any]]:
         return latest
     for record in read_records(path, SCHEMA):
         try:
-            validate_bench(record)
+            validate_bench(record, written_before=True)
         except SchemaError as e:
             raise SchemaError(f"{path}: record {record.get('run_id')!r} ({record.get('bench')}): {e}") from None
         bench = record["bench"]

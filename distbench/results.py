@@ -88,32 +88,43 @@ SPEC: dict[str, Any] = {
     },
 }
 NULLABLE_IN_FAILED = ("env", "params", "comm", "perf", "accuracy")
+# Fields added to distbench.run/1 after records were first written: a record from before may lack them
+# (readers fill them as analysis.with_config_defaults does); every record written now has them.
+ADDED = frozenset({"env.hosts", "perf.untimed_steps", "perf.resumed_from_steps", "perf.timed_window"})
 
 
 class SchemaError(ValueError):
     pass
 
 
-def check_fields(spec: dict[str, Any], obj: Any, where: str = "", nullable: tuple[str, ...] = ()) -> None:
+def check_fields(
+    spec: dict[str, Any], obj: Any, where: str = "", nullable: tuple[str, ...] = (), optional=frozenset()
+) -> None:
     """Raise SchemaError naming the first field of `obj` that does not fit `spec` ({field: type(s) or a
-    nested spec}). Sections named in `nullable` may be null. bool is accepted only where spec names it."""
+    nested spec}). Sections named in `nullable` may be null; dotted names in `optional` may be missing.
+    bool is accepted only where spec names it."""
     if not isinstance(obj, dict):
         raise SchemaError(f"{where.rstrip('.') or 'record'} must be an object, got {type(obj).__name__}")
     for key, want in spec.items():
         name = f"{where}{key}"
         if key not in obj:
+            if name in optional:
+                continue
             raise SchemaError(f"missing field {name}")
         value = obj[key]
         if isinstance(want, dict):
             if not (value is None and key in nullable):
-                check_fields(want, value, name + ".")
+                check_fields(want, value, name + ".", optional=optional)
         elif not isinstance(value, want) or (isinstance(value, bool) and bool not in _tuple(want)):
             raise SchemaError(f"{name} has type {type(value).__name__}")
 
 
-def validate(record: dict[str, Any]) -> None:
-    """Raise SchemaError naming the first field that does not fit the schema."""
-    check_fields(SPEC, record, nullable=NULLABLE_IN_FAILED if record.get("status") == "failed" else ())
+def validate(record: dict[str, Any], written_before: bool = False) -> None:
+    """Raise SchemaError naming the first field that does not fit the schema. `written_before`: the record
+    may come from before the fields in ADDED (reading committed results); a record about to be written
+    must have them all."""
+    nullable = NULLABLE_IN_FAILED if record.get("status") == "failed" else ()
+    check_fields(SPEC, record, nullable=nullable, optional=ADDED if written_before else frozenset())
     if record["schema"] != SCHEMA:
         raise SchemaError(f"schema is {record['schema']!r}, expected {SCHEMA!r}")
     if record["status"] not in STATUSES:
