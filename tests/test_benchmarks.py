@@ -194,6 +194,7 @@ ENV = {
     "world_size": 2,
     "backend": "gloo",
     "hostname": "ci",
+    "hosts": ["ci"],
     "git_sha": "0123456789abcdef",
     "python": "3.11",
 }
@@ -241,6 +242,10 @@ def data_rate(day: str, ratio: float) -> dict:
 
 def test_validate_bench_names_what_is_wrong():
     records.validate_bench(HARNESS)
+    older = HARNESS | {"env": {k: v for k, v in ENV.items() if k != "hosts"}}  # written before env.hosts
+    records.validate_bench(older, written_before=True)
+    with pytest.raises(SchemaError, match=r"missing field env\.hosts"):
+        records.validate_bench(older)
     for change, match in (
         ({"schema": "distbench.run/1"}, "schema is"),
         ({"ratio": 2.0}, "ratio is 2.0, but metrics.harness_overhead is 0.991"),

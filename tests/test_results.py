@@ -79,6 +79,19 @@ def test_valid_record_passes_and_broken_ones_name_the_field():
     validate(record(status="failed", error="x", perf=None, comm=None, env=None, params=None, accuracy=None))
 
 
+def test_fields_added_later_may_be_missing_only_from_records_written_before_them():
+    old = record()
+    del old["env"]["hosts"]
+    for key in ("untimed_steps", "resumed_from_steps", "timed_window"):
+        del old["perf"][key]
+    validate(old, written_before=True)  # a committed record from before those fields
+    with pytest.raises(SchemaError, match=r"env\.hosts"):
+        validate(old)  # a record about to be written must have them
+    del old["perf"]["timed_steps"]  # an original field stays required either way
+    with pytest.raises(SchemaError, match=r"perf\.timed_steps"):
+        validate(old, written_before=True)
+
+
 def test_append_and_load_with_dotted_columns(tmp_path):
     out = tmp_path / "sub" / "runs.jsonl"
     append(out, record(run_id="a"))

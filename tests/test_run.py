@@ -1,5 +1,7 @@
 """Real 2-rank gloo jobs through torchrun and launch/run.py: no mocks of torch.distributed."""
 
+from pathlib import Path
+
 import pytest
 from conftest import FAST, python_run, torchrun
 
@@ -114,3 +116,21 @@ def test_dry_run_at_a_million_classes_is_quick_with_the_srht_head(tmp_path):
     assert time.perf_counter() - t < 60  # seconds on this CPU; a dense 1M x 2048 head would need 8 GB first
     # The backbone's 23,508,032 parameters, alpha and the 1M biases are all that is sent.
     assert f"{4 * (23_508_032 + 1 + 1_000_000):,}" in r.stdout
+
+
+@pytest.mark.parametrize("flag", ["--out", "--checkpoint-dir"])
+@pytest.mark.parametrize("where", ["under_a_file", "read_only_fs"])
+def test_unwritable_output_fails_before_starting(tmp_path, flag, where):
+    """An --out or --checkpoint-dir that cannot be written stops the run before it trains (it used to
+    train to the end and lose its result): one line naming the flag, exit 2. Tried, not inferred from
+    permission bits, which root passes."""
+    (tmp_path / "a_file").write_text("not a directory")
+    bad = {"under_a_file": tmp_path / "a_file" / "sub", "read_only_fs": Path("/proc/distbench-test")}[where]
+    target = bad / "runs.jsonl" if flag == "--out" else bad
+    out = tmp_path / "runs.jsonl"
+    args = [flag, str(target)] if flag == "--checkpoint-dir" else []
+    r = python_run(args, target if flag == "--out" else out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"run.py: error: {flag} ") and "cannot write" in lines[0], r.stderr
+    assert not out.exists()

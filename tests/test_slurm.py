@@ -1,8 +1,10 @@
 """A real one-node Slurm cluster runs a real job array of distbench configurations."""
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT
@@ -104,3 +106,59 @@ def test_dry_run_prints_the_array(tmp_path):
         check=True,
     )
     assert "--array=0-5%3" in r.stdout and "#SBATCH --requeue" in r.stdout and "srun" in r.stdout
+
+
+PREEMPTIBLE = """\
+[base.model]
+model = "tiny"
+[base.train]
+steps = 150
+warmup_steps = 3
+nosync_steps = 1
+batch_size = 8
+[base.data]
+eval_samples = 32
+[base.output]
+checkpoint_every = 4
+[launch]
+nproc_per_node = 2
+[axes]
+"model.head" = ["fixed"]
+"""
+
+
+def test_preempt_array_task_checkpoints_requeues_and_resumes(cluster, tmp_path):
+    """What Slurm's `--signal=B:USR1@120` does ahead of a time limit, sent by hand: the batch script
+    passes USR1 to every process of the step, every rank checkpoints at one step boundary, the task
+    requeues itself, and the requeued task resumes its line and finishes it: one ok record, resumed."""
+    (tmp_path / "grid.toml").write_text(PREEMPTIBLE)
+    out, sweep, logs = tmp_path / "runs.jsonl", tmp_path / "sweep.jsonl", tmp_path / "logs"
+    assert (
+        sweep_cmd(cluster, "expand", str(tmp_path / "grid.toml"), "-o", str(sweep), "--results", str(out)).returncode
+        == 0
+    )
+    r = sweep_cmd(cluster, "submit", str(sweep), "--logs", str(logs), "--", "--cpus-per-task=1")
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.split()[-1]
+    latest = tmp_path / "checkpoints" / read_sweep_run_id(sweep) / "latest"
+    deadline = time.monotonic() + 180
+    while not latest.exists():  # the line checkpoints beside its results file, every 4 steps
+        assert time.monotonic() < deadline, cluster.run(["squeue"]).stdout
+        time.sleep(0.2)
+    cluster.run(["scancel", "--batch", "--signal=USR1", f"{job}_0"])
+    cluster.wait_idle(timeout=300)
+
+    log = "\n".join(p.read_text() for p in logs.glob("*.out"))
+    (record,) = read_records(out)
+    assert record["status"] == "ok", log[-3000:]
+    assert "distbench: USR1 received" in log and "requeueing" in log
+    assert "stopped by SIGUSR1 after step" in log
+    resumed = record["perf"]["resumed_from_steps"]
+    assert len(resumed) == 1 and 0 < resumed[0] < 153, log[-3000:]
+    assert record["comm"]["payload_bytes_per_step"] == record["comm"]["expected_bytes_per_step"]
+    assert not latest.parent.exists()  # the line's checkpoint is removed once it has its ok record
+
+
+def read_sweep_run_id(sweep) -> str:
+    (line,) = [json.loads(t) for t in sweep.read_text().splitlines()]
+    return line["run_id"]
