@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = train.run(cfg)
     except Stopped as e:  # a signal: every rank stopped at the same step boundary
-        log.warning("%s", e)
-        if rank0 and e.checkpoint is None:
-            results.append(cfg.output.out, train.failed_record(cfg, e, started_at))
+        if rank0:
+            log.warning("%s", e)
+            if e.checkpoint is None:
+                results.append(cfg.output.out, train.failed_record(cfg, e, started_at))
         barrier()  # rank 0's record is written before any rank exits and torchrun ends the others
         return EXIT_STOPPED
     except Exception as e:  # a run that broke after it started is recorded, not lost

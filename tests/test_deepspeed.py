@@ -2,10 +2,13 @@
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
-from conftest import RUN, _records, run_cmd, torchrun
+from conftest import RUN, TORCHRUN, _env, _records, flags, run_cmd, torchrun
 
 from distbench.checks import parse_and_check
 from distbench.results import validate
@@ -126,3 +129,34 @@ def test_zero2_reduce_to_owner_path(tmp_path, ddp_payload):
     c = r.records[0]["comm"]
     assert c["collectives"]["reduce"] == c["payload_bytes_per_step"] == ddp_payload["learned"]
     assert c["buckets_per_step"] == 2 and c["logger_bytes_per_step"] == sum(c["collectives"].values())
+
+
+RESUMABLE = flags(steps=60, warmup_steps=3, batch_size=8, eval_samples=64, checkpoint_every=4)
+
+
+def test_resume_deepspeed_zero2_after_sigterm_ends_identical(tmp_path):
+    """DeepSpeed saves through its own checkpoint API (ZeRO-2 optimizer partitions included): a run
+    stopped by SIGTERM and resumed ends with the uninterrupted run's loss, accuracy and bytes."""
+    args = [*RESUMABLE, "--backend", "deepspeed", "--zero-stage", "2", "--validate-comm"]
+
+    def launch(ckpt, out):
+        cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out)]
+        return subprocess.Popen([*cmd, *args, "--checkpoint-dir", str(ckpt)], env=_env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+    ref = launch(tmp_path / "ref", tmp_path / "ref.jsonl")
+    assert ref.wait(240) == 0, ref.stdout.read()[-3000:]
+    proc = launch(tmp_path / "ckpt", tmp_path / "runs.jsonl")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ckpt" / "latest").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    assert not (tmp_path / "runs.jsonl").exists()
+    again = launch(tmp_path / "ckpt", tmp_path / "runs.jsonl")
+    assert again.wait(240) == 0, again.stdout.read()[-3000:]
+    (want,), (got,) = _records(tmp_path / "ref.jsonl"), _records(tmp_path / "runs.jsonl")
+    validate(got)
+    assert got["status"] == "ok" and len(got["perf"]["resumed_from_steps"]) == 1
+    assert got["accuracy"] == want["accuracy"] and got["comm"] == want["comm"]
