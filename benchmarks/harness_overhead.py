@@ -3,7 +3,9 @@
 Two ranks, the default tiny CNN (learned head, 100 classes), batch 32 per rank, SGD with momentum at
 distbench's default lr, synthetic data drawn from `build_dataset`'s train iterator inside each step:
 - distbench: `build_engine` (DDP + counting comm hook + AllReduceTap, GradScaler, autocast) driven by
-  `run_steps` (meter bracketing, batch fetch, StepTimer, progress), i.e. what launch/run.py times;
+  `run_steps` (meter bracketing, batch fetch, StepTimer, progress, and between steps the stop vote: one
+  asynchronous 4-byte all-reduce on its own gloo group, outside the step's time), i.e. what launch/run.py
+  times;
 - plain: a hand-written loop over `DDP(model)` with the engine's DDP settings (so both send the same
   bytes in the same buckets) and no hook: zero_grad, forward, cross-entropy, backward, SGD step.
 Identical copies of the model and two iterators over the same seeded batch stream. Blocks of steps
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distbench.engines import build_engine, close_distributed
+from distbench.engines import StopVote, build_engine, close_distributed
 from distbench.optim import autocast_dtype
 from distbench.timing import StepTimer
 from distbench.train import make_progress, run_steps
@@ -48,6 +50,7 @@ def main() -> None:
 
     # distbench, as train.run builds it
     engine = build_engine(cfg, model, place)
+    vote = StopVote()  # as train.run asks it after every step; no signal here, so it never stops
     distbench_batches = batch_stream()
     warmup = 3
 
@@ -81,13 +84,14 @@ def main() -> None:
 
     with make_progress(place, (warmup + args.blocks * args.block_steps) * 2) as progress:
         variants = {
-            "distbench": lambda n: run_steps(engine, distbench_batches, n, progress)[0],
+            "distbench": lambda n: run_steps(engine, distbench_batches, n, progress, lambda: vote(False))[0],
             "plain": plain_steps,
         }
         for run in variants.values():  # warm-up: iteration 0, after which DDP rebuilds its buckets, and more
             run(warmup)
         times = interleave({name: lambda run=run: run(args.block_steps) for name, run in variants.items()}, args.blocks)
 
+    vote.close()
     engine.close()
     if place.rank == 0:
         med = {n: statistics.median(v) for n, v in times.items()}

@@ -24,7 +24,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from distbench.results import SPEC as RUN_SPEC
 from distbench.results import (
     ADDED,
     SchemaError,
@@ -35,6 +34,7 @@ from distbench.results import (
     now,
     read_records,
 )
+from distbench.results import SPEC as RUN_SPEC
 
 SCHEMA = "distbench.bench/1"
 LINE = re.compile(r"^([A-Za-z0-9_.]+): (.+)$")  # a figure line, as tests/test_benchmarks.py reads it

@@ -194,7 +194,8 @@ BENCHES = (
     Bench(
         "harness_overhead",
         "distbench's timed step (`run_steps` over `DDPEngine`: meter, GradScaler, autocast, batch fetch from the "
-        "synthetic iterator, StepTimer, progress) / a hand-written torch DDP loop with the same model, batch, SGD "
+        "synthetic iterator, StepTimer, progress, the stop vote between steps) / a hand-written torch DDP loop with "
+        "the same model, batch, SGD "
         "and data stream",
         "<= 1.03",
         _harness,
