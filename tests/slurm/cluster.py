@@ -1,9 +1,14 @@
 """A real one-node Slurm cluster for the tests, from Debian's slurmctld, slurmd, slurm-client and munge.
 
-Runs as root with no systemd: munged under `runuser -u munge`, slurmctld and slurmd with a slurm.conf in
+Runs as root with no systemd: a munged of its own under `runuser -u munge`, slurmctld and slurmd with a slurm.conf in
 a temporary directory. proctrack/linuxproc with task/none (the cgroup plugins fail here: no freezer
-cgroup), select/cons_tres with CR_Core so array tasks share the node, no accounting. Daemons this
-helper started are stopped by PID.
+cgroup), select/cons_tres with CR_Core so array tasks share the node, no accounting, and
+`cred_expire=10` (Slurm holds a requeued job that long before it may start again; 120 s by default).
+Daemons this helper started are stopped by PID.
+
+Given `nodes` (tests/hosts.py's two hosts, say), it is a cluster of those nodes instead: one slurmd per
+node, started on that node as `slurmd -N <name>`, slurmctld on the first node, and every client command
+of `run` on the first node too (the nodes' addresses may be reachable only from there).
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "runuser")
@@ -33,35 +41,54 @@ def _which(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
+@dataclass(frozen=True)
+class Node:
+    """A node of the cluster: its name, its address, and how a command runs on it (here: as it is)."""
+
+    name: str
+    addr: str
+
+    def command(self, cmd: list[str]) -> list[str]:
+        return cmd
+
+
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int | None = None) -> None:
+    def __init__(self, root: Path, cpus: int | None = None, nodes: Sequence[Node] | None = None) -> None:
         self.root = root
         self.cpus = cpus or os.cpu_count() or 2
         self.host = socket.gethostname().split(".")[0]
+        self.nodes = list(nodes or [Node(self.host, "127.0.0.1")])
         self.conf = root / "slurm.conf"
         self.pids: dict[str, int] = {}
+        self.munge_dir: Path | None = None
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     # ------------------------------------------------------------------------------------------- start
     def start(self, timeout: float = 60) -> None:
         self._start_munge()
-        for d in ("state", "spool", "logs"):
+        for d in ("state", "logs", *(f"spool/{n.name}" for n in self.nodes)):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         r = self.root
+        ctl = self.nodes[0]
+        node_lines = "\n".join(
+            f"NodeName={n.name} NodeAddr={n.addr} CPUs={self.cpus} State=UNKNOWN" for n in self.nodes
+        )
+        # %n (the node's name) keeps the slurmds' spool, PID and log files apart when several share a disk.
         self.conf.write_text(f"""\
 ClusterName=distbench
-SlurmctldHost={self.host}(127.0.0.1)
+SlurmctldHost={ctl.name}({ctl.addr})
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=socket={self.munge_dir}/munge.socket,cred_expire=10
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
+SlurmdPidFile={r}/slurmd-%n.pid
 SlurmctldLogFile={r}/logs/slurmctld.log
-SlurmdLogFile={r}/logs/slurmd.log
+SlurmdLogFile={r}/logs/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -73,30 +100,41 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MinJobAge=300
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=debug Nodes={",".join(n.name for n in self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """)
-        for daemon in ("slurmctld", "slurmd"):
-            subprocess.run(
-                [_which(daemon), "-f", str(self.conf)], env=self.env, check=True, timeout=30, capture_output=True
-            )
-            self.pids[daemon] = self._read_pid(self.root / f"{daemon}.pid")
+        self._daemon(ctl, "slurmctld", [_which("slurmctld"), "-f", str(self.conf)])
+        for n in self.nodes:
+            self._daemon(n, f"slurmd-{n.name}", [_which("slurmd"), "-f", str(self.conf), "-N", n.name])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = self.run(["sinfo", "-h", "-o", "%T"], check=False).stdout.strip()
-            if out in ("idle", "mixed", "allocated"):
+            states = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.split()
+            if len(states) == len(self.nodes) and set(states) <= {"idle", "mixed", "allocated"}:
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"slurm node not up after {timeout}s: {out!r}\n{self.logs()}")
+        raise RuntimeError(f"slurm nodes not up after {timeout}s: {states!r}\n{self.logs()}")
+
+    def _daemon(self, node: Node, name: str, cmd: list[str]) -> None:
+        """Start a daemon on `node`; it forks away, and its PID file (`name`.pid) says which PID to stop."""
+        r = self.run(cmd, node=node, timeout=30, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"{name} did not start: {r.stderr.strip()}\n{self.logs()}")
+        self.pids[name] = self._read_pid(self.root / f"{name}.pid")
 
     def _start_munge(self) -> None:
-        if subprocess.run("munge -n | unmunge", shell=True, capture_output=True, check=False).returncode == 0:
-            return  # a munged is already running (not ours: leave it)
-        run_dir = Path("/run/munge")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.chown(run_dir, "munge", "munge")
-        subprocess.run(["runuser", "-u", "munge", "--", _which("munged")], check=True, timeout=30)
-        self.pids["munged"] = self._read_pid(run_dir / "munged.pid")
+        # A munged of this cluster's own, on its own socket (slurm.conf's AuthInfo). A shared one is stopped by
+        # whichever cluster started it, which breaks every other cluster still running on this machine
+        # (another test session's). munged runs as `munge`, so its directory is outside the 0700 tmp_path,
+        # and readable by all: munged refuses a socket that not every user can reach.
+        d = self.munge_dir = Path(tempfile.mkdtemp(prefix="distbench-munge-"))
+        shutil.chown(d, "munge", "munge")
+        d.chmod(0o755)
+        files = [f"--socket={d}/munge.socket", f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log"]
+        cmd = ["runuser", "-u", "munge", "--", _which("munged"), *files, f"--seed-file={d}/munged.seed"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"munged did not start: {r.stderr.strip()}")
+        self.pids["munged"] = self._read_pid(d / "munged.pid")
 
     @staticmethod
     def _read_pid(path: Path, timeout: float = 10) -> int:
@@ -108,8 +146,25 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         raise RuntimeError(f"no pid file {path}")
 
     # --------------------------------------------------------------------------------------------- use
-    def run(self, cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
+    def run(
+        self,
+        cmd: list[str],
+        check: bool = True,
+        timeout: float = 60,
+        node: Node | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
+        """`cmd` on `node` (default: the first), in `cwd`, with `env` added to the cluster's environment."""
+        return subprocess.run(
+            (node or self.nodes[0]).command(cmd),
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
 
     def wait_idle(self, timeout: float = 600) -> None:
         """Until no job is pending or running (no accounting here, so squeue is the source)."""
@@ -125,7 +180,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 
     # -------------------------------------------------------------------------------------------- stop
     def stop(self) -> None:
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in (*(f"slurmd-{n.name}" for n in self.nodes), "slurmctld", "munged"):
             pid = self.pids.pop(name, None)
             if pid is None:
                 continue
@@ -134,10 +189,21 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             except ProcessLookupError:
                 continue
             for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                if not _running(pid):
                     break
                 time.sleep(0.1)
             else:
                 os.kill(pid, signal.SIGKILL)
+        if self.munge_dir is not None:
+            shutil.rmtree(self.munge_dir, ignore_errors=True)
+            self.munge_dir = None
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` has not exited. A daemon's parent is PID 1, which can take seconds to reap it, so a
+    zombie counts as exited (`os.kill(pid, 0)` would wait for the reaping)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the command name in parentheses
