@@ -48,6 +48,10 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     _known("dist.comm_hook", COMM_HOOKS.get, cfg.dist.comm_hook)
     if m.head_rows not in ROW_NORMS:
         raise ConfigError("model.head_rows", f"unknown value {m.head_rows!r}; choose from: {', '.join(ROW_NORMS)}")
+    if m.head == "sharded" and cfg.dist.backend != "ddp":
+        raise ConfigError(
+            "model.head", "sharded runs under --backend ddp (the DDP engine shards it and counts its collectives)"
+        )
     check_data(cfg.data, m.num_classes)
     check_structure(cfg)
     check_writable(cfg, world_size)

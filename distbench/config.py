@@ -58,7 +58,11 @@ def _check(ok: bool, field: str, message: str) -> None:
 class ModelConfig:
     model: str = opt("tiny", "backbone: tiny, wrn-<depth>-<width>, or any torchvision classification model")
     num_classes: int = opt(100, "classes C; the head maps the backbone's N features to C logits")
-    head: str = opt("learned", "classifier head: learned, fixed (Hadamard), fixed-fwht, fixed-orthogonal, fixed-srht")
+    head: str = opt(
+        "learned",
+        "classifier head: learned, sharded (learned, split by classes over the ranks), fixed (Hadamard), "
+        "fixed-fwht, fixed-orthogonal, fixed-srht",
+    )
     head_bias: bool = opt(True, "learn a bias in the head (--no-head-bias drops it)")
     head_scale: float | None = opt(
         None, "fixed heads: hold alpha at this value (the authors' fixed_scale); default: learned"

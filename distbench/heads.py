@@ -318,6 +318,13 @@ def fixed_srht(
     return SRHTHead(in_features, num_classes, seed=seed, **hadamard_proj(num_classes, bias, fixed_scale))
 
 
+@HEADS.register("sharded")
+def sharded(in_features: int, num_classes: int, bias: bool = True, **_: object) -> nn.Module:
+    from distbench.sharded import ShardedHead
+
+    return ShardedHead(in_features, num_classes, bias=bias)
+
+
 def build_head(
     name: str,
     in_features: int,

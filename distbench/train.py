@@ -116,24 +116,33 @@ def train_steps(
             save(f"every {every} steps")
 
 
+def lockstep(batches: Iterator[Batch], input_shape, device: torch.device) -> Iterator[Batch]:
+    """`batches` until every rank has run out, empty batches after this rank's own: for evaluation that
+    runs collectives (a sharded head), where ranks with one batch more than the others would wait."""
+    x_empty = torch.empty((0, *input_shape), device=device)
+    y_empty = torch.empty(0, dtype=torch.long, device=device)
+    while True:
+        batch = next(batches, None)
+        if not all_reduce(torch.tensor([batch is not None], dtype=torch.int32, device=device), "max").item():
+            return
+        yield batch if batch is not None else (x_empty, y_empty)
+
+
 @torch.no_grad()
 def evaluate(engine: Engine, dataset, amp_dtype) -> dict[str, Any]:
     """Top-1/top-5 over the held-out set; each rank scores its own share and the counts are summed."""
     model, device = engine.module, engine.place.device
     model.eval()
     stats = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, samples, loss sum
-    for x, y in dataset.eval():
+    batches = iter(dataset.eval())
+    if engine.collective_eval:
+        batches = lockstep(batches, model.input_shape, device)
+    for x, y in batches:
         with autocast(device, amp_dtype):
-            logits = model(x).float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top, losses = engine.eval_batch(x, y, 5)
         hit = top == y[:, None]
         stats += torch.tensor(
-            [
-                hit[:, 0].sum().item(),
-                hit.any(1).sum().item(),
-                len(y),
-                torch.nn.functional.cross_entropy(logits, y, reduction="sum").item(),
-            ],
+            [hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y), losses.float().sum().item()],
             dtype=torch.float64,
         )
     model.train()
@@ -170,6 +179,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     amp_dtype = autocast_dtype(cfg.train.precision, place.device)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
+    params = param_counts(model)  # the whole model's, before an engine shards any of it
     tc = cfg.train
     dataset = build_dataset(
         cfg.data,
@@ -218,7 +228,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             save("end")  # a run killed during evaluation resumes here and only evaluates
         timed_ms = state.timed_ms
         logged = state.logged_bytes / state.logged_steps if state.logged_steps else None
-        in_sync = replicas_identical([p for p in engine.module.parameters() if p.requires_grad])
+        in_sync = replicas_identical(engine.replicated_parameters())
         final_loss = all_reduce(torch.tensor([state.loss], device=place.device)).item() / place.world_size
         accuracy = evaluate(engine, dataset, amp_dtype)
         # Last, because steps without sync let the replicas drift apart.
@@ -259,7 +269,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "finished_at": now(),
         "config": cfg.to_dict(),
         "env": environment(place.device, place.world_size, place.backend, hosts),
-        "params": param_counts(model),
+        "params": params,
         "comm": comm,
         "perf": {
             "samples_per_s": tc.batch_size * place.world_size * len(timed_ms) / (sum(timed_ms) / 1e3),

@@ -142,6 +142,19 @@ class Engine:
         """Bytes the engine's own communication logger has seen so far (None: no such logger)."""
         return None
 
+    collective_eval = False  # evaluation runs collectives: every rank must take part in every batch
+
+    def replicated_parameters(self) -> list[torch.Tensor]:
+        """The trained parameters every rank must hold identically (a sharded head's are per rank)."""
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def eval_batch(self, x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k class ids (B x k) and per-sample cross-entropy (B) of this rank's held-out batch."""
+        logits = self.module(x).float()
+        top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+        return top, torch.nn.functional.cross_entropy(logits, y, reduction="none")
+
     def save_checkpoint(self, directory: Path) -> None:
         """Write this rank's model, optimizer and loss-scaler state into `directory` (every rank calls it;
         `distbench.checkpoint` makes the checkpoint visible once all have)."""

@@ -13,9 +13,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from distbench.checkpoint import atomic_save
 from distbench.comm import CommMeter, tensor_bytes, trainable
 from distbench.engines import ENGINES, Engine, Place
+from distbench.engines.collectives import Collectives
 from distbench.engines.hooks import COMM_HOOKS, AllReduceTap, counting_buckets
 from distbench.models.counts import named_fixed_weights
 from distbench.optim import autocast, autocast_dtype, build_optimizer
+from distbench.sharded import expected_collective_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,27 @@ class DDPEngine(Engine):
                     "powersgd on gloo: one DDP bucket of %.0f MiB instead of %.0f MiB", needed, self.bucket_cap_mb
                 )
                 self.bucket_cap_mb = needed
-        self.ddp = wrap(model, place, self.bucket_cap_mb)
+        # A head sharded by classes (distbench.sharded) is model parallel: only the backbone is replicated
+        # and data parallel; the head talks through counted collectives of its own.
+        self.head = model.head if getattr(model.head, "sharded", False) else None
+        if self.head is not None:
+            self.head.shard(Collectives(self.meter))
+        replicated = model.backbone if self.head is not None else model
+        self.ddp = wrap(replicated, place, self.bucket_cap_mb)
         hook = COMM_HOOKS.get(cfg.dist.comm_hook)
         self.hook_name = cfg.dist.comm_hook
         self.hook_state, fn = hook.make(cfg.dist)
         self.ddp.register_comm_hook(self.hook_state, counting_buckets(self.meter, fn))
         self.tap = AllReduceTap(self.meter)
         self.tap.install()
-        self.expected_bytes_per_step = hook.expected(model, cfg.dist)
-        self.optimizer = build_optimizer(cfg.train, trainable(model))
         self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
+        self.expected_bytes_per_step = hook.expected(replicated, cfg.dist)
+        if self.head is not None:
+            head = expected_collective_bytes(
+                cfg.train.batch_size, self.head.in_features, place.world_size, self.amp_dtype or torch.float32
+            )
+            self.expected_bytes_per_step += sum(head.values())
+        self.optimizer = build_optimizer(cfg.train, trainable(model))
         self.scaler = torch.amp.GradScaler(place.device.type, enabled=self.amp_dtype is torch.float16)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -73,14 +86,31 @@ class DDPEngine(Engine):
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.place.device, self.amp_dtype):
-            loss = F.cross_entropy(self.ddp(x), y)
+            if self.head is not None:
+                loss = self.head.loss(self.ddp(x), y)
+            else:
+                loss = F.cross_entropy(self.ddp(x), y)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
 
     def no_sync(self) -> ContextManager:
-        return self.ddp.no_sync()
+        return self.ddp.no_sync()  # a sharded head's own collectives still run: they are its forward
+
+    def replicated_parameters(self) -> list[torch.Tensor]:
+        owner = self.module.backbone if self.head is not None else self.module
+        return [p for p in owner.parameters() if p.requires_grad]
+
+    @property
+    def collective_eval(self) -> bool:
+        return self.head is not None
+
+    @torch.no_grad()
+    def eval_batch(self, x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.head is not None:
+            return self.head.evaluate(self.module.backbone(x), y, k)
+        return super().eval_batch(x, y, k)
 
     def save_checkpoint(self, directory: Path) -> None:
         # Fixed weights are rebuilt from the seed (hundreds of MB for a large fixed head): not saved.
