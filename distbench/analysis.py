@@ -147,3 +147,45 @@ def to_markdown(table: pd.DataFrame) -> str:
     rows = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in table.itertuples(index=False)]
     return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------- what engines send
+COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
+
+
+def engine_label(row: pd.Series) -> str:
+    backend = row["config.dist.backend"]
+    return f"deepspeed ZeRO-{int(row['config.dist.zero_stage'])}" if backend == "deepspeed" else backend
+
+
+def engine_table(df: pd.DataFrame) -> str:
+    """Markdown: per class count, engine and head, the bytes each rank hands to each collective per step,
+    the step time and the peak memory per rank (the README's "What each engine sends")."""
+    ok = df[df["status"] == "ok"].copy()
+    ok["engine"] = ok.apply(engine_label, axis=1)
+    ok = ok.sort_values(["config.model.num_classes", "engine", "config.model.head"], kind="stable")
+    mb = 1e6
+    rows = [
+        "| classes | engine | head | payload MB/step | all_reduce | reduce_scatter | all_gather | step p50 ms "
+        "| peak memory per rank MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in ok.iterrows():
+        by_op = [r.get(f"comm.collectives.{op}") for op in COLLECTIVES]
+        cells = ["" if v is None or pd.isna(v) else f"{v / mb:,.2f}" for v in by_op]
+        rows.append(
+            f"| {int(r['config.model.num_classes']):,} | {r['engine']} | {r['config.model.head']} "
+            f"| {r['comm.payload_bytes_per_step'] / mb:,.2f} | {' | '.join(cells)} "
+            f"| {r['perf.step_time_ms.p50']:,.0f} | {r['perf.peak_memory_bytes'] / mb:,.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """`text` with the lines between `<!-- name:start -->` and `<!-- name:end -->` replaced by `block`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}\n{end}{tail}"

@@ -2,6 +2,7 @@
 same figures with these functions.
 
     python -m distbench.report analysis/data --out report/
+    python -m distbench.report --readme README.md     # the engines table, from analysis/data/engines.jsonl
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
 import pandas as pd
 
-from distbench.analysis import load_runs, summary_table, to_markdown
+from distbench.analysis import engine_table, load_runs, replace_block, summary_table, to_markdown
 
 MiB = 2**20
 
@@ -251,11 +252,30 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
     return written
 
 
+ENGINES_RECORDS = Path(__file__).resolve().parents[1] / "analysis" / "data" / "engines.jsonl"
+
+
+def readme_engine_table(readme: str | os.PathLike, records: str | os.PathLike = ENGINES_RECORDS) -> bool:
+    """Rewrite the README's engines table from the committed records; True if it changed."""
+    path = Path(readme)
+    text = path.read_text()
+    new = replace_block(text, "engines-table", engine_table(load_runs(records)))
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distbench.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", help="a results .jsonl file or a directory of them")
-    p.add_argument("--out", required=True, help="directory for the PNGs and summary.md")
+    p.add_argument("results", nargs="?", help="a results .jsonl file or a directory of them")
+    p.add_argument("--out", help="directory for the PNGs and summary.md")
+    p.add_argument("--readme", help="rewrite this README's engines table from analysis/data/engines.jsonl")
     args = p.parse_args(argv)
+    if args.readme:
+        print(f"{args.readme}: {'updated' if readme_engine_table(args.readme) else 'up to date'}")
+        return 0
+    if not args.results or not args.out:
+        p.exit(2, "python -m distbench.report: error: give RESULTS and --out (or --readme README.md)\n")
     if not Path(args.results).exists():
         p.exit(2, f"python -m distbench.report: error: no such results file or directory: {args.results}\n")
     for path in write_report(args.results, args.out):
