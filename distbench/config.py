@@ -172,8 +172,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DistConfig:
-    backend: str = opt("ddp", "data-parallel engine: ddp or deepspeed")
-    zero_stage: int = opt(0, "DeepSpeed ZeRO stage: 0, 1 or 2")
+    backend: str = opt("ddp", "data-parallel engine: ddp, fsdp (torch's FSDP2) or deepspeed")
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage: 0, 1, 2 or 3")
     deepspeed_config: str | None = opt(None, "JSON file overlaid on the DeepSpeed config distbench generates")
     validate_comm: bool = opt(False, "DeepSpeed: also run its comms logger and check its bytes against the meter")
     dist_backend: str = opt("auto", "process-group backend: auto (nccl on CUDA, else gloo), nccl, gloo")
@@ -194,7 +194,7 @@ class DistConfig:
         )
         _check(self.bucket_cap_mb > 0, "dist.bucket_cap_mb", f"must be > 0, got {self.bucket_cap_mb}")
         _check(self.pg_timeout_s > 0, "dist.pg_timeout_s", f"must be > 0, got {self.pg_timeout_s}")
-        _check(self.zero_stage in (0, 1, 2), "dist.zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
+        _check(self.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         _check(self.powersgd_rank >= 1, "dist.powersgd_rank", f"must be >= 1, got {self.powersgd_rank}")
         _check(
             self.powersgd_start_iter >= 2,
@@ -209,10 +209,11 @@ class DistConfig:
                 f"dist.{name}",
                 "applies only with --backend deepspeed",
             )
+        reducer = {"deepspeed": "DeepSpeed reduces", "fsdp": "FSDP reduce-scatters"}.get(self.backend)
         _check(
-            self.backend != "deepspeed" or self.comm_hook == "allreduce",
+            reducer is None or self.comm_hook == "allreduce",
             "dist.comm_hook",
-            "DeepSpeed reduces gradients itself; comm hooks apply only with --backend ddp",
+            f"{reducer} gradients itself; comm hooks apply only with --backend ddp",
         )
         if self.deepspeed_config:
             try:

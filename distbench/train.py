@@ -51,6 +51,7 @@ class Steps(NamedTuple):
     times_ms: list[float]  # one per step taken
     loss: torch.Tensor  # the last step's, detached
     traffic: list[StepTraffic]  # the meter's record of each step
+    logged: list[int | None]  # the engine's comms-logger total after each step
 
 
 def run_steps(
@@ -59,7 +60,7 @@ def run_steps(
     """Up to n metered optimizer steps. Fetching the batch is part of the step: a loader that cannot keep
     up shows in the throughput, as it would in training. `stop()` is asked after each step, outside its
     time; True ends the run of steps early (fewer times come back)."""
-    timer, loss, traffic = StepTimer(engine.place.device), torch.tensor(float("nan")), []
+    timer, loss, traffic, logged = StepTimer(engine.place.device), torch.tensor(float("nan")), [], []
     timer.mark()
     for _ in range(n):
         engine.meter.start_step()
@@ -67,12 +68,13 @@ def run_steps(
         loss = engine.step(x, y)
         traffic.append(engine.meter.end_step())
         timer.mark()
+        logged.append(engine.logged_bytes())
         progress.update()
         if stop is not None:
             if stop():
                 break
             timer.restart()
-    return Steps(timer.times_ms(), loss, traffic)
+    return Steps(timer.times_ms(), loss, traffic, logged)
 
 
 def train_steps(
@@ -87,8 +89,10 @@ def train_steps(
 ) -> None:
     """Warm-up and timed steps from `state.step` on, in runs that end at the warm-up's end, at each
     checkpoint (`save` every `every` steps) and on an agreed stop. Timed steps go into `state`; a resumed
-    process's first step is left out of the window: it is cold, and DDP's iteration 0 (buckets rebuilt)."""
-    end, cold = tc.warmup_steps + tc.steps, state.step if state.step > 0 else None
+    process's first `engine.settle_steps` are left out of the window: they are cold, and DDP's iteration 0
+    (buckets rebuilt) or ZeRO-3's trace of its parameter fetches."""
+    end = tc.warmup_steps + tc.steps
+    settled = state.step + engine.settle_steps if state.step > 0 else 0  # a resumed process's first steady step
     while state.step < end:
         timed = state.step >= tc.warmup_steps
         until = end if timed else tc.warmup_steps
@@ -96,18 +100,19 @@ def train_steps(
             until = min(until, (state.step // every + 1) * every)
         if timed and state.step == tc.warmup_steps and engine.place.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(engine.place.device)
-        logged_before = engine.logged_bytes()
+        logged = [engine.logged_bytes()]
         done = run_steps(engine, batches, until - state.step, progress, stop)
         taken = len(done.times_ms)
         if timed:
             # (unless it is the window's last step: a window is never empty)
-            skip = 1 if state.step == cold and end - state.step > 1 else 0
+            skip = max(0, min(settled - state.step, taken, end - state.step - 1))
             state.timed_ms += done.times_ms[skip:]
             state.traffic += done.traffic[skip:]
             state.untimed_steps += skip
-            if logged_before is not None:
-                state.logged_bytes += engine.logged_bytes() - logged_before
-                state.logged_steps += taken
+            if logged[0] is not None:  # the logger's window is the meter's
+                logged += done.logged
+                state.logged_bytes += logged[taken] - logged[skip]
+                state.logged_steps += taken - skip
         state.step += taken
         state.loss = done.loss.float().item()
         if state.step < until:  # the ranks agreed to stop

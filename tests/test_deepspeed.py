@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO 0-2 under real 2-rank torchrun jobs: the same records as DDP, the same payload."""
+"""DeepSpeed ZeRO 0-3 under real 2-rank torchrun jobs: the same records as DDP, the same payload."""
 
+import json
 import os
 import shutil
 import signal
@@ -11,6 +12,8 @@ import pytest
 from conftest import RUN, TORCHRUN, _env, _records, flags, run_cmd, torchrun
 
 from distbench.checks import parse_and_check
+from distbench.config import parse_args
+from distbench.models import build_model
 from distbench.results import validate
 
 pytest.importorskip("deepspeed")
@@ -33,12 +36,33 @@ def ddp_payload(tmp_path_factory):
     return payload
 
 
+def trainable_numels(case: str) -> list[int]:
+    """Element counts of the trainable parameters of CASES[case]'s model, built here as the run builds it."""
+    import torch
+
+    cfg = parse_args(CASES[case])
+    model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed, head_dtype=torch.float32)
+    return [p.numel() for p in model.parameters() if p.requires_grad]
+
+
 @pytest.mark.parametrize(
-    "stage,case", [(0, "learned"), (1, "learned"), (2, "learned"), (2, "fixed+freeze"), (0, "fixed+freeze")]
+    "stage,case",
+    [
+        (0, "learned"),
+        (1, "learned"),
+        (2, "learned"),
+        (2, "fixed+freeze"),
+        (0, "fixed+freeze"),
+        pytest.param(3, "learned", id="zero3-learned"),
+        pytest.param(3, "fixed+freeze", id="zero3-fixed+freeze"),
+    ],
 )
 def test_zero_stages_match_ddp_and_the_comms_logger(tmp_path, ddp_payload, stage, case):
+    # ZeRO-3 records the order it fetches parameters in during step 0 and checks it across ranks (broadcasts)
+    # at the start of step 1; from step 2 on every step sends the same bytes.
+    warmup = ["--warmup-steps", "2"] if stage == 3 else []
     r = torchrun(
-        [*SMALL, *CASES[case], "--backend", "deepspeed", "--zero-stage", str(stage), "--validate-comm"],
+        [*SMALL, *warmup, *CASES[case], "--backend", "deepspeed", "--zero-stage", str(stage), "--validate-comm"],
         tmp_path / "runs.jsonl",
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -47,14 +71,63 @@ def test_zero_stages_match_ddp_and_the_comms_logger(tmp_path, ddp_payload, stage
     c = rec["comm"]
     assert rec["status"] == "ok", rec["error"]
     assert c["hook"] == f"deepspeed-zero{stage}"
-    assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"] == ddp_payload[case]
     assert c["replicas_identical"] is True
     assert c["logger_bytes_per_step"] == sum(c["collectives"].values())  # --validate-comm agrees
-    if stage >= 1:  # ZeRO gathers each rank's updated partition: half the trainable bytes at n = 2
+    numels = trainable_numels(case)
+    # ZeRO-3's reduce-scatter pads every gradient to a multiple of n = 2 elements: the fixed head's 1-element
+    # scale costs 4 bytes more than DDP sends. Stages 0-2 send exactly DDP's bytes.
+    padding = 4 * sum(n % 2 for n in numels) if stage == 3 else 0
+    assert padding == (4 if stage == 3 and case == "fixed+freeze" else 0)
+    assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"] == ddp_payload[case] + padding
+    if stage == 3:
+        assert c["collectives"]["reduce_scatter"] == c["payload_bytes_per_step"]
+        # Each trainable parameter's partition, ceil(numel / 2) elements, is gathered once a step: the tiny
+        # model fits one prefetch bucket, so a parameter fetched for forward stays for backward; persistent
+        # ones (< 1e5 elements) are gathered after the step instead. Buffers (the fixed head's 100 x 256
+        # matrix, the split convs' fixed filters) are never gathered: they would add bytes here.
+        assert c["collectives"]["all_gather"] == 4 * sum(-(-n // 2) for n in numels)
+        assert "broadcast" not in c["collectives"]
+    elif stage >= 1:  # ZeRO gathers each rank's updated partition: half the trainable bytes at n = 2
         assert c["collectives"]["all_gather"] >= c["payload_bytes_per_step"] // 2
     else:
         assert "all_gather" not in c["collectives"]
     assert rec["perf"]["exposed_comm_ms"] is None  # DeepSpeed forbids steps without sync
+
+
+def test_zero3_reduced_bytes_pads_each_gradient_to_the_world_size():
+    import torch
+
+    from distbench.engines.deepspeed import zero3_reduced_bytes
+
+    assert zero3_reduced_bytes([1, 2, 5], 2, torch.float32) == (2 + 2 + 6) * 4
+    assert zero3_reduced_bytes([1, 2, 5], 4, torch.bfloat16) == (4 + 4 + 8) * 2
+    assert zero3_reduced_bytes([4, 8], 4, torch.float32) == 12 * 4  # multiples of n: the plain gradient bytes
+    # {"reduce_scatter": false}: buckets are all-reduced unpadded, but a gradient larger than the bucket
+    # still goes through the padded reduce-scatter
+    assert zero3_reduced_bytes([1, 5], 2, torch.float32, reduce_scatter=False, bucket=4) == (1 + 6) * 4
+
+
+def test_zero3_all_reduce_path_refetching_and_uneven_evaluation(tmp_path, ddp_payload):
+    """ZeRO-3 without its reduce-scatter, parameter cache and persistent parameters: the payload is an
+    unpadded all-reduce (DDP's bytes exactly), every partition is gathered for forward and again for
+    backward, and evaluation, which gathers too, ends although one rank holds one batch more (9 and 8
+    held-out samples in batches of 4)."""
+    f = tmp_path / "ds.json"
+    zero = {"reduce_scatter": False, "stage3_max_reuse_distance": 0, "stage3_prefetch_bucket_size": 0}
+    f.write_text(json.dumps({"zero_optimization": {**zero, "stage3_param_persistence_threshold": 0}}))
+    case = "fixed+freeze"
+    args = [*SMALL, "--warmup-steps", "2", "--eval-samples", "17", "--pg-timeout-s", "20", *CASES[case]]
+    r = torchrun(
+        [*args, "--backend", "deepspeed", "--zero-stage", "3", "--deepspeed-config", str(f), "--validate-comm"],
+        tmp_path / "runs.jsonl",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = r.records[0]
+    c = rec["comm"]
+    assert rec["status"] == "ok" and rec["accuracy"]["eval_samples"] == 17
+    assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"] == ddp_payload[case]
+    assert "reduce_scatter" not in c["collectives"] and c["logger_bytes_per_step"] == sum(c["collectives"].values())
+    assert c["collectives"]["all_gather"] == 2 * 4 * sum(-(-n // 2) for n in trainable_numels(case))
 
 
 def free_port() -> int:

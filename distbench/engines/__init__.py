@@ -108,11 +108,17 @@ def gather_objects(obj) -> list:
 @torch.no_grad()
 def replicas_identical(params: list[torch.Tensor]) -> bool:
     """Whether every rank holds bit-identical `params`: a per-rank fingerprint (sums of the values and
-    of their squares, in float64) is compared through MIN and MAX all-reduces."""
+    of their squares, in float64) is compared through MIN and MAX all-reduces.
+
+    A sharded parameter (FSDP's DTensor) has no replica that could drift: each rank owns one shard. It is
+    compared as the full tensor each rank gathers, so for FSDP this says that every rank sees (and
+    evaluates) the same model, not that the gradients were reduced: tests/test_fsdp.py holds FSDP's
+    weights to DDP's for that."""
     device = params[0].device if params else torch.device("cpu")
     fp = torch.zeros(2, dtype=torch.float64, device=device)
     for p in params:
-        fp += torch.stack([p.double().sum(), p.double().square().sum()])
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p  # one at a time: one full tensor in memory
+        fp += torch.stack([t.double().sum(), t.double().square().sum()])
     lo, hi = fp.clone(), fp.clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
@@ -128,6 +134,9 @@ class Engine:
     expected_bytes_per_step: int
     hook_name: str
     bucket_cap_mb: float | None = None  # the bucket size really used, where the engine has buckets
+    # Steps a fresh process takes before every step sends the same bytes (DDP rebuilds its buckets after
+    # iteration 0); a resumed process leaves them out of the timed window.
+    settle_steps: int = 1
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimizer step on this rank's batch; returns the detached loss."""
@@ -172,4 +181,4 @@ def build_engine(cfg, model: torch.nn.Module, place: Place) -> Engine:
     return builder(cfg, model, place)
 
 
-from distbench.engines import ddp, deepspeed  # noqa: E402,F401  (registration; imports no deepspeed yet)
+from distbench.engines import ddp, deepspeed, fsdp  # noqa: E402,F401  (registration; imports no deepspeed yet)

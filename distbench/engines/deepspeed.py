@@ -1,14 +1,17 @@
-"""DeepSpeed (ZeRO stages 0-2) with the same meter and records as DDP.
+"""DeepSpeed (ZeRO stages 0-3) with the same meter and records as DDP.
 
 Counting. DeepSpeed sends everything through `deepspeed.comm`; the meter wraps its collectives there and
 counts the input tensor of each call (the same size DeepSpeed's own comms logger records). Bytes sent
 while one of the engine's gradient-reduction points is on the stack are the payload:
 - stage 0: DeepSpeedEngine.allreduce_bucket (runtime/engine.py);
 - stages 1-2: DeepSpeedZeroOptimizer.average_tensor, allreduce_bucket, gradient_reduction_w_predivide
-  (runtime/zero/stage_1_and_2.py).
-Stage 3 (reduce_scatter_coalesced in runtime/comm/coalesced_collectives.py) is not wired up yet.
-Everything else (ZeRO's all-gather of updated partitions, norms, overflow checks) shows only in
-`comm.collectives`.
+  (runtime/zero/stage_1_and_2.py);
+- stage 3: DeepSpeedZeroOptimizer_Stage3.__avg_scatter_grads (reduce_scatter_coalesced, the default) and
+  __avg_scatter_contiguous_grads (an all-reduce, with {"reduce_scatter": false}) (runtime/zero/stage3.py).
+Everything else (ZeRO's all-gather of updated partitions, ZeRO-3's all-gather of parameters for forward and
+backward, norms, overflow checks) shows only in `comm.collectives`. ZeRO-3 partitions and gathers parameters
+only (runtime/zero/partition_parameters.py converts `module.parameters()`), so fixed weights, which are
+buffers, are never sent; a frozen Parameter would be, in every step's all-gather.
 """
 
 from __future__ import annotations
@@ -46,8 +49,36 @@ COLLECTIVES: dict[str, tuple[str, str, int]] = {
 }
 REDUCTION_POINTS = {
     "engine": ("allreduce_bucket",),
-    "optimizer": ("average_tensor", "allreduce_bucket", "gradient_reduction_w_predivide"),
+    "optimizer": (
+        "average_tensor",
+        "allreduce_bucket",
+        "gradient_reduction_w_predivide",
+        # stage 3's are private: `self.__avg_scatter_grads(...)` looks up the mangled name, so marking that
+        # name on the instance catches every call
+        "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_grads",
+        "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_contiguous_grads",
+    ),
 }
+
+
+def zero3_reduced_bytes(
+    numels: list[int], world_size: int, dtype: torch.dtype, reduce_scatter: bool = True, bucket: int = 0
+) -> int:
+    """Gradient bytes ZeRO-3 hands to its reduction per step, for trainable parameters of `numels` elements.
+
+    The reduce-scatter (runtime/comm/coalesced_collectives.py, reduce_scatter_coalesced) pads each gradient
+    to a multiple of the world size, ceil(numel / n) elements per rank, so every rank's slice of the
+    coalesced buffer lines up with its partition. With {"reduce_scatter": false} and contiguous gradients,
+    a bucket of at most `bucket` elements is all-reduced whole, unpadded; a gradient larger than the bucket
+    is reduced alone, through the padded reduce-scatter again (stage3.py, __reduce_and_partition_ipg_grads).
+    """
+
+    def reduced(numel: int) -> int:
+        if not reduce_scatter and numel <= bucket:
+            return numel
+        return -(-numel // world_size) * world_size
+
+    return sum(reduced(n) for n in numels) * dtype.itemsize
 
 
 def _input_bytes(arg: Any) -> int:
@@ -172,6 +203,7 @@ class DeepSpeedEngine(Engine):
         self.place, self.module, self.meter = place, model, CommMeter()
         self.config = deepspeed_config(cfg, place)
         params = trainable(model)
+        numels = [p.numel() for p in params]  # ZeRO-3 empties the parameters it partitions
         client_optimizer = None if "optimizer" in self.config else build_optimizer(cfg.train, params)
         self.counter = DeepSpeedMeter(self.meter)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -185,9 +217,22 @@ class DeepSpeedEngine(Engine):
         self.counter.mark_reduction_points(self.engine.optimizer, REDUCTION_POINTS["optimizer"])
         self.counter.install()
         self.stage = self.engine.zero_optimization_stage()
+        # ZeRO-3 records the order it fetches parameters in during step 0 and checks it across ranks
+        # (broadcasts) in step 1
+        self.settle_steps = 2 if self.stage == 3 else 1
         self.hook_name = f"deepspeed-zero{self.stage}"
         comm_dtype = self.engine.communication_data_type
-        self.expected_bytes_per_step = tensor_bytes(params, comm_dtype)
+        if self.stage == 3:  # with the settings the stage-3 optimizer really runs with
+            z3 = self.engine.optimizer
+            self.expected_bytes_per_step = zero3_reduced_bytes(
+                numels,
+                place.world_size,
+                comm_dtype,
+                reduce_scatter=z3.reduce_scatter or not z3.contiguous_gradients,
+                bucket=z3.reduce_bucket_size,
+            )
+        else:
+            self.expected_bytes_per_step = tensor_bytes(params, comm_dtype)
         self.validate = cfg.dist.validate_comm
         self._logger = dscomm.comms_logger if self.validate else None
         self._fixed = {name for name, _ in named_fixed_weights(model)}
@@ -202,6 +247,18 @@ class DeepSpeedEngine(Engine):
 
     def no_sync(self):
         return None  # DeepSpeed forbids optimizer steps inside its no_sync(); see the README
+
+    @property
+    def collective_eval(self) -> bool:
+        # ZeRO-3's forward all-gathers the partitioned parameters, evaluation's too: a rank with one held-out
+        # batch more than the others would wait in that all-gather forever.
+        return self.stage == 3
+
+    def replicated_parameters(self) -> list[torch.Tensor]:
+        # ZeRO-3 keeps whole on every rank only its persistent parameters (stage3_param_persistence_threshold);
+        # of the others each rank holds just its own partition, no replica to compare.
+        params = super().replicated_parameters()
+        return [p for p in params if p.ds_persist] if self.stage == 3 else params
 
     def save_checkpoint(self, directory: Path) -> None:
         # DeepSpeed's own API: model, optimizer (its ZeRO partitions), loss scaler. Its model file comes
