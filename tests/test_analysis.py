@@ -2,6 +2,7 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from distbench.analysis import learns_everything, summary_table, to_markdown, with_baselines
 
@@ -72,3 +73,17 @@ def test_derived_columns_on_a_hand_made_frame():
 def test_fraction_one_is_no_freeze():
     assert learns_everything("none") and learns_everything("fraction:1.0") and not learns_everything("bn")
     assert not learns_everything("fraction:0.4")
+
+
+def test_readme_engine_table_is_generated_from_the_committed_records():
+    """The README's "What each engine sends" table is made by `python -m distbench.report --readme
+    README.md` from analysis/data/engines.jsonl, never typed: regenerate it after rerunning the study."""
+    from distbench.analysis import engine_table, load_runs, replace_block
+    from distbench.report import ENGINES_RECORDS
+
+    readme = (ROOT / "README.md").read_text()
+    df = load_runs(ENGINES_RECORDS)
+    assert replace_block(readme, "engines-table", engine_table(df)) == readme
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == len(df) and len(df) >= 16  # every setup at both class counts ran
+    assert (ok["comm.payload_bytes_per_step"] == ok["comm.expected_bytes_per_step"]).all()
