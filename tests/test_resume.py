@@ -53,7 +53,10 @@ def wait_for(predicate, timeout: float = 120, what: str = "") -> None:
 def worker(proc: subprocess.Popen, rank: int) -> int:
     """The pid of torchrun's worker of `rank`."""
     for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
-        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:  # a short-lived child of torchrun, gone already
+            continue
         if f"RANK={rank}".encode() in env:
             return int(child)
     raise LookupError(f"no rank {rank} under torchrun {proc.pid}")
