@@ -18,6 +18,10 @@ floor per ring step.
 then extrapolates in n. That extrapolation is the model's, not a measurement: real libraries switch to
 trees or hierarchical rings at scale (NCCL does), where the latency term grows like log n, not n, so the
 ring's latency term is a pessimistic bound for large n and small messages.
+
+For GPU clusters this machine does not have, `distbench.nccl` models NCCL itself (ring and tree, NVLink
+inside a node, one NIC per GPU across nodes) from public figures; its presets and `collective_time` are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from distbench.nccl import PRESETS as PRESETS
+from distbench.nccl import Interconnect as Interconnect
+from distbench.nccl import collective_time as collective_time
 
 DEFAULT_WORKERS: tuple[int, ...] = tuple(2**k for k in range(3, 13))  # 8, 16, ..., 4096
 
