@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +43,22 @@ def bus_bytes(payload_bytes: float, world_size: int) -> float:
     return payload_bytes * 2 * (world_size - 1) / world_size
 
 
+# Bytes each rank moves in a ring per byte handed to the collective (its input, as the meter counts it), by
+# nccl-tests' bus-bandwidth factors (doc/PERFORMANCE.md): all-reduce 2(n-1)/n; reduce-scatter (n-1)/n of
+# its input; all-gather (n-1)/n of its output, which is n inputs; reduce 1.
+BUS_FACTORS = {
+    "all_reduce": lambda n: 2 * (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_gather": lambda n: float(n - 1),
+    "reduce": lambda n: 1.0 if n > 1 else 0.0,
+}
+
+
+def collective_bus_bytes(bytes_by_op: dict[str, float], world_size: int) -> float:
+    """Bus bytes per rank of a set of collectives, each by its own factor (`BUS_FACTORS`)."""
+    return sum(BUS_FACTORS[op](world_size) * size for op, size in bytes_by_op.items())
+
+
 def algbw(payload_bytes: float, seconds: float) -> float:
     """Algorithm bandwidth in bytes/s (nccl-tests): payload / time."""
     return payload_bytes / seconds if seconds > 0 else float("nan")
@@ -59,6 +75,7 @@ class StepTraffic:
     bytes_by_op: dict[str, int]  # every collective the engine issued
     payload: int  # of which: gradient reduction
     buckets: int  # gradient-reduction calls
+    payload_by_op: dict[str, int] = field(default_factory=dict)  # the payload, by collective
 
 
 class CommMeter:
@@ -85,6 +102,7 @@ class CommMeter:
         self._open.bytes_by_op[op] = self._open.bytes_by_op.get(op, 0) + size
         if payload:
             self._open.payload += size
+            self._open.payload_by_op[op] = self._open.payload_by_op.get(op, 0) + size
         if payload if bucket is None else bucket:
             self._open.buckets += 1
 
@@ -113,9 +131,14 @@ class CommMeter:
             return total // n if total % n == 0 else total / n
 
         payload = per_step(sum(s.payload for s in steps))
+        payload_by_op: dict[str, int] = defaultdict(int)
+        for s in steps:
+            for op, b in s.payload_by_op.items():
+                payload_by_op[op] += b
         return {
             "payload_bytes_per_step": payload,
-            "bus_bytes_per_step": bus_bytes(payload, world_size),
+            # each collective by its own factor: a reduce-scatter moves half of what an all-reduce does
+            "bus_bytes_per_step": collective_bus_bytes({op: b / n for op, b in payload_by_op.items()}, world_size),
             "buckets_per_step": per_step(sum(s.buckets for s in steps)),
             "collectives": {op: per_step(b) for op, b in sorted(totals.items())},
         }

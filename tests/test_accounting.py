@@ -56,3 +56,17 @@ def test_meter_counts_only_bracketed_steps():
     assert s["payload_bytes_per_step"] == 50 and s["buckets_per_step"] == 2
     assert s["bus_bytes_per_step"] == 75 and s["collectives"] == {"all_gather": 12, "all_reduce": 50}
     assert tensor_bytes([t]) == 40
+
+
+def test_bus_bytes_take_each_collective_by_its_own_factor():
+    """nccl-tests' factors: an FSDP or ZeRO-3 step that reduce-scatters its payload moves half what an
+    all-reduce of the same bytes does; a sharded head's all-gather input is one rank's share."""
+    meter = CommMeter()
+    meter.start_step()
+    meter.count("reduce_scatter", torch.zeros(100))  # 400 B in: (n-1)/n of it
+    meter.count("all_gather", torch.zeros(10))  # 40 B in, 160 B out at n = 4: (n-1) x 40
+    meter.count("all_gather", torch.zeros(50), payload=False)  # FSDP's parameter gathers: not payload
+    meter.end_step()
+    s = meter.summary(meter.steps, world_size=4)
+    assert s["payload_bytes_per_step"] == 440
+    assert s["bus_bytes_per_step"] == 400 * 3 / 4 + 40 * 3
