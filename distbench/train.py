@@ -322,11 +322,21 @@ def describe(cfg: RunConfig) -> str:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
     counts = param_counts(model)
-    expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(model, cfg.dist)
+    sharded = getattr(model.head, "sharded", False)
+    replicated = model.backbone if sharded else model
+    expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(replicated, cfg.dist)
     lines = [f"{cfg.model.model} + {cfg.model.head} head, {cfg.model.num_classes} classes"]
     lines += [
         f"  params.{k:<21} {v:>14,}" if isinstance(v, int) else f"  params.{k:<21} {v:>14.4f}"
         for k, v in counts.items()
     ]
-    lines.append(f"  expected bytes/step          {expected:>14,} ({cfg.dist.comm_hook})")
+    engine = cfg.dist.comm_hook if cfg.dist.backend == "ddp" else cfg.dist.backend
+    lines.append(f"  expected bytes/step          {expected:>14,} ({engine}{', the backbone' if sharded else ''})")
+    # What depends on the number of ranks, which a dry run does not know: say so rather than print a number.
+    if sharded:
+        lines.append(
+            "  + the sharded head's collectives per rank: 4(BN + 2B + 3nB + nBN) bytes in fp32 at n ranks, batch B"
+        )
+    if cfg.dist.backend == "fsdp" or (cfg.dist.backend == "deepspeed" and cfg.dist.zero_stage == 3):
+        lines.append("  (FSDP and ZeRO-3 pad each parameter to a multiple of the ranks: the record's count is exact)")
     return "\n".join(lines)
