@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,32 @@ def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180, gpu
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(RUN), "--out", str(out), *args]
     p = run_cmd(cmd, timeout, gpu)
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
+
+
+def start_torchrun(args: list[str], out: Path, ckpt: Path | None = None) -> subprocess.Popen:
+    """launch/run.py under a real torchrun with 2 gloo ranks, not waited for: for tests that signal or
+    kill the job. Its output goes to one pipe: read it with `finish`, as it comes (a full pipe would stall
+    the job)."""
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out), *args]
+    if ckpt is not None:
+        cmd += ["--checkpoint-dir", str(ckpt)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "", proc: subprocess.Popen | None = None) -> None:
+    """Until `predicate()`; fails if `timeout` passes first or the job `proc` ends first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the job ended before {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)
 
 
 def python_run(args: list[str], out: Path, timeout: int = 180) -> Result:

@@ -4,12 +4,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
-from conftest import RUN, TORCHRUN, _env, _records, flags, run_cmd, torchrun
+from conftest import RUN, _records, finish, flags, run_cmd, start_torchrun, torchrun, wait_for
 
 from distbench.checks import parse_and_check
 from distbench.config import parse_args
@@ -211,26 +209,15 @@ def test_resume_deepspeed_zero2_after_sigterm_ends_identical(tmp_path):
     """DeepSpeed saves through its own checkpoint API (ZeRO-2 optimizer partitions included): a run
     stopped by SIGTERM and resumed ends with the uninterrupted run's loss, accuracy and bytes."""
     args = [*RESUMABLE, "--backend", "deepspeed", "--zero-stage", "2", "--validate-comm"]
-
-    def launch(ckpt, out):
-        cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out)]
-        return subprocess.Popen([*cmd, *args, "--checkpoint-dir", str(ckpt)], env=_env(), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-
-    ref = launch(tmp_path / "ref", tmp_path / "ref.jsonl")
-    log = ref.communicate(timeout=240)[0]  # read as it comes: a full pipe would stall the job
-    assert ref.returncode == 0, log[-3000:]
-    proc = launch(tmp_path / "ckpt", tmp_path / "runs.jsonl")
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "ckpt" / "latest").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.05)
+    code, log = finish(start_torchrun(args, tmp_path / "ref.jsonl", tmp_path / "ref"))
+    assert code == 0, log[-3000:]
+    proc = start_torchrun(args, tmp_path / "runs.jsonl", tmp_path / "ckpt")
+    wait_for((tmp_path / "ckpt" / "latest").exists, what="the first checkpoint", proc=proc)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    finish(proc, timeout=120)
     assert not (tmp_path / "runs.jsonl").exists()
-    again = launch(tmp_path / "ckpt", tmp_path / "runs.jsonl")
-    log = again.communicate(timeout=240)[0]
-    assert again.returncode == 0, log[-3000:]
+    code, log = finish(start_torchrun(args, tmp_path / "runs.jsonl", tmp_path / "ckpt"))
+    assert code == 0, log[-3000:]
     (want,), (got,) = _records(tmp_path / "ref.jsonl"), _records(tmp_path / "runs.jsonl")
     validate(got)
     assert got["status"] == "ok" and len(got["perf"]["resumed_from_steps"]) == 1

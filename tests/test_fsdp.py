@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import RUN, TORCHRUN, _env, _records, flags, run_cmd, torchrun
+from conftest import TORCHRUN, _records, finish, flags, run_cmd, start_torchrun, torchrun, wait_for
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -228,16 +226,9 @@ def _all_gather_of(argv: list[str], world_size: int = 2) -> int:
 RESUMABLE = [*flags(steps=24, warmup_steps=3, batch_size=4, eval_samples=32, checkpoint_every=4), "--backend", "fsdp"]
 
 
-def _launch(ckpt: Path, out: Path) -> subprocess.Popen:
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out), *RESUMABLE]
-    return subprocess.Popen([*cmd, "--checkpoint-dir", str(ckpt)], env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-
-
 def test_fsdp_record_and_resume_after_sigterm_end_bit_identical(tmp_path):
-    ref = _launch(tmp_path / "ref", tmp_path / "ref.jsonl")
-    log = ref.communicate(timeout=240)[0]  # read as it comes: a full pipe would stall the job
-    assert ref.returncode == 0, log[-3000:]
+    code, log = finish(start_torchrun(RESUMABLE, tmp_path / "ref.jsonl", tmp_path / "ref"))
+    assert code == 0, log[-3000:]
     (want,) = _records(tmp_path / "ref.jsonl")
     validate(want)
     c = want["comm"]
@@ -246,18 +237,14 @@ def test_fsdp_record_and_resume_after_sigterm_end_bit_identical(tmp_path):
     assert c["collectives"]["all_gather"] == _all_gather_of([])  # the default tiny CNN
     assert want["perf"]["exposed_comm_ms"] is None  # no steps without sync under FSDP
 
-    proc = _launch(tmp_path / "ckpt", tmp_path / "runs.jsonl")
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "ckpt" / "latest").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.05)
+    proc = start_torchrun(RESUMABLE, tmp_path / "runs.jsonl", tmp_path / "ckpt")
+    wait_for((tmp_path / "ckpt" / "latest").exists, what="the first checkpoint", proc=proc)
     proc.send_signal(signal.SIGTERM)
-    log = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0 and "stopped by SIGTERM" in log, log[-3000:]
+    code, log = finish(proc, timeout=120)
+    assert code != 0 and "stopped by SIGTERM" in log, log[-3000:]
     assert not (tmp_path / "runs.jsonl").exists()
-    again = _launch(tmp_path / "ckpt", tmp_path / "runs.jsonl")
-    log = again.communicate(timeout=240)[0]
-    assert again.returncode == 0, log[-3000:]
+    code, log = finish(start_torchrun(RESUMABLE, tmp_path / "runs.jsonl", tmp_path / "ckpt"))
+    assert code == 0, log[-3000:]
     (got,) = _records(tmp_path / "runs.jsonl")
     validate(got)
     assert got["status"] == "ok" and len(got["perf"]["resumed_from_steps"]) == 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RUN, TORCHRUN, _env, _records, flags, python_run
+from conftest import _records, finish, flags, python_run, start_torchrun, wait_for
 
 from distbench import checkpoint
 from distbench.checkpoint import EXIT_STOPPED, Checkpoints, LoopState, StopRequest, read_latest
@@ -28,26 +28,6 @@ from distbench.timing import StepTimer
 
 # Long enough (about 3 s of steps) that a signal sent after the first checkpoint lands mid-run.
 JOB = flags(steps=120, warmup_steps=3, nosync_steps=2, batch_size=8, eval_samples=64, checkpoint_every=4)
-
-
-def start(args: list[str], out: Path, ckpt: Path | None) -> subprocess.Popen:
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out), *args]
-    if ckpt is not None:
-        cmd += ["--checkpoint-dir", str(ckpt)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-
-
-def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
-
-
-def wait_for(predicate, timeout: float = 120, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
 
 
 def worker(proc: subprocess.Popen, rank: int) -> int:
@@ -71,7 +51,7 @@ def model_state(ckpt: Path, rank: int) -> dict[str, torch.Tensor]:
 def reference(tmp_path_factory):
     """The same job run through without interruption, keeping its final checkpoint."""
     tmp = tmp_path_factory.mktemp("reference")
-    code, log = finish(start(JOB, tmp / "runs.jsonl", tmp / "ckpt"))
+    code, log = finish(start_torchrun(JOB, tmp / "runs.jsonl", tmp / "ckpt"))
     assert code == 0, log[-3000:]
     (record,) = _records(tmp / "runs.jsonl")
     return record, tmp / "ckpt"
@@ -100,8 +80,8 @@ def test_preempt_then_resume_ends_bit_identical(tmp_path, reference, sig):
     ended."""
     ref, ref_ckpt = reference
     out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
-    proc = start(JOB, out, ckpt)
-    wait_for((ckpt / "latest").exists, what="the first checkpoint")
+    proc = start_torchrun(JOB, out, ckpt)
+    wait_for((ckpt / "latest").exists, what="the first checkpoint", proc=proc)
     if sig == signal.SIGTERM:
         proc.send_signal(sig)
     else:
@@ -118,7 +98,7 @@ def test_preempt_then_resume_ends_bit_identical(tmp_path, reference, sig):
         assert f"exitcode  : {EXIT_STOPPED}" in log, log[-3000:]
     assert not out.exists()  # nothing recorded for a run that will resume
 
-    code, log = finish(start(JOB, out, ckpt))
+    code, log = finish(start_torchrun(JOB, out, ckpt))
     assert code == 0, log[-3000:]
     (record,) = _records(out)
     assert record["perf"]["resumed_from_steps"] == [stopped_at]
@@ -133,8 +113,8 @@ def test_resume_after_a_crash_starts_from_the_last_checkpoint(tmp_path, referenc
     """SIGKILL (no chance to save): the rerun resumes from the last periodic checkpoint."""
     ref, ref_ckpt = reference
     out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
-    proc = start(JOB, out, ckpt)
-    wait_for(lambda: (read_latest(ckpt) or {}).get("step", 0) >= 8, what="the second checkpoint")
+    proc = start_torchrun(JOB, out, ckpt)
+    wait_for(lambda: (read_latest(ckpt) or {}).get("step", 0) >= 8, what="the second checkpoint", proc=proc)
     for rank in (0, 1):
         os.kill(worker(proc, rank), signal.SIGKILL)
     code, log = finish(proc)
@@ -142,7 +122,7 @@ def test_resume_after_a_crash_starts_from_the_last_checkpoint(tmp_path, referenc
     saved = read_latest(ckpt)
     assert saved["reason"] == "every 4 steps" and saved["step"] % 4 == 0
 
-    code, log = finish(start(JOB, out, ckpt))
+    code, log = finish(start_torchrun(JOB, out, ckpt))
     assert code == 0, log[-3000:]
     (record,) = _records(out)
     assert record["perf"]["resumed_from_steps"] == [saved["step"]]
@@ -158,7 +138,7 @@ def test_resume_at_the_end_only_evaluates(tmp_path, reference):
             subprocess.run(["cp", "-r", str(item), str(ckpt)], check=True)
         else:
             (ckpt / item.name).write_bytes(item.read_bytes())
-    code, log = finish(start(JOB, tmp_path / "runs.jsonl", ckpt))
+    code, log = finish(start_torchrun(JOB, tmp_path / "runs.jsonl", ckpt))
     assert code == 0, log[-3000:]
     (record,) = _records(tmp_path / "runs.jsonl")
     assert record["perf"]["resumed_from_steps"] == [123]
@@ -168,8 +148,8 @@ def test_resume_at_the_end_only_evaluates(tmp_path, reference):
 
 def test_preempt_without_checkpoint_dir_records_the_stop(tmp_path):
     out = tmp_path / "runs.jsonl"
-    proc = start(flags(steps=100_000, warmup_steps=1, batch_size=8, eval_samples=64), out, None)
-    wait_for(lambda: b"RANK=1" in b"".join(_environs(proc)), what="the workers")
+    proc = start_torchrun(flags(steps=100_000, warmup_steps=1, batch_size=8, eval_samples=64), out, None)
+    wait_for(lambda: b"RANK=1" in b"".join(_environs(proc)), what="the workers", proc=proc)
     time.sleep(8)  # into the training loop (imports and model build take a few seconds)
     proc.send_signal(signal.SIGTERM)
     code, _ = finish(proc)
@@ -194,8 +174,8 @@ def test_rank_fail_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):
     before it SIGKILLs the stopped rank (on a worker's failure it ignores its own --shutdown-timeout)."""
     out, ckpt, timeout_s, grace_s = tmp_path / "runs.jsonl", tmp_path / "ckpt", 5, 30
     args = flags(steps=100_000, warmup_steps=1, batch_size=8, eval_samples=64, pg_timeout_s=timeout_s)
-    proc = start([*args, "--checkpoint-every", "2"], out, ckpt)
-    wait_for((ckpt / "latest").exists, what="the training loop")  # a checkpoint: both ranks are stepping
+    proc = start_torchrun([*args, "--checkpoint-every", "2"], out, ckpt)
+    wait_for((ckpt / "latest").exists, what="the training loop", proc=proc)  # a checkpoint: both ranks are stepping
     hung = worker(proc, 1)
     os.kill(hung, signal.SIGSTOP)
     stopped = time.monotonic()
