@@ -1,14 +1,13 @@
 """A real one-node Slurm cluster runs a real job array of distbench configurations."""
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 from conftest import ROOT
-from slurm.cluster import SlurmCluster, missing_binaries
+from slurm.cluster import running_cluster
 
 from distbench.results import load, read_records
 
@@ -17,22 +16,7 @@ SWEEP_PY = str(ROOT / "launch" / "sweep.py")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(
-            f"Slurm is not installed ({', '.join(missing)} missing): .ci/run installs Debian's slurmctld "
-            "slurmd slurm-client munge"
-        )
-    if os.geteuid() != 0:
-        pytest.skip("the test cluster runs its daemons as root")
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        c.start()
-    except Exception as e:
-        c.stop()
-        pytest.skip(f"Slurm could not start here: {e}")
-    yield c
-    c.stop()
+    yield from running_cluster(tmp_path_factory.mktemp("slurm"))
 
 
 SMOKE = ROOT / "launch" / "sweeps" / "smoke.toml"  # the committed CPU-sized example

@@ -7,7 +7,7 @@ import sys
 import hosts
 import pytest
 from conftest import FAST, ROOT, RUN, TORCHRUN, _env, torchrun
-from slurm.cluster import SlurmCluster, missing_binaries
+from slurm.cluster import running_cluster
 
 from distbench.results import read_records
 
@@ -72,17 +72,7 @@ def test_two_host_torchrun(two_hosts, one_host_payload, tmp_path):
 @pytest.fixture(scope="module")
 def cluster(two_hosts, tmp_path_factory):
     """slurmctld on the first host and one slurmd on each."""
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing)")
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=two_hosts)
-    try:
-        c.start()
-    except Exception as e:
-        c.stop()
-        pytest.skip(f"Slurm could not start here: {e}")
-    yield c
-    c.stop()
+    yield from running_cluster(tmp_path_factory.mktemp("slurm"), nodes=two_hosts)
 
 
 def test_two_host_slurm(cluster, two_hosts, one_host_payload, tmp_path):

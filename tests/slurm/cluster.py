@@ -20,9 +20,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "runuser")
 
@@ -207,3 +209,24 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the command name in parentheses
+
+
+def running_cluster(root: Path, nodes: Sequence[Node] | None = None) -> Iterator[SlurmCluster]:
+    """A started cluster, for a pytest fixture to `yield from`; stopped afterwards. Skips, saying why,
+    where Slurm is not installed, this is not root, or the daemons do not start."""
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"Slurm is not installed ({', '.join(missing)} missing): .ci/run installs Debian's slurmctld "
+            "slurmd slurm-client munge"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root")
+    cluster = SlurmCluster(root, nodes=nodes)
+    try:
+        cluster.start()
+    except Exception as e:
+        cluster.stop()
+        pytest.skip(f"Slurm could not start here: {e}")
+    yield cluster
+    cluster.stop()
