@@ -63,8 +63,8 @@ class DDPEngine(Engine):
         self.head = model.head if getattr(model.head, "sharded", False) else None
         if self.head is not None:
             self.head.shard(Collectives(self.meter))
-        replicated = model.backbone if self.head is not None else model
-        self.ddp = wrap(replicated, place, self.bucket_cap_mb)
+        self.replicated = model.backbone if self.head is not None else model
+        self.ddp = wrap(self.replicated, place, self.bucket_cap_mb)
         hook = COMM_HOOKS.get(cfg.dist.comm_hook)
         self.hook_name = cfg.dist.comm_hook
         self.hook_state, fn = hook.make(cfg.dist)
@@ -72,7 +72,7 @@ class DDPEngine(Engine):
         self.tap = AllReduceTap(self.meter)
         self.tap.install()
         self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
-        self.expected_bytes_per_step = hook.expected(replicated, cfg.dist)
+        self.expected_bytes_per_step = hook.expected(self.replicated, cfg.dist)
         if self.head is not None:
             head = expected_collective_bytes(
                 cfg.train.batch_size, self.head.in_features, place.world_size, self.amp_dtype or torch.float32
@@ -99,8 +99,7 @@ class DDPEngine(Engine):
         return self.ddp.no_sync()  # a sharded head's own collectives still run: they are its forward
 
     def replicated_parameters(self) -> list[torch.Tensor]:
-        owner = self.module.backbone if self.head is not None else self.module
-        return [p for p in owner.parameters() if p.requires_grad]
+        return trainable(self.replicated)
 
     @property
     def collective_eval(self) -> bool:
