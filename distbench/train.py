@@ -207,7 +207,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     else:
         log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, tc.warmup_steps + tc.steps)
     batches = dataset.train(start=state.step)
-    vote, request = StopVote(), StopRequest()
+    vote, request = StopVote(cfg.dist.pg_timeout_s), StopRequest()
 
     def save(reason: str) -> Path | None:
         return checkpoints.save(engine, state, reason) if checkpoints else None

@@ -193,6 +193,46 @@ def test_rank_fail_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):
     assert f"did not answer within --pg-timeout-s {timeout_s} s" in record["error"]
 
 
+def _vote_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from distbench.engines import StopVote
+
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    vote = StopVote(timeout_s=2)
+    vote(False)  # issued by both ranks
+    if rank == 1:
+        time.sleep(60)  # hung: never votes again
+        os._exit(0)
+    vote(False)  # waits for the first vote (done) and issues a second, which rank 1 never joins
+    started = time.monotonic()
+    try:
+        vote(False)
+        error = ""
+    except Exception as e:  # whatever gloo raises: its message is checked
+        error = str(e)
+    Path(out).write_text(json.dumps({"took": time.monotonic() - started, "error": error}))
+    os._exit(0)
+
+
+def test_rank_fail_the_stop_vote_gives_up_on_a_hung_peer_within_the_timeout(tmp_path):
+    """The vote runs on a group of its own, which would default to gloo's 30 minutes: a rank waiting on a
+    stopped peer's vote must give up within the run's timeout like any gradient all-reduce."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = tmp_path / "rank0.json"
+    procs = [ctx.Process(target=_vote_worker, args=(r, str(tmp_path / "store"), str(out))) for r in range(2)]
+    for p in procs:
+        p.start()
+    procs[0].join(timeout=60)
+    for p in procs:
+        p.kill()
+        p.join()
+    assert out.exists(), "rank 0 still waited on the hung peer's vote after 60 s"
+    result = json.loads(out.read_text())
+    assert "timed out" in result["error"].lower() or "timeout" in result["error"].lower(), result["error"]
+    assert result["took"] < 10
+
+
 # ------------------------------------------------------------------------------------------- in process
 def test_resume_data_stream_starts_where_it_left_off():
     cfg = RunConfig().data

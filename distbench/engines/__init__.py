@@ -75,10 +75,13 @@ class StopVote:
     issues the next without waiting: on its own gloo group, on the host, so it neither synchronises the
     device nor mixes with the gradient traffic, and no rank can pass a boundary the others stop at.
     A request is therefore acted on one boundary later, by every rank together.
+
+    The group gets the run's `timeout_s` explicitly: a new group's default is gloo's 30 minutes, so a
+    rank waiting on the vote of a hung peer would outlast --pg-timeout-s by half an hour.
     """
 
-    def __init__(self) -> None:
-        self.group = dist.new_group(backend="gloo")
+    def __init__(self, timeout_s: float) -> None:
+        self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
         self.flag = torch.zeros(1, dtype=torch.int32)
         self.pending = None
 
