@@ -28,6 +28,7 @@ VARIANT_COLUMNS = (
     "config.freeze.freeze_mode",
     "config.freeze.bn",
     "config.freeze.frozen_init",
+    "config.freeze.freeze_dim",
 )
 IGNORED_PREFIXES = ("config.output.", "config.data.workers")
 
@@ -48,7 +49,9 @@ def variant(row: pd.Series) -> str:
     freeze = row.get("config.freeze.freeze", "none")
     if not learns_everything(freeze):
         mode = row.get("config.freeze.freeze_mode", "split")
-        parts.append(freeze + (" (mask)" if mode == "mask" else ""))
+        dim = row.get("config.freeze.freeze_dim", "out")
+        dim = "out" if dim is None or pd.isna(dim) else dim  # records from before --freeze-dim
+        parts.append(freeze + (f" along {dim}" if dim != "out" else "") + (" (mask)" if mode == "mask" else ""))
     if row.get("config.model.param", "none") != "none":
         parts.append(row["config.model.param"])
     if row.get("config.dist.backend", "ddp") == "deepspeed":

@@ -98,6 +98,10 @@ def check_structure(cfg: RunConfig) -> None:
             f"{cfg.freeze.freeze!r} cannot split the filters of {cfg.model.param} "
             "convs; use --param none, or a bn / blocks rule",
         )
+    if cfg.dist.backend == "fsdp" and cfg.freeze.freeze_mode == "mask" and settings.dim != "out":
+        raise ConfigError(
+            "freeze.freeze_dim", "--backend fsdp masks whole filters only (--freeze-dim out); use --freeze-mode split"
+        )
     with torch.device("meta"):
         backbone = build_backbone(cfg.model.model, cfg.model.image_size)
         apply_param(cfg.model.param, backbone)

@@ -69,7 +69,11 @@ class ModelConfig:
     )
     head_rows: str = opt("authors", "fixed-orthogonal rows: authors (as nn.init.orthogonal leaves them) or unit")
     image_size: int | None = opt(None, "input height = width; default: the model's own (32 or 224)")
-    param: str = opt("none", "conv parameterisation: none, symmetric (square convs), dirac")
+    param: str = opt(
+        "none",
+        "conv parameterisation: none, channel-triangular (alias symmetric; square convs), spatial-triangular "
+        "(square kernels), channel-average, spatial-average, spatial-channel-average, dirac",
+    )
 
     def __post_init__(self) -> None:
         _check(
@@ -99,9 +103,15 @@ class FreezeConfig:
     freeze_mode: str = opt("split", "split (fixed filters are buffers: bytes drop) or mask (gradient zeroed)")
     bn: str = opt("learned", "BatchNorm affine parameters of partly frozen convs: learned or frozen")
     frozen_init: str = opt("random", "fixed weights keep their random init, or are zeroed: random or zero")
+    freeze_dim: str = opt(
+        "out",
+        "the conv weight dimension fraction:P and filters:K slice: out (whole filters), in (input channels), "
+        "kh (kernel rows) or kw (kernel columns)",
+    )
 
     def __post_init__(self) -> None:
         for name, valid in (
+            ("freeze_dim", ("in", "kh", "kw", "out")),
             ("freeze_mode", ("mask", "split")),
             ("bn", ("frozen", "learned")),
             ("frozen_init", ("random", "zero")),

@@ -1,7 +1,7 @@
 """Parameter and byte counts per freeze rule / parameterisation, as a markdown table. Pure accounting:
 models are built on the meta device, so nothing is allocated and nothing is trained.
 
-    python -m distbench.counts --models resnet18 resnet50 --num-classes 1000
+    python -m distbench.counts --models resnet18 resnet50 wrn-28-10 --num-classes 1000
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ VARIANTS: list[tuple[str, dict, dict]] = [
     ("none", {}, {}),
     ("fraction:0.1", {}, {"freeze": "fraction:0.1"}),
     ("fraction:0.1 (mask)", {}, {"freeze": "fraction:0.1", "freeze_mode": "mask"}),
+    ("fraction:0.1, dim in", {}, {"freeze": "fraction:0.1", "freeze_dim": "in"}),
+    ("fraction:0.1, dim kh", {}, {"freeze": "fraction:0.1", "freeze_dim": "kh"}),
+    ("fraction:0.1, dim kw", {}, {"freeze": "fraction:0.1", "freeze_dim": "kw"}),
     ("fraction:0.5", {}, {"freeze": "fraction:0.5"}),
     ("filters:5", {}, {"freeze": "filters:5"}),
     ("bn", {}, {"freeze": "bn"}),
     ("blocks:layer4", {}, {"freeze": "blocks:layer4"}),
-    ("param symmetric", {"param": "symmetric"}, {}),
+    ("param channel-triangular", {"param": "channel-triangular"}, {}),
+    ("param spatial-triangular", {"param": "spatial-triangular"}, {}),
+    ("param channel-average", {"param": "channel-average"}, {}),
+    ("param spatial-average", {"param": "spatial-average"}, {}),
+    ("param spatial-channel-average", {"param": "spatial-channel-average"}, {}),
     ("param dirac", {"param": "dirac"}, {}),
     ("head fixed", {"head": "fixed"}, {}),
     ("head fixed + bn", {"head": "fixed"}, {"freeze": "bn"}),
@@ -58,7 +65,7 @@ def table(models: list[str], num_classes: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "wrn-28-10"])
     p.add_argument("--num-classes", type=int, default=1000)
     args = p.parse_args(argv)
     print(table(args.models, args.num_classes))

@@ -3,10 +3,15 @@ generalizing while learning next to nothing"): learn a fraction of each conv lay
 filters, or only BatchNorm, or only chosen blocks; everything else keeps its random initialisation
 (or is zeroed: the paper's dagger column).
 
+The per-filter rules slice the 4-D weight (out, in, kh, kw) along one dimension, `--freeze-dim`: whole
+output filters (`out`, the default), input channels (`in`), kernel rows (`kh`) or kernel columns (`kw`),
+as the paper's Figure 2 compares them (whole filters do best). A dimension of size 1 (a 1x1 conv's kernel
+rows) has nothing to slice: the rule learns at least one slice, so such a conv is learned whole.
+
 DDP and DeepSpeed leave a tensor out of their buckets only when the *whole* tensor has
 requires_grad=False. So a partly frozen conv is stored in two pieces (`split` mode, the default): the
-learned filters are an nn.Parameter, the fixed ones a buffer, and only learned bytes are sent.
-`mask` mode keeps the whole weight a Parameter and zeroes the fixed filters' gradient, as the published
+learned slice is an nn.Parameter, the fixed one a buffer, and only learned bytes are sent.
+`mask` mode keeps the whole weight a Parameter and zeroes the fixed slice's gradient, as the published
 code does: it learns the same thing and sends every byte. The contrast is the point.
 """
 
@@ -51,12 +56,13 @@ class Rule:
         """`none`, and `fraction:1.0`, which learns every filter."""
         return self.kind == "none" or (self.kind == "fraction" and self.fraction >= 1.0)
 
-    def learned_filters(self, out_channels: int) -> int:
-        """Learned filters of a conv with `out_channels` filters (per-filter rules only)."""
-        if self.kind == "fraction":  # "the first p coefficients": ceil(p x out), at least one
-            return max(1, math.ceil(self.fraction * out_channels - 1e-9))
+    def learned_count(self, size: int) -> int:
+        """Learned slices of a weight dimension of `size` slices (filters, input channels, kernel rows or
+        columns; per-filter rules only). Never 0: a dimension of size 1 is learned whole."""
+        if self.kind == "fraction":  # "the first p coefficients": ceil(p x size), at least one
+            return max(1, math.ceil(self.fraction * size - 1e-9))
         if self.kind == "filters":
-            return min(self.count, out_channels)
+            return min(self.count, size)
         raise ValueError(f"rule {self} is not per filter")
 
     def __str__(self) -> str:
@@ -121,50 +127,75 @@ def parse_rule(spec: str) -> Rule:
 
 
 # ------------------------------------------------------------------------------------------ split convs
-class SplitConv2d(nn.Module):
-    """A Conv2d whose first k filters are learned (a Parameter) and the rest fixed (a buffer).
+DIMS = ("out", "in", "kh", "kw")  # --freeze-dim: the weight dimension (0, 1, 2, 3) a per-filter rule slices
 
-    The forward pass runs the two filter groups as two convolutions and concatenates the outputs
-    (`benchmarks/split_forward.py` measured this against rebuilding the whole weight with torch.cat:
-    see benchmarks/README.md). Either way the fixed filters get no weight gradient at all.
+
+class SplitConv2d(nn.Module):
+    """A Conv2d whose weight is sliced along `dim`: the first k slices learned (a Parameter), the rest
+    fixed (a buffer). Either way the fixed slice gets no weight gradient at all.
+
+    `dim` 0 (whole filters): the two filter groups run as two convolutions and the outputs are concatenated
+    (`benchmarks/split_forward.py` measured this against rebuilding the weight with torch.cat: see
+    benchmarks/README.md); the bias is split with its filters.
+    `dim` 1, 2, 3 (input channels, kernel rows, kernel columns): every filter is partly learned, so the bias
+    stays a learned Parameter whole. Input channels (groups 1): two convolutions on the two input-channel
+    groups, summed (the bias added once). `benchmarks/split_forward.py --dim in` measured this against
+    rebuilding the weight with torch.cat and running one conv: the two convs were faster on this project's
+    2-core CPU (rebuilt / summed 1.1 to 1.3 at 10% and at 50% learned), as they compute the weight
+    gradient of the learned channels only. Kernel rows and columns, and input channels of grouped convs,
+    rebuild the weight with torch.cat and run one conv (padding spans a kernel cut; channel groups would
+    have to be cut group by group).
     """
 
     fixed_weights = ("weight_fixed", "bias_fixed")  # counted as frozen weights; never broadcast by DDP
 
-    def __init__(self, conv: nn.Conv2d, learned: int) -> None:
+    def __init__(self, conv: nn.Conv2d, learned: int, dim: int = 0) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
-        if conv.groups != 1:
-            raise ConfigError(FIELD, "grouped convolutions cannot be split by filter")
+        self.dim = dim
+        if conv.groups != 1 and dim == 0:
+            raise ConfigError(FIELD, "grouped convolutions cannot be split by filter (try --freeze-dim in, kh or kw)")
         if conv.padding_mode != "zeros":
             raise ConfigError(FIELD, f"padding mode {conv.padding_mode!r} is not supported when splitting")
         w = conv.weight.detach()
-        self.weight_learned = nn.Parameter(w[:learned].clone())
-        self.register_buffer("weight_fixed", w[learned:].clone())
-        if conv.bias is not None:
-            self.bias_learned = nn.Parameter(conv.bias.detach()[:learned].clone())
-            self.register_buffer("bias_fixed", conv.bias.detach()[learned:].clone())
-        else:
+        self.weight_learned = nn.Parameter(w.narrow(dim, 0, learned).clone())
+        self.register_buffer("weight_fixed", w.narrow(dim, learned, w.shape[dim] - learned).clone())
+        self.register_buffer("bias_fixed", None)
+        if conv.bias is None:
             self.bias_learned = None
-            self.register_buffer("bias_fixed", None)
+        elif dim == 0:
+            self.bias_learned = nn.Parameter(conv.bias.detach()[:learned].clone())
+            self.bias_fixed = conv.bias.detach()[learned:].clone()
+        else:
+            self.bias_learned = nn.Parameter(conv.bias.detach().clone())
 
     def conv_counts(self) -> tuple[int, int]:
         learned = self.weight_learned.numel() if self.weight_learned.requires_grad else 0
         return learned, self.weight_learned.numel() + self.weight_fixed.numel()
 
+    def weight(self) -> torch.Tensor:
+        """The whole weight, as the unsplit conv held it."""
+        return torch.cat([self.weight_learned, self.weight_fixed], dim=self.dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (self.stride, self.padding, self.dilation, self.groups)
+        if self.dim == 1 and self.groups == 1:
+            k = self.weight_learned.shape[1]
+            learned = F.conv2d(x[:, :k], self.weight_learned, self.bias_learned, *args)
+            return learned + F.conv2d(x[:, k:], self.weight_fixed, None, *args)
+        if self.dim != 0:
+            return F.conv2d(x, self.weight(), self.bias_learned, *args)
         learned = F.conv2d(x, self.weight_learned, self.bias_learned, *args)
         fixed = F.conv2d(x, self.weight_fixed, self.bias_fixed, *args)
         return torch.cat([learned, fixed], dim=1)
 
 
-def _mask_gradient(param: nn.Parameter, learned: int) -> None:
-    """Zero the fixed rows' gradient, as the published code does. The hook runs before DDP's
+def _mask_gradient(param: nn.Parameter, learned: int, dim: int = 0) -> None:
+    """Zero the fixed slice's gradient (along `dim`), as the published code does. The hook runs before DDP's
     post-accumulate hooks, so the zeros are what DDP all-reduces: every byte still goes out."""
     mask = torch.zeros_like(param, dtype=torch.bool)
-    mask[:learned] = True
+    mask.narrow(dim, 0, learned).fill_(True)
     param.register_hook(lambda g: g * mask)
 
 
@@ -175,10 +206,22 @@ class FreezeSettings:
     mode: str = "split"  # split | mask
     bn: str = "learned"  # BatchNorm affine of partly frozen layers: learned | frozen
     frozen_init: str = "random"  # random | zero
+    dim: str = "out"  # the weight dimension per-filter rules slice: out | in | kh | kw
+
+    def __post_init__(self) -> None:
+        if self.dim not in DIMS:
+            raise ConfigError("freeze.freeze_dim", f"unknown value {self.dim!r}; choose from: {', '.join(DIMS)}")
+        if self.dim != "out" and not self.rule.per_filter:
+            raise ConfigError("freeze.freeze_dim", f"applies only to fraction:P and filters:K, not {self.rule}")
 
     @classmethod
     def from_config(cls, cfg: FreezeConfig) -> FreezeSettings:
-        return cls(parse_rule(cfg.freeze), cfg.freeze_mode, cfg.bn, cfg.frozen_init)
+        return cls(parse_rule(cfg.freeze), cfg.freeze_mode, cfg.bn, cfg.frozen_init, cfg.freeze_dim)
+
+    @property
+    def slug(self) -> str:
+        """The rule as a run-id part, with the dimension where it is not `out`: fraction0.1, fraction0.1-in."""
+        return self.rule.slug + (f"-{self.dim}" if self.dim != "out" else "")
 
 
 def _is_bn(m: nn.Module) -> bool:
@@ -215,21 +258,25 @@ def _freeze_filters(backbone: nn.Module, settings: FreezeSettings) -> None:
     convs = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ConfigError(FIELD, "the model has no conv layer to freeze filters of")
+    dim = DIMS.index(settings.dim)
     for name, conv in convs:
-        k = settings.rule.learned_filters(conv.out_channels)
+        n = conv.weight.shape[dim]
+        k = settings.rule.learned_count(n)
         if settings.frozen_init == "zero":
             with torch.no_grad():
-                conv.weight[k:].zero_()
-                if conv.bias is not None:
+                conv.weight.narrow(dim, k, n - k).zero_()
+                if conv.bias is not None and dim == 0:
                     conv.bias[k:].zero_()
         if settings.mode == "split":
-            if k < conv.out_channels:
-                backbone.set_submodule(name, SplitConv2d(conv, k))
+            if k < n:
+                backbone.set_submodule(name, SplitConv2d(conv, k, dim))
         else:
-            conv.learned_filters = k
-            _mask_gradient(conv.weight, k)
-            if conv.bias is not None:
-                _mask_gradient(conv.bias, k)
+            conv.learned_slice = (dim, k)
+            _mask_gradient(conv.weight, k, dim)
+            if dim == 0:  # the FSDP engine masks these rows of the sharded gradient itself
+                conv.learned_filters = k
+                if conv.bias is not None:
+                    _mask_gradient(conv.bias, k)
     if settings.bn == "frozen":
         for m in backbone.modules():
             if _is_bn(m):
@@ -240,16 +287,16 @@ def _freeze_filters(backbone: nn.Module, settings: FreezeSettings) -> None:
 def conv_learned_fraction(model: nn.Module) -> float:
     """Learned conv-weight elements / the elements of the same convs stored densely (1.0 without convs).
 
-    It describes what is learned, not what is sent: a masked conv counts only its learned filters, like
-    its split twin. Reparameterised convs report through their own `conv_counts()`."""
+    It describes what is learned, not what is sent: a masked conv counts only its learned slice, like
+    its split twin. Split and reparameterised convs report through their own `conv_counts()`."""
     learned = total = 0
     for m in model.modules():
         if hasattr(m, "conv_counts"):
             n_learned, t = m.conv_counts()
         elif isinstance(m, nn.Conv2d):
             t = m.weight.numel()
-            filters = getattr(m, "learned_filters", m.out_channels) if m.weight.requires_grad else 0
-            n_learned = t * filters // m.out_channels
+            dim, k = getattr(m, "learned_slice", (0, m.out_channels))
+            n_learned = t * k // m.weight.shape[dim] if m.weight.requires_grad else 0
         else:
             continue
         learned, total = learned + n_learned, total + t

@@ -72,7 +72,8 @@ def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
     try:
         rule = parse_rule(f.get("freeze", "none"))
         if rule.kind != "none":
-            parts += [rule.slug, f.get("freeze_mode", "split")]
+            dim = f.get("freeze_dim", "out")
+            parts += [rule.slug + (f"-{dim}" if dim != "out" else ""), f.get("freeze_mode", "split")]
     except (ConfigError, UnknownName):  # a line kept to record its own failure
         parts.append("badfreeze")
     if d.get("backend", "ddp") != "ddp":

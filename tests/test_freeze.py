@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distbench.checks import check_structure
 from distbench.comm import expected_bytes, trainable
-from distbench.config import FreezeConfig, ModelConfig
-from distbench.freeze import FreezeSettings, SplitConv2d, apply_freeze, conv_learned_fraction, parse_rule
+from distbench.config import ConfigError, FreezeConfig, ModelConfig, parse_args
+from distbench.freeze import DIMS, FreezeSettings, SplitConv2d, apply_freeze, conv_learned_fraction, parse_rule
 from distbench.models import build_backbone, build_model
 from distbench.models.counts import param_counts
 from distbench.params.dirac import DiracConv2d
@@ -161,7 +162,119 @@ def test_counts_table_agrees_with_expected_bytes():
 
     text = table(["tiny"], 10)
     rows = {line.split(" | ")[1]: line for line in text.splitlines()[2:]}
-    assert "does not apply" in rows["param symmetric"]
+    assert "does not apply" in rows["param channel-triangular"]
+    assert rows["param spatial-average"].endswith("| 1.000 |")  # averaged: every byte sent
     torch.manual_seed(0)
     full = expected_bytes(build_model(ModelConfig(num_classes=10)))
     assert f"| {full:,} | 1.000 |" in rows["none"] and f"| {full:,} | 1.000 |" in rows["fraction:0.1 (mask)"]
+
+
+# ------------------------------------------------------------------------------------ --freeze-dim in/kh/kw
+def learned_slice(conv: nn.Conv2d, rule: str, dim: int) -> int:
+    """The learned slices along `dim`, computed here from the spec (at least one: a size-1 dim is whole)."""
+    n = conv.weight.shape[dim]
+    kind, _, arg = rule.partition(":")
+    return max(1, math.ceil(float(arg) * n - 1e-9)) if kind == "fraction" else min(int(arg), n)
+
+
+@pytest.mark.parametrize("dim", ["in", "kh", "kw"])
+def test_split_along_dim_matches_the_dense_conv_and_the_masked_gradient(dim):
+    d = DIMS.index(dim)
+    base, split, mask = backbone_pair("fraction:0.25", dim=dim)
+    x = torch.randn(4, 3, 32, 32)
+    base.eval(), split.eval(), mask.eval()  # BatchNorm statistics are not what is compared here
+    torch.testing.assert_close(split(x), base(x), atol=1e-5, rtol=1e-4)
+    split(x).square().sum().backward()
+    mask(x).square().sum().backward()
+    n_split = 0
+    for (name, s), b, m in zip(split.named_modules(), base.modules(), mask.modules(), strict=True):
+        if not isinstance(b, nn.Conv2d):
+            continue
+        k = learned_slice(b, "fraction:0.25", d)
+        assert m.weight.grad.narrow(d, k, b.weight.shape[d] - k).count_nonzero() == 0, name  # masked, still sent
+        if k == b.weight.shape[d]:  # a 1x1 kernel along kh/kw: nothing to split, learned whole
+            assert type(s) is nn.Conv2d and s.weight.requires_grad and dim in ("kh", "kw"), name
+            continue
+        n_split += 1
+        assert isinstance(s, SplitConv2d) and s.weight_fixed.grad is None and not s.weight_fixed.requires_grad
+        assert torch.equal(s.weight(), b.weight)  # the same weight, in two pieces
+        want = m.weight.grad.narrow(d, 0, k)
+        assert s.weight_learned.shape == want.shape, name
+        # equal up to float32 summation order; layer4 sees 1x1 maps at 32x32, so a kernel row may get zeros
+        assert (s.weight_learned.grad - want).norm() <= 1e-5 * want.norm() + 1e-8, name
+    assert n_split > 0
+    assert conv_learned_fraction(split) == conv_learned_fraction(mask)
+
+
+@pytest.mark.parametrize("dim", ["in", "kh", "kw"])
+def test_fixed_slice_along_dim_never_changes_and_only_learned_bytes_are_expected(dim):
+    torch.manual_seed(0)
+    base = build_backbone("resnet18", image_size=32)
+    convs = [m for m in base.modules() if isinstance(m, nn.Conv2d)]
+    split = copy.deepcopy(base)
+    apply_freeze(split, FreezeSettings(parse_rule("filters:1"), "split", dim=dim))
+    d = DIMS.index(dim)
+    learned = sum(learned_slice(c, "filters:1", d) * c.weight.numel() // c.weight.shape[d] for c in convs)
+    others = sum(p.numel() for m in base.modules() if not isinstance(m, nn.Conv2d) for p in m.parameters(False))
+    assert expected_bytes(split) == 4 * (learned + others)
+    assert conv_learned_fraction(split) == learned / sum(c.weight.numel() for c in convs)
+    assert param_counts(split)["total"] == param_counts(base)["total"]
+    fixed_before = {n: b.clone() for n, b in split.named_buffers() if n.endswith("weight_fixed")}
+    assert fixed_before
+    opt = torch.optim.AdamW(trainable(split), lr=0.01, weight_decay=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        split(torch.randn(2, 3, 32, 32)).square().mean().backward()
+        opt.step()
+    for n, b in split.named_buffers():
+        if n in fixed_before:
+            assert torch.equal(b, fixed_before[n]), n
+
+
+def test_zero_init_along_in_zeroes_the_fixed_input_channels():
+    torch.manual_seed(0)
+    mask = build_backbone("resnet18", image_size=32)
+    apply_freeze(mask, FreezeSettings(parse_rule("fraction:0.5"), "mask", frozen_init="zero", dim="in"))
+    for m in mask.modules():
+        if isinstance(m, nn.Conv2d):
+            dim, k = m.learned_slice
+            assert dim == 1 and not hasattr(m, "learned_filters")  # learned_filters: whole-filter rows only
+            assert m.weight[:, k:].count_nonzero() == 0 and m.weight[:, :k].count_nonzero() > 0
+
+
+@pytest.mark.parametrize("groups", [2, 8])  # grouped and depthwise
+@pytest.mark.parametrize("dim", ["in", "kh", "kw"])
+def test_grouped_convs_split_along_in_kh_kw(groups, dim):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=True)
+    net = nn.Sequential(conv)
+    dense = copy.deepcopy(net)
+    apply_freeze(net, FreezeSettings(parse_rule("fraction:0.5"), "split", dim=dim))
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(net(x), dense(x))
+    if groups == 8 and dim == "in":  # one input channel per group: learned whole
+        assert type(net[0]) is nn.Conv2d
+    else:
+        assert isinstance(net[0], SplitConv2d) and net[0].bias_learned.shape == (8,)  # biases stay learned
+
+
+def test_grouped_conv_by_filter_and_bad_dims_are_one_line_errors():
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, groups=2))
+    with pytest.raises(ConfigError, match="grouped convolutions cannot be split by filter") as e:
+        apply_freeze(net, FreezeSettings(parse_rule("fraction:0.5"), "split"))
+    assert e.value.field == "freeze.freeze"
+    with pytest.raises(ConfigError, match="applies only to fraction:P and filters:K") as e:
+        FreezeSettings.from_config(FreezeConfig(freeze="bn", freeze_dim="in"))
+    assert e.value.field == "freeze.freeze_dim"
+    with pytest.raises(ConfigError, match="choose from: in, kh, kw, out") as e:
+        FreezeConfig(freeze="fraction:0.1", freeze_dim="depth")
+    assert e.value.field == "freeze.freeze_dim"
+    cfg = parse_args(["--backend", "fsdp", "--freeze", "fraction:0.5", "--freeze-mode", "mask", "--freeze-dim", "kh"])
+    with pytest.raises(ConfigError, match="masks whole filters only") as e:
+        check_structure(cfg)
+    assert e.value.field == "freeze.freeze_dim"
+
+
+def test_slug_names_the_dimension_unless_it_is_out():
+    assert FreezeSettings.from_config(FreezeConfig(freeze="fraction:0.1")).slug == "fraction0.1"
+    assert FreezeSettings.from_config(FreezeConfig(freeze="fraction:0.1", freeze_dim="in")).slug == "fraction0.1-in"

@@ -1,5 +1,6 @@
-"""2-rank gloo runs of the freeze rules on ResNet-18: the bytes on the wire are exactly the learned
-tensors' bytes, computed here from a fresh torchvision model and not from distbench's own code."""
+"""2-rank gloo runs of the freeze rules on ResNet-18 (and of the parameterisations on a WRN): the bytes on the
+wire are exactly the learned tensors' bytes, computed here from a fresh torchvision model (the plain WRN) and
+not from distbench's freeze or params code."""
 
 import math
 
@@ -14,20 +15,21 @@ C = 10
 COMMON = flags(model="resnet18", num_classes=C, image_size=32, **SHORT)
 
 
-def learned_elements(spec: str) -> int:
+def learned_elements(spec: str, dim: str = "out") -> int:
     model = torchvision.models.resnet18(num_classes=C)
     head = sum(p.numel() for p in model.fc.parameters())
     bn = sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    per_filter = lambda m: m.weight[0].numel()  # noqa: E731
+    d = ("out", "in", "kh", "kw").index(dim)  # the weight is (out, in, kh, kw)
+    per_slice = lambda m: m.weight.numel() // m.weight.shape[d]  # noqa: E731
     if spec == "none":
         return sum(p.numel() for p in model.parameters())
-    if spec.startswith("fraction:"):
+    if spec.startswith("fraction:"):  # ceil: a size-1 dimension (1x1 kernels along kh/kw) is learned whole
         p = float(spec.split(":")[1])
-        return sum(math.ceil(p * m.out_channels) * per_filter(m) for m in convs) + bn + head
+        return sum(math.ceil(p * m.weight.shape[d]) * per_slice(m) for m in convs) + bn + head
     if spec.startswith("filters:"):
         k = int(spec.split(":")[1])
-        return sum(min(k, m.out_channels) * per_filter(m) for m in convs) + bn + head
+        return sum(min(k, m.weight.shape[d]) * per_slice(m) for m in convs) + bn + head
     if spec == "bn":
         return bn + head
     if spec.startswith("blocks:"):
@@ -36,17 +38,21 @@ def learned_elements(spec: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "spec,mode",
+    "spec,mode,dim",
     [
-        ("fraction:0.1", "split"),
-        ("filters:5", "split"),
-        ("bn", "split"),
-        ("blocks:layer4", "split"),
-        ("fraction:0.1", "mask"),
+        ("fraction:0.1", "split", "out"),
+        ("filters:5", "split", "out"),
+        ("bn", "split", "out"),
+        ("blocks:layer4", "split", "out"),
+        ("fraction:0.1", "mask", "out"),
+        ("fraction:0.1", "split", "in"),
+        ("fraction:0.1", "mask", "in"),
+        ("fraction:0.1", "split", "kh"),
+        ("filters:2", "split", "kw"),
     ],
 )
-def test_payload_is_exactly_the_learned_tensors(tmp_path, spec, mode):
-    r = torchrun([*COMMON, "--freeze", spec, "--freeze-mode", mode], tmp_path / "runs.jsonl")
+def test_payload_is_exactly_the_learned_tensors(tmp_path, spec, mode, dim):
+    r = torchrun([*COMMON, "--freeze", spec, "--freeze-mode", mode, "--freeze-dim", dim], tmp_path / "runs.jsonl")
     assert r.returncode == 0, r.stderr[-3000:]
     rec = r.records[0]
     validate(rec)
@@ -55,22 +61,42 @@ def test_payload_is_exactly_the_learned_tensors(tmp_path, spec, mode):
     if mode == "mask":  # every byte is still sent
         assert payload == 4 * learned_elements("none") == 4 * rec["params"]["total"]
     else:
-        assert payload == 4 * learned_elements(spec) == 4 * rec["params"]["trainable"]
-    if spec == "fraction:0.1":
+        assert payload == 4 * learned_elements(spec, dim) == 4 * rec["params"]["trainable"]
+    if spec == "fraction:0.1" and dim in ("out", "in"):
         assert 0.1 <= rec["params"]["conv_learned_fraction"] < 0.11  # the same in both modes
 
 
-def test_symmetric_payload_drops_by_the_analytic_amount(tmp_path):
-    common = flags(model="wrn-16-2", num_classes=C, image_size=16, **SHORT)  # bytes do not depend on image size
-    plain = torchrun(common, tmp_path / "runs.jsonl")
-    sym = torchrun([*common, "--param", "symmetric"], tmp_path / "runs.jsonl")
-    assert plain.returncode == 0 and sym.returncode == 0, sym.stderr[-3000:]
-    a, b = sym.records
+WRN = "wrn-10-1"  # 3x3 convs, square (in == out) and not, and 1x1 shortcuts
+
+
+def symmetric_savings(param: str) -> int:
+    """Elements a parameterisation stores fewer than the plain WRN, from the plain model's conv shapes."""
     from distbench.models import build_backbone
 
-    square = [
-        m for m in build_backbone("wrn-16-2").modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.out_channels
-    ]
-    saved = sum(m.out_channels * (m.out_channels - 1) // 2 * m.weight[0, 0].numel() for m in square)
-    assert a["comm"]["payload_bytes_per_step"] - b["comm"]["payload_bytes_per_step"] == 4 * saved
-    assert b["comm"]["payload_bytes_per_step"] == b["comm"]["expected_bytes_per_step"]
+    convs = [m for m in build_backbone(WRN).modules() if isinstance(m, nn.Conv2d)]
+    if param == "channel-triangular":  # n(n-1)/2 of the n^2 (out, in) slices are mirrored
+        return sum(
+            m.out_channels * (m.out_channels - 1) // 2 * m.weight[0, 0].numel()
+            for m in convs
+            if m.in_channels == m.out_channels
+        )
+    if param == "spatial-triangular":  # k(k-1)/2 of the k^2 coefficients of every k x k kernel, k > 1
+        return sum(m.weight[:, :, 0, 0].numel() * k * (k - 1) // 2 for m in convs if (k := m.kernel_size[0]) > 1)
+    return 0  # the averaged ones learn (and send) every element
+
+
+@pytest.mark.parametrize(
+    "param",
+    ["channel-triangular", "spatial-triangular", "channel-average", "spatial-average", "spatial-channel-average"],
+)
+def test_parameterised_payload_drops_by_the_analytic_amount(tmp_path, param):
+    common = flags(model=WRN, num_classes=C, image_size=16, **SHORT)  # bytes do not depend on image size
+    r = torchrun([*common, "--param", param], tmp_path / "runs.jsonl")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = r.records[0]
+    validate(rec)
+    from distbench.models import build_backbone
+
+    plain = sum(p.numel() for p in build_backbone(WRN).parameters()) + (64 + 1) * C  # + the learned head
+    payload = rec["comm"]["payload_bytes_per_step"]
+    assert payload == rec["comm"]["expected_bytes_per_step"] == 4 * (plain - symmetric_savings(param))
