@@ -111,35 +111,50 @@ NOTEBOOKS = {
     ],
     "scaling": [
         new_markdown_cell(
-            "# What the savings would mean on a larger cluster\n\n"
-            "A ring all-reduce of S bytes over n workers takes T(S, n) = 2(n-1) alpha + 2(n-1)/n S / beta "
-            "(Thakur et al. 2005). alpha and beta are fitted to the collective micro-benchmark "
-            "(`launch/commbench.py`) on the machine the runs used; each run's measured compute time, payload and "
-            "hidden (overlapped) communication then give its projected step time and communication share at "
-            "8 .. 4096 workers, on the fitted link and on what-if links. The extrapolation in n is the model's, "
-            "not a measurement."
+            "# What the savings would buy on a GPU cluster\n\n"
+            "`distbench.plan` predicts a data-parallel step on n GPUs of an interconnect preset (`distbench.nccl`: "
+            "NCCL's ring and tree after its own tuner; NVLink inside a node, one NIC per GPU across nodes; every "
+            "number cited): DDP's buckets are all-reduced one after another, they hide behind the backward pass, "
+            "and the step waits for what outlasts it. Bytes are exact; collective times hold published nccl-tests "
+            "bandwidths to 15%; compute from a model spec is an assumption (FLOPs at 10% of the GPU's peak), "
+            "from records it is measured. One panel per model and class count; each line is labelled with its "
+            "speed-up over the learned head at the largest count."
         ),
         new_code_cell(PARAMS),
         new_code_cell(SETUP),
         new_code_cell(
-            "from distbench.costmodel import fit\n\n"
+            "from distbench import nccl, plan\n\n"
+            'CLUSTER = "h100-ib-ndr"\n'
+            "grid = report.plan_grid(cluster=CLUSTER)\n"
+            'report.fig_plan(grid, f"ResNet-50 on {CLUSTER}, batch 32 per GPU (compute assumed: 10% MFU)");'
+        ),
+        new_code_cell(
+            'pd.DataFrame(grid).pivot_table(index=["group", "gpus"], columns="head", values="step_ms").round(1)'
+        ),
+        new_markdown_cell(
+            "## The runs in `RESULTS`, on the same cluster\n\n"
+            "Each DDP run with an exposed-communication time brings its measured compute time, payload and "
+            "buckets; its overlap window is solved from its own exposed time on the interconnect it ran on "
+            "(gloo: the `measured` preset, this machine's fit). Only the all-reduce is predicted anew."
+        ),
+        new_code_cell(
+            "rows, skipped = plan.plan_records(RESULTS, list(report.PLAN_GPUS), CLUSTER)\n"
+            'print(f"{len(rows) // len(report.PLAN_GPUS)} runs planned, {skipped} without an exposed time left out")\n'
+            'report.fig_plan(rows, f"measured compute, all-reduce on {CLUSTER}");'
+        ),
+        new_markdown_cell(
+            "## The `measured` preset against this machine's collective benchmark\n\n"
+            "`nccl.MEASURED` is fitted to the committed commbench records (`python -m distbench.costmodel "
+            "--fit-preset`); the tests hold a fresh benchmark at 2 and 4 gloo ranks within 0.75x..1.33x of it."
+        ),
+        new_code_cell(
             "bench = report.load_commbench(RESULTS)\n"
-            'model = fit(bench.to_dict("records"), op="all_reduce", time_field="time_us_min")\n'
-            'print(f"alpha = {model.alpha * 1e6:.1f} us, beta = {model.beta / 1e9:.3f} GB/s "\n'
-            '      f"(n = {model.world_size}, {model.backend})")\n'
-            'bench[bench["op"] == "all_reduce"][["bytes", "time_us", "time_us_min", "busbw_bytes_per_s"]]'
+            'ar = bench[bench["op"] == "all_reduce"].copy()\n'
+            'pairs = zip(ar["bytes"], ar["world_size"], strict=True)\n'
+            'ar["predicted_us"] = [nccl.collective_time("all_reduce", b, n, "measured") * 1e6 for b, n in pairs]\n'
+            'ar["ratio"] = ar["predicted_us"] / ar["time_us_min"]\n'
+            'ar[["world_size", "bytes", "time_us_min", "predicted_us", "ratio"]]'
         ),
-        new_markdown_cell("The fit against what it was fitted on (the tests hold every size within 0.75x..1.33x):"),
-        new_code_cell(
-            'ar = bench[bench["op"] == "all_reduce"]\n'
-            'pred = model.allreduce_time(ar["bytes"].to_numpy(), model.world_size) * 1e6\n'
-            'pd.DataFrame({"bytes": ar["bytes"], "measured_us": ar["time_us_min"], "predicted_us": pred,\n'
-            '              "ratio": pred / ar["time_us_min"]})'
-        ),
-        new_code_cell(
-            'report.scaling_inputs(df, model)[["variant", "comm.payload_bytes_per_step", "compute_s", "overlap_s"]]'
-        ),
-        new_code_cell("report.fig_scaling(df, bench, links=(12.5e9, 50e9));"),
     ],
 }
 

@@ -20,7 +20,7 @@ from distbench.config import ConfigError, RunConfig, parse_args
 from distbench.registry import UnknownName
 
 
-def _known(field: str, lookup: Callable[[str], Any], name: str) -> None:
+def known(field: str, lookup: Callable[[str], Any], name: str) -> None:
     try:
         lookup(name)
     except (UnknownName, ValueError) as e:  # ValueError: a family member that cannot be built (wrn-27-10)
@@ -39,13 +39,13 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     from distbench.params import PARAMS
 
     m = cfg.model
-    _known("model.model", check_model_name, m.model)
-    _known("model.head", HEADS.get, m.head)
-    _known("model.param", PARAMS.get, m.param)
-    _known("freeze.freeze", parse_rule, cfg.freeze.freeze)
-    _known("data.dataset", DATASETS.get, cfg.data.dataset)
-    _known("dist.backend", ENGINES.get, cfg.dist.backend)
-    _known("dist.comm_hook", COMM_HOOKS.get, cfg.dist.comm_hook)
+    known("model.model", check_model_name, m.model)
+    known("model.head", HEADS.get, m.head)
+    known("model.param", PARAMS.get, m.param)
+    known("freeze.freeze", parse_rule, cfg.freeze.freeze)
+    known("data.dataset", DATASETS.get, cfg.data.dataset)
+    known("dist.backend", ENGINES.get, cfg.dist.backend)
+    known("dist.comm_hook", COMM_HOOKS.get, cfg.dist.comm_hook)
     if m.head_rows not in ROW_NORMS:
         raise ConfigError("model.head_rows", f"unknown value {m.head_rows!r}; choose from: {', '.join(ROW_NORMS)}")
     if m.head == "sharded" and cfg.dist.backend != "ddp":

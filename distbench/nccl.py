@@ -102,6 +102,16 @@ class Interconnect:
     """Fraction of the NVLink line rate a collective gets (protocol overhead)."""
     nic_efficiency: float = NIC_EFFICIENCY
     """Fraction of the NIC line rate a collective gets."""
+    base_latency_s: float = BASE_LATENCY_S
+    """Latency of a call whatever its steps (s): launch and set-up."""
+    host_cores: int | None = None
+    """CPU ranks on one host (the `measured` preset): the cores they share. None for GPUs, each of which
+    has its own engine. Past this many ranks the host is time-shared (see `shared_host_time`)."""
+    shared_latency_s: float | None = None
+    """Latency of one ring step while ranks outnumber the cores: the receiver must be scheduled first."""
+    shared_exposed: float = 1.0
+    """While ranks outnumber the cores, the fraction of the shorter of (steps' latency, transfer) that the
+    other does not hide: a rank waiting to be scheduled leaves its core to another rank's copying."""
     source: str = ""
     """Where the numbers come from."""
 
@@ -110,10 +120,14 @@ class Interconnect:
             raise ValueError(f"gpus_per_node must be a positive int, got {self.gpus_per_node!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith("_s") and not (math.isfinite(value) and value > 0):
+            if f.name.endswith("_s") and value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{f.name} must be positive and finite, got {value!r}")
             if f.name.endswith("efficiency") and not 0 < value <= 1:
                 raise ValueError(f"{f.name} must lie in (0, 1], got {value!r}")
+        if not 0 <= self.shared_exposed <= 1:
+            raise ValueError(f"shared_exposed must lie in [0, 1], got {self.shared_exposed!r}")
+        if self.host_cores is not None and (not isinstance(self.host_cores, int) or self.host_cores < 1):
+            raise ValueError(f"host_cores must be a positive int, got {self.host_cores!r}")
 
     @property
     def intra_busbw(self) -> float:
@@ -126,7 +140,7 @@ class Interconnect:
         return self.nic_bytes_per_s * self.nic_efficiency
 
 
-PRESETS: dict[str, Interconnect] = {
+PUBLIC: dict[str, Interconnect] = {
     p.name: p
     for p in (
         Interconnect(
@@ -168,10 +182,37 @@ PRESETS: dict[str, Interconnect] = {
             nic_bytes_per_s=100e9 / 8,  # 100 Gb/s Ethernet
             # NCCL's tuner has one network latency for IB and RoCE alike
             inter_latency_s=NET_STEP_LATENCY_S,
-            source="NVLink3 as a100-ib-hdr, 100 GbE line rate per GPU; no vendor nccl-tests figure found",
+            source=(
+                "NVLink3 as a100-ib-hdr, 100 GbE line rate per GPU; checked against 96 GB/s derived from NVIDIA's "
+                "192 GB/s on 8x HDR (no vendor RoCE nccl-tests table found; users report 60-75 GB/s, which NVIDIA "
+                "calls a bit low: github.com/NVIDIA/nccl/issues/495, /812)"
+            ),
         ),
     )
 }
+
+
+# This machine (2-core Xeon, gloo ranks over loopback TCP, one host), as `python -m distbench.costmodel
+# --fit-preset analysis/data/commbench_measured.jsonl` prints it (commbench all_reduce at 2 and 4 ranks, 1 KiB
+# to 256 MiB, 30 windows each, median, 2026-11-23). tests/test_costmodel.py holds it equal to that fit and
+# checks it against a fresh commbench run at 2 and 4 ranks. Refit after new records. Beyond the ranks
+# measured it extrapolates one ring on one host.
+MEASURED = Interconnect(
+    name="measured",
+    gpus_per_node=1048576,  # one host: every rank in one ring
+    intra_bytes_per_s=1.309e09,
+    intra_latency_s=0.0002979,
+    nic_bytes_per_s=1.309e09,
+    inter_latency_s=0.0002979,
+    intra_efficiency=1.0,
+    nic_efficiency=1.0,
+    base_latency_s=1e-09,
+    host_cores=2,
+    shared_latency_s=0.001159,
+    shared_exposed=0.2,
+    source="fitted to analysis/data/commbench_measured.jsonl",
+)
+PRESETS: dict[str, Interconnect] = {**PUBLIC, MEASURED.name: MEASURED}
 
 
 def get_preset(preset: str | Interconnect) -> Interconnect:
@@ -221,6 +262,11 @@ def _share(op: str, n: int) -> float:
     return (2 if op == "all_reduce" else 1) * (n - 1) / n
 
 
+def _time_shared(n: int, p: Interconnect) -> bool:
+    """More CPU ranks than the host has cores."""
+    return bool(p.host_cores) and n > p.host_cores
+
+
 def latency(op: str, n: int, preset: str | Interconnect, algorithm: str) -> float:
     """The size-independent part of the time (s)."""
     _check(op, n, algorithm)
@@ -228,11 +274,22 @@ def latency(op: str, n: int, preset: str | Interconnect, algorithm: str) -> floa
     if n == 1:
         return 0.0
     nodes, per_node = layout(n, p)
+    intra = p.shared_latency_s if _time_shared(n, p) and p.shared_latency_s else p.intra_latency_s
     if algorithm == "ring":
         per_phase = 2 if op == "all_reduce" else 1
         steps, inter_steps = per_phase * (n - 1), per_phase * (nodes - 1)
-        return BASE_LATENCY_S + (steps - inter_steps) * p.intra_latency_s + inter_steps * p.inter_latency_s
-    return BASE_LATENCY_S + 2 * ((per_node - 1) * p.intra_latency_s + math.log2(nodes) * p.inter_latency_s)
+        return p.base_latency_s + (steps - inter_steps) * intra + inter_steps * p.inter_latency_s
+    return p.base_latency_s + 2 * ((per_node - 1) * intra + math.log2(nodes) * p.inter_latency_s)
+
+
+def shared_host_time(base: float, steps: float, transfer: float, n: int, p: Interconnect) -> float:
+    """base + steps + transfer, except on a time-shared host (more CPU ranks than cores): there the
+    transfer (copies and reductions, CPU work) runs n / cores times slower, and the steps' scheduling waits
+    overlap other ranks' work, so only `shared_exposed` of the shorter of the two adds to the longer."""
+    if not _time_shared(n, p):
+        return base + steps + transfer
+    transfer *= n / p.host_cores
+    return base + max(steps, transfer) + p.shared_exposed * min(steps, transfer)
 
 
 def algorithm_time(op: str, nbytes: float, n: int, preset: str | Interconnect, algorithm: str) -> float:
@@ -244,8 +301,11 @@ def algorithm_time(op: str, nbytes: float, n: int, preset: str | Interconnect, a
         return 0.0  # a world of one sends nothing
     p = get_preset(preset)
     if algorithm == "ring":
-        return latency(op, n, p, "ring") + _share(op, n) * nbytes / ring_busbw(n, p)
-    return latency(op, n, p, "tree") + nbytes / (TREE_ALGBW_PER_BUSBW * TREE_EFFICIENCY * ring_busbw(n, p))
+        transfer = _share(op, n) * nbytes / ring_busbw(n, p)
+    else:
+        transfer = nbytes / (TREE_ALGBW_PER_BUSBW * TREE_EFFICIENCY * ring_busbw(n, p))
+    lat = latency(op, n, p, algorithm)
+    return shared_host_time(p.base_latency_s, lat - p.base_latency_s, transfer, n, p)
 
 
 def candidates(op: str, n: int, preset: str | Interconnect) -> tuple[str, ...]:

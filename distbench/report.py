@@ -3,12 +3,14 @@ same figures with these functions.
 
     python -m distbench.report analysis/data --out report/
     python -m distbench.report --readme README.md     # the engines table, from analysis/data/engines.jsonl
+    python -m distbench.report --plan-figure analysis/figures/planner.png
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import os
 from pathlib import Path
 
@@ -75,21 +77,35 @@ def fig_throughput(df: pd.DataFrame) -> plt.Figure:
 def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
     """Top-1 against the fraction of conv weights learned: one line per data set, model, class count and
     head that was run at two or more fractions (single runs, e.g. short throughput runs, would only
-    flatten the axis; their accuracy is in the table)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    flatten the axis; their accuracy is in the table). Runs of other weight structures on a data set that
+    has a line (a freeze rule along another dimension, a parameterisation, another model) are points
+    beside it, labelled."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     keys = ["config.data.dataset", "config.model.model", "config.model.num_classes", "config.model.head"]
+    plain = df
     if not df.empty:
-        df = df.groupby(keys).filter(lambda g: g["params.conv_learned_fraction"].nunique() >= 2)
-    if df.empty:
+        dims = df.get("config.freeze.freeze_dim", pd.Series("out", index=df.index)).fillna("out")
+        plain = df[(dims == "out") & (df["config.model.param"].fillna("none") == "none")]
+        plain = plain.groupby(keys).filter(lambda g: g["params.conv_learned_fraction"].nunique() >= 2)
+    if plain.empty:
         _empty(ax, "runs at several learned fractions")
         return fig
-    for (data, model, classes, head), group in df.groupby(keys):
+    for (data, model, classes, head), group in plain.groupby(keys):
         g = group.sort_values("params.conv_learned_fraction")
         label = f"{data}, {model}, C={classes:,}, {head} head"
         ax.plot(g["params.conv_learned_fraction"], 100 * g["accuracy.top1"], marker="o", label=label)
+    lines = plain[keys[0]].unique()
+    others = df[df[keys[0]].isin(lines) & ~df.index.isin(plain.index)]
+    for _, run in others.iterrows():
+        x, y = run["params.conv_learned_fraction"], 100 * run["accuracy.top1"]
+        ax.plot([x], [y], marker="D", color="black", markersize=4, linestyle="none")
+        text = str(run["variant"]).removeprefix(f"{run['config.model.head']} head").strip(", ") or "baseline"
+        if run["config.model.model"] not in plain[keys[1]].values:
+            text = f"{run['config.model.model']}: {text}"
+        ax.annotate(text, (x, y), xytext=(4, -3), textcoords="offset points", fontsize=6.5)
     ax.set_xlabel("fraction of conv weights learned")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("Accuracy against what is trained")
+    ax.set_title("Accuracy against what is trained" + (" (diamonds: other weight structures)" if len(others) else ""))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -152,70 +168,69 @@ def fig_large_classes(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def scaling_inputs(df: pd.DataFrame, model) -> pd.DataFrame:
-    """Per run, what the projection needs, all measured: payload, compute time (p50 step time less the
-    exposed communication) and the hidable window (the model's all-reduce time at the measured world
-    size less the exposed part; assumed to carry over to more workers). Runs without an exposed time
-    (DeepSpeed, --nosync-steps 0) are left out."""
-    d = df[df["perf.exposed_comm_ms"].notna()].copy()
-    if d.empty:
-        return d
-    exposed_s = d["perf.exposed_comm_ms"].clip(lower=0) / 1e3
-    d["compute_s"] = d["perf.step_time_ms.p50"] / 1e3 - exposed_s
-    t = [
-        model.allreduce_time(p, int(n))
-        for p, n in zip(d["comm.payload_bytes_per_step"], d["env.world_size"], strict=True)
-    ]
-    d["overlap_s"] = (pd.Series(t, index=d.index) - exposed_s).clip(lower=0).clip(upper=d["compute_s"])
-    return d
+# The README's planner figure: one panel per model and class count, the heads that matter there.
+PLAN_SPECS: tuple[tuple[str, int], ...] = (("resnet50", 1_000), ("resnet50", 100_000), ("resnet50", 1_000_000))
+PLAN_HEADS: tuple[str, ...] = ("learned", "fixed", "sharded")
+PLAN_GPUS: tuple[int, ...] = tuple(2**k for k in range(3, 13))  # 8 .. 4096
 
 
-def fig_scaling(df: pd.DataFrame, commbench: pd.DataFrame, links: tuple[float, ...] = (12.5e9,)) -> plt.Figure:
-    """Projected step time and communication share from 8 to 4096 workers, for each run, on the fitted
-    link (solid) and on what-if links of `links` bytes/s with the fitted latency (dashed)."""
-    from distbench.costmodel import fit, project
+def plan_grid(specs=PLAN_SPECS, heads=PLAN_HEADS, gpus=PLAN_GPUS, cluster: str = "h100-ib-ndr") -> list[dict]:
+    """Planner rows (`distbench.plan.plan`) for each (model, classes) of `specs`."""
+    from distbench.plan import plan
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    if commbench.empty or df.empty:
-        _empty(a, "collective benchmarks" if commbench.empty else "ok runs")
-        _empty(b, "collective benchmarks" if commbench.empty else "ok runs")
+    return [row for model, classes in specs for row in plan(model, classes, list(heads), list(gpus), cluster)]
+
+
+def fig_plan(rows: list[dict], title: str = "", value: str = "step_ms") -> plt.Figure:
+    """Small multiples from planner rows: one panel per group (model and class count), one line per head
+    or variant over the GPU counts, each labelled at its end with its speed-up over the baseline at the
+    largest count. `value` is the row field drawn (step_ms, samples_per_s, comm_share, ...)."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.2 * max(len(groups), 1), 3.6), squeeze=False)
+    if not rows:
+        _empty(axes[0][0], "planner rows")
         return fig
-    model = fit(commbench.to_dict("records"), op="all_reduce", time_field="time_us_min")
-    inputs = scaling_inputs(df, model)
-    if inputs.empty:
-        _empty(a, "runs with an exposed-communication time")
-        _empty(b, "runs with an exposed-communication time")
-        return fig
-    for i, (_, run) in enumerate(inputs.iterrows()):
-        color = f"C{i % 10}"
-        proj = project(
-            model,
-            run["compute_s"],
-            run["comm.payload_bytes_per_step"],
-            overlap_s=run["overlap_s"],
-            link_bandwidths=[model.beta, *links],
-        )
-        for j, (_, p) in enumerate(proj.groupby("link_bytes_per_s", sort=False)):
-            style = "-" if j == 0 else "--"
-            label = (
-                f"{run['config.model.model']} C={run['config.model.num_classes']:,}: {run['variant']}"
-                if j == 0
-                else None
-            )
-            a.plot(p["workers"], 1e3 * p["step_s"], style, color=color, label=label)
-            b.plot(p["workers"], 100 * p["comm_share"], style, color=color)
-    for ax in (a, b):
+    ylabel = {"step_ms": "predicted step time (ms)", "samples_per_s": "predicted samples/s",
+              "comm_share": "communication share of the step"}.get(value, value)  # fmt: skip
+    for ax, group in zip(axes[0], groups, strict=True):
+        mine = [r for r in rows if r["group"] == group]
+        ends = []  # (y, text, colour) of each line's label, placed once the axis range is known
+        for i, head in enumerate(dict.fromkeys(r["head"] for r in mine)):
+            line = sorted((r for r in mine if r["head"] == head), key=lambda r: r["gpus"])
+            x, y = [r["gpus"] for r in line], [r[value] for r in line]
+            ax.plot(x, y, "-o", color=f"C{i}", markersize=3)
+            speed = line[-1]["speedup_vs_learned"]
+            shown = speed is not None and speed != 1.0  # the baseline's own is exactly 1
+            ends.append([y[-1], head.removesuffix(" head") + (f" {speed:.2f}x" if shown else ""), f"C{i}"])
+        gpus = sorted({r["gpus"] for r in mine})
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("workers")
+        ax.set_xticks(gpus, [f"{g:,}" if i % 3 == 0 or g == gpus[-1] else "" for i, g in enumerate(gpus)])
+        ax.set_xlim(gpus[0] / 1.3, gpus[-1] * 12)  # room for the labels on the right
+        ax.set_ylim(bottom=0)
+        gap = 0.07 * ax.get_ylim()[1]  # labels closer than this are pushed apart, upwards
+        ends.sort(key=lambda e: e[0])
+        for below, above in itertools.pairwise(ends):
+            above[0] = max(above[0], below[0] + gap)
+        for y, text, colour in ends:
+            ax.annotate(text, (gpus[-1], y), xytext=(5, 0), textcoords="offset points", color=colour, va="center",
+                        fontsize=8)  # fmt: skip
+        ax.set_xlabel("GPUs")
+        ax.set_title(group, fontsize=10)
         ax.grid(alpha=0.3)
-    a.set_ylabel("projected step time (ms)")
-    b.set_ylabel("communication share of the step (%)")
-    link_text = ", ".join(f"{bw / 1e9:g} GB/s" for bw in links)
-    a.set_title(f"fitted link: alpha {model.alpha * 1e6:.0f} us, beta {model.beta / 1e9:.2f} GB/s")
-    b.set_title(f"dashed: what-if links ({link_text}), same alpha")
-    a.legend(fontsize=7)
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def fig_plan_records(df_path: str | os.PathLike, cluster: str = "h100-ib-ndr", gpus=PLAN_GPUS) -> plt.Figure:
+    """The planner on a results directory's own runs (measured compute and overlap), one panel per model and
+    class count."""
+    from distbench.plan import plan_records
+
+    rows, _ = plan_records(df_path, list(gpus), cluster)
+    return fig_plan(rows, f"runs from {df_path}: measured compute, all-reduce on {cluster} (distbench.plan --records)")
 
 
 def load_commbench(path: str | os.PathLike) -> pd.DataFrame:
@@ -238,7 +253,7 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
     out.mkdir(parents=True, exist_ok=True)
     df = load_runs(results_dir)
     makers = {name: functools.partial(draw, df) for name, draw in FIGURES.items()}
-    makers["scaling"] = functools.partial(fig_scaling, df, load_commbench(results_dir))  # + the collectives
+    makers["scaling"] = functools.partial(fig_plan_records, results_dir)  # the planner on these runs
     written = []
     for name, make in makers.items():
         fig = make()
@@ -270,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="?", help="a results .jsonl file or a directory of them")
     p.add_argument("--out", help="directory for the PNGs and summary.md")
     p.add_argument("--readme", help="rewrite this README's engines table from analysis/data/engines.jsonl")
+    p.add_argument("--plan-figure", metavar="PNG", help="draw the planner's ResNet-50 figure (no results needed)")
     args = p.parse_args(argv)
+    if args.plan_figure:
+        fig = fig_plan(plan_grid(), "ResNet-50 on h100-ib-ndr, batch 32 per GPU (compute assumed: 10% MFU)")
+        fig.savefig(args.plan_figure, dpi=110)
+        print(args.plan_figure)
+        return 0
     if args.readme:
         print(f"{args.readme}: {'updated' if readme_engine_table(args.readme) else 'up to date'}")
         return 0

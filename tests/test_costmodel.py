@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, TORCHRUN, run_cmd
 
-from distbench import commbench, costmodel
+from distbench import commbench, costmodel, nccl
 from distbench.results import SchemaError, environment, load, read_records
 
 COMMBENCH = ROOT / "launch" / "commbench.py"
@@ -233,3 +233,74 @@ def test_model_fitted_on_real_gloo_measurements_predicts_every_size(tmp_path):
     table = ", ".join(f"{b >> 10}K: {m:.0f} us x{r:.2f}" for b, m, r in zip(df.bytes, measured, ratio, strict=True))
     fitted = f"alpha {model.alpha * 1e6:.1f} us, beta {model.beta / 1e9:.3f} GB/s"
     assert np.all((ratio >= 0.75) & (ratio <= 1.33)), f"{fitted}; measured, predicted / measured: {table}"
+
+
+# ------------------------------------------------------------------------------ the `measured` preset
+COMMITTED = ROOT / "analysis" / "data" / "commbench_measured.jsonl"
+
+
+def test_costmodel_measured_preset_is_the_fit_of_the_committed_records():
+    """nccl.MEASURED is what `python -m distbench.costmodel --fit-preset` prints for the committed records,
+    not numbers typed in: refit after new records, and this holds them together."""
+    fitted = costmodel.fit_interconnect(read_records(COMMITTED, schema=commbench.SCHEMA), host_cores=2)
+    kept = nccl.MEASURED
+    for name in ("intra_bytes_per_s", "intra_latency_s", "base_latency_s", "nic_bytes_per_s", "inter_latency_s",
+                 "shared_latency_s", "shared_exposed", "host_cores"):  # fmt: skip
+        assert getattr(kept, name) == pytest.approx(getattr(fitted, name), rel=1e-3), name
+    p = run_cmd([sys.executable, "-m", "distbench.costmodel", "--fit-preset", str(COMMITTED)], timeout=60)
+    assert p.returncode == 0 and "MEASURED = Interconnect(" in p.stdout
+
+
+def test_costmodel_fit_interconnect_separates_call_and_step_latency():
+    base, alpha, bandwidth = 80e-6, 30e-6, 1.5e9
+    rows = [
+        measurement(s, base + 2 * (n - 1) * alpha + 2 * (n - 1) / n * s / bandwidth, n) for n in (2, 4) for s in SIZES
+    ]
+    fitted = costmodel.fit_interconnect(rows, host_cores=8)  # no world size time-shares the host
+    assert fitted.base_latency_s == pytest.approx(base, rel=1e-6)
+    assert fitted.intra_latency_s == pytest.approx(alpha, rel=1e-6)
+    assert fitted.intra_bytes_per_s == pytest.approx(bandwidth, rel=1e-6)
+    for n in (2, 4, 8):  # the NCCL model with these terms is the ring on one host
+        assert nccl.collective_time("all_reduce", 1 << 20, n, fitted) == pytest.approx(
+            base + 2 * (n - 1) * alpha + 2 * (n - 1) / n * (1 << 20) / bandwidth
+        )
+    with pytest.raises(ValueError, match="backends"):
+        costmodel.fit_interconnect([*rows, {**rows[0], "backend": "nccl"}])
+
+
+def test_costmodel_fit_interconnect_recovers_a_time_shared_host():
+    """Four ranks on two cores: the transfer runs twice as slow, each ring step waits alpha_shared to be
+    scheduled, and only theta of the shorter of the two adds to the longer."""
+    truth = nccl.Interconnect("truth", 2**20, 1.2e9, 300e-6, 1.2e9, 300e-6, 1.0, 1.0, 1e-9, host_cores=2,
+                              shared_latency_s=1.1e-3, shared_exposed=0.3)  # fmt: skip
+    rows = [measurement(s, nccl.collective_time("all_reduce", s, n, truth), n) for n in (2, 4) for s in SIZES]
+    fitted = costmodel.fit_interconnect(rows, host_cores=2)
+    assert fitted.shared_exposed == pytest.approx(0.3)
+    assert fitted.shared_latency_s == pytest.approx(1.1e-3, rel=1e-4)
+    assert fitted.intra_bytes_per_s == pytest.approx(1.2e9, rel=1e-4)
+    # one world size per regime: the call's base is folded into the per-step latency, predictions agree
+    assert fitted.intra_latency_s == pytest.approx(300e-6, rel=1e-3)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_costmodel_measured_preset_predicts_a_fresh_gloo_commbench(tmp_path, n):
+    """The acceptance test of the `measured` preset: commbench's all-reduce at n gloo ranks, 1 KiB to 256 MiB,
+    measured now, against the preset fitted to the committed records earlier: every size within 0.75x..1.33x
+    of the median time."""
+    out = tmp_path / "bench.jsonl"
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        f"--nproc_per_node={n}",
+        str(COMMBENCH),
+        *("--ops", "all_reduce", "--min-bytes", "1K", "--max-bytes", "256M", "--factor", "4"),
+        *("--iters", "1", "--warmup", "2", "--repeats", "15", "--out", str(out)),
+    ]
+    p = run_cmd(cmd, timeout=300)  # about 10 s at 2 ranks, 25 s at 4
+    assert p.returncode == 0, p.stderr[-3000:]
+    df = load(out, schema=commbench.SCHEMA)
+    assert df.bytes.tolist() == [1 << 10 << 2 * k for k in range(10)] and set(df.world_size) == {n}
+    predicted = np.array([nccl.collective_time("all_reduce", b, n, "measured") for b in df.bytes]) * 1e6
+    ratio = predicted / df.time_us.to_numpy()
+    table = ", ".join(f"{b >> 10}K: {m:.0f} us x{r:.2f}" for b, m, r in zip(df.bytes, df.time_us, ratio, strict=True))
+    assert np.all((ratio >= 0.75) & (ratio <= 1.33)), f"n={n}; measured, predicted / measured: {table}"

@@ -7,9 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT
 
-from distbench.plan import head_cost, plan
+from distbench.plan import head_cost, plan, plan_records, predict, record_workloads
 
 DONE_WHEN = ["--model", "resnet50", "--num-classes", "100000", "--heads", "learned,fixed", "--gpus", "8,64,1024",
              "--cluster", "h100-ib-ndr"]  # fmt: skip
@@ -42,11 +43,11 @@ def test_plan_bytes_are_the_models_gradient_bytes():
 def test_plan_saving_grows_with_scale_and_the_sharded_head_pays_in_activations():
     rows = plan("resnet50", 100_000, ["learned", "fixed", "sharded"], [8, 1024], "h100-ib-ndr")
     speed = {(r["gpus"], r["head"]): r["speedup_vs_learned"] for r in rows}
-    assert 1 < speed[8, "fixed"] < speed[1024, "fixed"]
+    assert 1 < speed[8, "fixed head"] < speed[1024, "fixed head"]
     by = {(r["gpus"], r["head"]): r for r in rows}
     # its features are all-gathered: the sharded head's bytes grow with the GPUs, the others' do not
-    assert by[1024, "sharded"]["bytes_per_step"] > by[8, "sharded"]["bytes_per_step"]
-    assert by[1024, "fixed"]["bytes_per_step"] == by[8, "fixed"]["bytes_per_step"]
+    assert by[1024, "sharded head"]["bytes_per_step"] > by[8, "sharded head"]["bytes_per_step"]
+    assert by[1024, "fixed head"]["bytes_per_step"] == by[8, "fixed head"]["bytes_per_step"]
     for r in rows:
         assert 0 <= r["exposed_ms"] <= r["collective_ms"] and r["step_ms"] >= r["compute_ms"]
 
@@ -54,12 +55,87 @@ def test_plan_saving_grows_with_scale_and_the_sharded_head_pays_in_activations()
 def test_plan_json_and_bad_input():
     r = run_plan("--model", "tiny", "--num-classes", "1000", "--gpus", "8", "--json")
     assert r.returncode == 0
-    assert {row["head"] for row in json.loads(r.stdout)} == {"learned", "fixed"}
+    assert {row["head"] for row in json.loads(r.stdout)} == {"learned head", "fixed head"}
     for args, flag in (
         (["--heads", "lerned"], "--heads"),
         (["--cluster", "nope"], "--cluster"),
         (["--model", "x"], "--model"),
+        (["--freeze", "fraction:2"], "--freeze"),
     ):
         r = run_plan(*args)
         lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and f"error: {flag} " in lines[0], r.stderr
+        assert r.returncode == 2 and len(lines) == 1 and f"error: {flag}:" in lines[0], r.stderr
+
+
+# ------------------------------------------------------------------------------------------- from records
+RECORDS = ROOT / "analysis" / "data" / "heads.jsonl"  # DDP runs with --nosync-steps: exposed times measured
+
+
+def test_plan_records_reproduce_each_runs_own_step_at_its_world_size():
+    """At the world size and interconnect a run was measured on, the prediction is the measured step: the
+    window and residual are solved from that run, and only the all-reduce changes elsewhere."""
+    from distbench.analysis import load_runs
+
+    runs = load_runs(RECORDS).set_index("run_id")
+    workloads, skipped = record_workloads(RECORDS, "h100-ib-ndr")
+    assert workloads and skipped >= 0
+    for w in workloads:
+        run = runs.loc[w.run_id]
+        row = predict(w, w.world_size, "measured")
+        if w.window_s < w.compute_s:  # a window that was not cut to the compute time
+            assert row["step_ms"] == pytest.approx(run["perf.step_time_ms.p50"], rel=1e-9)
+        assert row["bytes_per_step"] == w.gradient_bytes > 0
+        assert 0 <= w.window_s <= w.compute_s and w.residual_s >= 0
+
+
+def test_plan_records_on_a_cluster_keep_the_measured_compute():
+    rows, _ = plan_records(RECORDS, [8, 1024], "h100-ib-ndr")
+    assert rows
+    for r in rows:
+        assert r["step_ms"] >= r["compute_ms"] > 0
+    # the fixed head sends less than the learned one of the same model and classes, and is not slower
+    by = {(r["group"], r["gpus"], r["head"]): r for r in rows}
+    pairs = [(k, by.get((k[0], k[1], "learned head"))) for k in by if k[2] == "fixed head"]
+    assert pairs and all(base and by[k]["bytes_per_step"] < base["bytes_per_step"] for k, base in pairs)
+
+
+def test_plan_cli_from_records_and_its_bad_input(tmp_path):
+    r = run_plan("--records", str(RECORDS), "--gpus", "8,64")
+    assert r.returncode == 0, r.stderr
+    assert "Measured:" in r.stdout and "| model |" in r.stdout
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    for args, flag in (
+        (["--records", str(tmp_path / "missing")], "--records"),
+        (["--records", str(RECORDS), "--model", "resnet50"], "--records"),
+        (["--records", str(empty)], "--records"),
+        (["--cluster", "measured"], "--device"),
+        (["--gpus", "0"], "--gpus"),
+    ):
+        r = run_plan(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and flag in lines[0], (args, r.stderr)
+
+
+def test_plan_freeze_rules_cut_the_bytes_of_every_head():
+    rows = plan("resnet18", 1000, ["learned", "fixed"], [64], "a100-ib-hdr", freezes=("none", "fraction:0.1"))
+    by = {r["head"]: r for r in rows}
+    assert by["learned head, fraction:0.1"]["bytes_per_step"] < by["learned head"]["bytes_per_step"]
+    assert by["fixed head, fraction:0.1"]["bytes_per_step"] < by["fixed head"]["bytes_per_step"]
+    assert by["fixed head, fraction:0.1"]["speedup_vs_learned"] > 1
+
+
+# ------------------------------------------------------------------------------------------------ figure
+def test_plan_figure_has_one_panel_per_model_and_labels_its_lines():
+    from distbench.report import fig_plan
+
+    rows = plan("tiny", 1000, ["learned", "fixed"], [8, 64], "h100-ib-ndr") + plan(
+        "tiny", 100_000, ["learned", "fixed"], [8, 64], "h100-ib-ndr"
+    )
+    fig = fig_plan(rows)
+    axes = [ax for ax in fig.axes if ax.lines]
+    assert len(axes) == 2
+    for ax in axes:
+        assert len(ax.lines) == 2  # one per head
+        labels = [t.get_text() for t in ax.texts]
+        assert "learned" in labels and any(t.startswith("fixed ") and t.endswith("x") for t in labels)
