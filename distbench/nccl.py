@@ -193,23 +193,23 @@ PUBLIC: dict[str, Interconnect] = {
 
 
 # This machine (2-core Xeon, gloo ranks over loopback TCP, one host), as `python -m distbench.costmodel
-# --fit-preset analysis/data/commbench_measured.jsonl` prints it (commbench all_reduce at 2 and 4 ranks, 1 KiB
-# to 256 MiB, 30 windows each, median, 2026-11-23). tests/test_costmodel.py holds it equal to that fit and
-# checks it against a fresh commbench run at 2 and 4 ranks. Refit after new records. Beyond the ranks
-# measured it extrapolates one ring on one host.
+# --fit-preset analysis/data/commbench_measured.jsonl` prints it: commbench all_reduce at 2 and 4 ranks,
+# 1 KiB to 256 MiB, one run of 30 windows per size and three of 15, medians, 2026-11-23.
+# tests/test_costmodel.py holds it equal to that fit and checks it against a fresh commbench run at 2 and
+# 4 ranks. Refit after new records. Beyond the ranks measured it extrapolates one ring on one host.
 MEASURED = Interconnect(
     name="measured",
     gpus_per_node=1048576,  # one host: every rank in one ring
-    intra_bytes_per_s=1.309e09,
-    intra_latency_s=0.0002979,
-    nic_bytes_per_s=1.309e09,
-    inter_latency_s=0.0002979,
+    intra_bytes_per_s=1.248e09,
+    intra_latency_s=0.0003351,
+    nic_bytes_per_s=1.248e09,
+    inter_latency_s=0.0003351,
     intra_efficiency=1.0,
     nic_efficiency=1.0,
     base_latency_s=1e-09,
     host_cores=2,
-    shared_latency_s=0.001159,
-    shared_exposed=0.2,
+    shared_latency_s=0.001119,
+    shared_exposed=0.3,
     source="fitted to analysis/data/commbench_measured.jsonl",
 )
 PRESETS: dict[str, Interconnect] = {**PUBLIC, MEASURED.name: MEASURED}

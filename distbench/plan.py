@@ -155,6 +155,8 @@ def record_interconnect(backend: str, cluster: str) -> str:
 def record_workloads(path: str | os.PathLike, cluster: str) -> tuple[list[Workload], int]:
     """Workloads from the distbench.run/1 records under `path`, and how many ok runs were left out (no
     exposed-communication time: DeepSpeed, FSDP, --nosync-steps 0)."""
+    import pandas as pd
+
     from distbench.analysis import load_runs
 
     df = load_runs(path)
@@ -172,7 +174,9 @@ def record_workloads(path: str | os.PathLike, cluster: str) -> tuple[list[Worklo
     for _, r in usable.iterrows():
         n0 = int(r["env.world_size"])
         payload = int(r["comm.payload_bytes_per_step"])
-        bucket_mb = float(r["comm.bucket_cap_mb"])
+        # older records carry the bucket size only in their config (and older still, not at all: DDP's 25)
+        bucket_mb = next((float(v) for v in (r.get("comm.bucket_cap_mb"), r.get("config.dist.bucket_cap_mb"))
+                          if v is not None and not pd.isna(v)), 25.0)  # fmt: skip
         exposed = max(float(r["perf.exposed_comm_ms"]), 0.0) / 1e3
         compute = float(r["perf.step_time_ms.p50"]) / 1e3 - exposed
         own = record_interconnect(str(r["env.backend"]), cluster)

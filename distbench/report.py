@@ -103,6 +103,8 @@ def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
         if run["config.model.model"] not in plain[keys[1]].values:
             text = f"{run['config.model.model']}: {text}"
         ax.annotate(text, (x, y), xytext=(4, -3), textcoords="offset points", fontsize=6.5)
+    if len(others):
+        ax.set_xlim(right=1.35)  # room for the labels of points at 1.0
     ax.set_xlabel("fraction of conv weights learned")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy against what is trained" + (" (diamonds: other weight structures)" if len(others) else ""))

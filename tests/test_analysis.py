@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from distbench.analysis import learns_everything, summary_table, to_markdown, with_baselines
+from distbench.analysis import learns_everything, load_runs, summary_table, to_markdown, with_baselines
 
 
 def row(
@@ -87,3 +87,28 @@ def test_readme_engine_table_is_generated_from_the_committed_records():
     ok = df[df["status"] == "ok"]
     assert len(ok) == len(df) and len(df) >= 16  # every setup at both class counts ran
     assert (ok["comm.payload_bytes_per_step"] == ok["comm.expected_bytes_per_step"]).all()
+
+
+def test_weight_structure_study_is_committed_learns_and_is_drawn():
+    """Issue 17's runs (analysis/weight_structures.toml) sit in the committed Fashion-MNIST records: every
+    line of the sweep ran, sent exactly what it should, learned far above chance (10%), and the accuracy
+    figure draws each as a labelled point beside the committed lines."""
+    from distbench.report import fig_accuracy
+    from distbench.results import read_records
+    from distbench.sweep import expand
+
+    data = ROOT / "analysis" / "data"
+    lines, _ = expand(ROOT / "analysis" / "weight_structures.toml")
+    wanted = [line["run_id"] for line in lines]
+    assert len(wanted) == 9
+    records = {r["run_id"]: r for r in read_records(data / "fashion_mnist.jsonl") if r["status"] == "ok"}
+    assert set(wanted) <= set(records), sorted(set(wanted) - set(records))
+    for run_id in wanted:
+        r = records[run_id]
+        assert r["comm"]["payload_bytes_per_step"] == r["comm"]["expected_bytes_per_step"], run_id
+        assert r["accuracy"]["top1"] > 0.5 and r["accuracy"]["eval_samples"] == 10_000, run_id
+    fig = fig_accuracy(load_runs(data / "fashion_mnist.jsonl"))
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.texts]
+    assert len(labels) == len(wanted)
+    assert {"fraction:0.1 along in", "spatial-triangular", "wrn-16-1: channel-average"} <= set(labels)

