@@ -50,7 +50,7 @@ def main() -> None:
 
     # distbench, as train.run builds it
     engine = build_engine(cfg, model, place)
-    vote = StopVote()  # as train.run asks it after every step; no signal here, so it never stops
+    vote = StopVote(cfg.dist.pg_timeout_s)  # as train.run asks it after every step; no signal here, so it never stops
     distbench_batches = batch_stream()
     warmup = 3
 

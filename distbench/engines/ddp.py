@@ -60,7 +60,8 @@ class DDPEngine(Engine):
                 self.bucket_cap_mb = needed
         # A head sharded by classes (distbench.sharded) is model parallel: only the backbone is replicated
         # and data parallel; the head talks through counted collectives of its own.
-        self.head = model.head if getattr(model.head, "sharded", False) else None
+        head = getattr(model, "head", None)  # benchmarks hand in bare modules: no head, nothing sharded
+        self.head = head if getattr(head, "sharded", False) else None
         if self.head is not None:
             self.head.shard(Collectives(self.meter))
         self.replicated = model.backbone if self.head is not None else model
