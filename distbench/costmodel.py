@@ -100,6 +100,24 @@ def _rows(data: Any) -> list[dict[str, Any]]:
     return list(data)
 
 
+def _nonnegative_lstsq(design: np.ndarray, usable: Sequence[int]) -> tuple[float, np.ndarray]:
+    """(residual, x) minimising |design @ x - 1|^2 with x >= 0 and x zero outside the `usable` columns.
+
+    Non-negative least squares for the few unknowns of a latency-bandwidth model: every subset of the
+    usable columns is solved freely, and the best solution with no negative term wins (the largest subsets
+    are tried first, so a tie keeps more terms; with none feasible, x = 0)."""
+    target = np.ones(len(design))
+    best = (float(np.sum(target**2)), np.zeros(design.shape[1]))
+    for k in range(len(usable), 0, -1):
+        for cols in itertools.combinations(usable, k):
+            trial = np.zeros(design.shape[1])
+            trial[list(cols)] = np.linalg.lstsq(design[:, list(cols)], target, rcond=None)[0]
+            residual = float(np.sum((design @ trial - target) ** 2))
+            if np.all(trial >= 0) and residual < best[0]:
+                best = (residual, trial)
+    return best
+
+
 def fit(data: Any, op: str = "all_reduce", time_field: str = "time_us") -> CostModel:
     """Least-squares alpha and beta from commbench measurements of `op` at one world size.
 
@@ -132,16 +150,7 @@ def fit(data: Any, op: str = "all_reduce", time_field: str = "time_us") -> CostM
         raise ValueError(f"{time_field} must be positive in every measurement")
     terms = np.array([_RING_TERMS[_IMPL_AS.get(r.get("impl"), op)](n) for r in rows], dtype=float)
     design = np.column_stack([terms[:, 0], terms[:, 1] * size]) / seconds[:, None]
-    target = np.ones_like(seconds)
-
-    alpha, inv_beta = np.linalg.lstsq(design, target, rcond=None)[0]
-    if alpha <= 0 or inv_beta <= 0:
-        candidates = []
-        for col in (0, 1):  # one term alone, the other held at zero
-            x = np.zeros(2)
-            x[col] = max(np.linalg.lstsq(design[:, [col]], target, rcond=None)[0][0], 0.0)
-            candidates.append((float(np.sum((design @ x - target) ** 2)), x))
-        alpha, inv_beta = min(candidates, key=lambda c: c[0])[1]
+    _, (alpha, inv_beta) = _nonnegative_lstsq(design, [0, 1])
     return CostModel(float(alpha), 1 / inv_beta if inv_beta > 0 else float("inf"), int(n), str(backend))
 
 
@@ -200,17 +209,8 @@ def fit_interconnect(
             weight_lat = np.where(shared & (lat < xfer), theta, 1.0)
             weight_xfer = np.where(shared & (xfer <= lat), theta, 1.0)
             design = columns * np.column_stack([np.ones_like(n), weight_lat, weight_lat, weight_xfer])
-            design = design / seconds[:, None]
-            best = None  # non-negative least squares over the few subsets of terms
-            for k in range(len(usable), 0, -1):
-                for cols in itertools.combinations(usable, k):
-                    trial = np.zeros(4)
-                    trial[list(cols)] = np.linalg.lstsq(design[:, list(cols)], np.ones_like(n), rcond=None)[0]
-                    if np.all(trial >= 0):
-                        residual = float(np.sum((design @ trial - 1) ** 2))
-                        best = best if best and best[0] <= residual else (residual, trial)
-            x = best[1]
-        return best
+            residual, x = _nonnegative_lstsq(design / seconds[:, None], usable)
+        return residual, x
 
     thetas = np.linspace(0, 1, 21) if shared.any() else [1.0]
     _, x, theta = min(((*solve(t), t) for t in thetas), key=lambda fit: fit[0])

@@ -220,8 +220,12 @@ class FreezeSettings:
 
     @property
     def slug(self) -> str:
-        """The rule as a run-id part, with the dimension where it is not `out`: fraction0.1, fraction0.1-in."""
-        return self.rule.slug + (f"-{self.dim}" if self.dim != "out" else "")
+        return slug(self.rule, self.dim)
+
+
+def slug(rule: Rule, dim: str = "out") -> str:
+    """A rule as a run-id part, with the dimension where it is not `out`: fraction0.1, fraction0.1-in."""
+    return rule.slug + (f"-{dim}" if dim != "out" else "")
 
 
 def _is_bn(m: nn.Module) -> bool:

@@ -141,11 +141,6 @@ def spec_workload(
     )
 
 
-def head_cost(model: str, num_classes: int, head: str, batch_size: int, gpus: int) -> Workload:
-    """Bytes and FLOPs of one head of a model spec on `gpus` GPUs (no freezing)."""
-    return spec_workload(model, num_classes, head, batch_size, gpus)
-
-
 # ------------------------------------------------------------------------------------------ from records
 def record_interconnect(backend: str, cluster: str) -> str:
     """The interconnect a record ran on: this machine's fit for gloo, the planned cluster for NCCL."""
@@ -190,7 +185,7 @@ def record_workloads(path: str | os.PathLike, cluster: str) -> tuple[list[Worklo
                 gradient_bytes=payload,
                 compute_s=compute,
                 window_s=window,
-                residual_s=max(exposed - comm, 0.0) if comm > 0 else exposed,
+                residual_s=max(exposed - comm, 0.0),
                 batch_size=int(r["config.train.batch_size"]),
                 bucket_cap_mb=bucket_mb,
                 baseline=labels.get(base) if isinstance(base, str) else None,
@@ -232,10 +227,8 @@ def predict(w: Workload, n: int, cluster: str, device: Device | None = None, mfu
     window = w.window_s if w.window_s is not None else compute * BACKWARD_SHARE
     comm, last = allreduce_time(w.gradient_bytes, n, cluster, int(w.bucket_cap_mb * 2**20))
     head_comm = head_collective_time(w.head_collectives, n, cluster)  # on the critical path
-    if w.window_s is None:  # the last bucket is ready only when backward ends
-        hidden_floor = last
-    else:  # measured: the run's own exposure already holds its last bucket
-        hidden_floor = 0.0
+    # the last bucket is ready only when backward ends; a measured window already holds it
+    hidden_floor = last if w.window_s is None else 0.0
     # the unexplained part of a run's exposed time belongs to the interconnect it was measured on
     residual = w.residual_s if n > 1 and cluster == w.interconnect else 0.0
     exposed = (max(comm - window, hidden_floor) if comm else 0.0) + head_comm + residual

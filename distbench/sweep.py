@@ -39,6 +39,7 @@ from distbench import checkpoint, results
 from distbench.checks import check
 from distbench.config import SECTIONS, ConfigError, flag, from_dict
 from distbench.freeze import parse_rule
+from distbench.freeze import slug as freeze_slug
 from distbench.registry import UnknownName
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +73,7 @@ def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
     try:
         rule = parse_rule(f.get("freeze", "none"))
         if rule.kind != "none":
-            dim = f.get("freeze_dim", "out")
-            parts += [rule.slug + (f"-{dim}" if dim != "out" else ""), f.get("freeze_mode", "split")]
+            parts += [freeze_slug(rule, f.get("freeze_dim", "out")), f.get("freeze_mode", "split")]
     except (ConfigError, UnknownName):  # a line kept to record its own failure
         parts.append("badfreeze")
     if d.get("backend", "ddp") != "ddp":

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import ROOT
 
-from distbench.plan import head_cost, plan, plan_records, predict, record_workloads
+from distbench.plan import plan, plan_records, predict, record_workloads, spec_workload
 
 DONE_WHEN = ["--model", "resnet50", "--num-classes", "100000", "--heads", "learned,fixed", "--gpus", "8,64,1024",
              "--cluster", "h100-ib-ndr"]  # fmt: skip
@@ -33,8 +33,8 @@ def test_plan_prints_its_table_in_seconds():
 
 
 def test_plan_bytes_are_the_models_gradient_bytes():
-    learned = head_cost("resnet50", 100_000, "learned", 32, 8)
-    fixed = head_cost("resnet50", 100_000, "fixed", 32, 8)
+    learned = spec_workload("resnet50", 100_000, "learned", 32, 8)
+    fixed = spec_workload("resnet50", 100_000, "fixed", 32, 8)
     # the 2048 x 100K weight is gone; alpha (one scalar) is learned instead
     assert learned.gradient_bytes - fixed.gradient_bytes == 4 * 2048 * 100_000 - 4
     assert 20e9 < fixed.flops_per_sample < learned.flops_per_sample  # ResNet-50: ~24 GFLOP fwd + bwd
