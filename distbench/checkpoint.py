@@ -1,44 +1,61 @@
-"""Checkpoints and preemption: save a run at a step boundary, resume it exactly, stop it on a signal.
+"""Checkpoints: save a run at a step boundary, resume it exactly; what a checkpoint may contain.
 
 Layout of `--checkpoint-dir DIR`:
     DIR/step-00000120/engine-rank{r}.pt   the engine's state (model, optimizer, loss scaler, comm-hook
                                           state; DeepSpeed: its own checkpoint files instead)
     DIR/step-00000120/loop-rank{r}.pt     the loop's state: steps taken, the timed window's step times and
                                           traffic so far, the last loss, RNG states
-    DIR/latest                            JSON: which step directory is complete, for which config
+    DIR/latest                            JSON: which step directory is complete, for which config; once
+                                          the run's record is written, where (`recorded`)
 Every rank writes its own files (BatchNorm statistics and RNG states differ per rank), each by rename;
 rank 0 writes `latest` (by rename) only after every rank has finished, so a reader finds the previous
 complete checkpoint or the new complete one, never a half-written one. Older step directories are
 removed after `latest` moves on.
 
-A signal (SIGTERM: Slurm's preemption and time limit, torchrun's shutdown; SIGUSR1: Slurm's `--signal`)
-only records that a stop was asked for; the training loop acts on it at the next step boundary that all
-ranks agree on (`distbench.engines.StopVote`), saves, and the process exits with EXIT_STOPPED. The same
-command run again resumes from `latest`.
+A checkpoint is data, never code. Checkpoint directories live on shared file systems and a preempted Slurm
+task resumes from them unattended, so nothing read back may execute: every file distbench wrote is loaded
+with `torch.load(weights_only=True)` (tensors and plain containers; torch's default since 2.6), `latest`
+may only name a `step-<8 digits>` directory inside DIR, and a file that does not load, or holds other than
+what distbench writes, is a one-line `CheckpointError` (exit 2, nothing recorded, the checkpoint left as
+it was). DeepSpeed's own `load_checkpoint` unpickles the files it wrote (see the README).
 
-No process group here: the engine saves itself, and the caller passes the barrier.
+When to save and when to stop is the loop's (`distbench.train`, `distbench.stop`). No process group here:
+the engine saves itself, and the caller passes the barrier.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from distbench.comm import StepTraffic
 from distbench.config import ConfigError, RunConfig
+from distbench.stop import hold
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL (sysexits.h): stopped on request; the same command resumes it
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+if TYPE_CHECKING:
+    import torch
+
+    from distbench.comm import StepTraffic
+
+# torch is imported where it is used: reading `latest` (what a stop during start-up needs, from the stop
+# watcher thread, while the main thread may still be importing torch) must not wait for it.
+
 LATEST = "latest"
+STEP_DIR = re.compile(r"step-\d{8}")  # what `latest` may name: a step directory right inside the checkpoint directory
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed from (not distbench's, truncated, tampered): one line naming the
+    file, exit 2, nothing recorded, and the checkpoint left as it is."""
+
+    def __init__(self, path: os.PathLike, problem: str) -> None:
+        super().__init__("output.checkpoint_dir", f"{path}: {problem}")
 
 
 @dataclass
@@ -57,44 +74,11 @@ class LoopState:
     resumed_from: list[int] = field(default_factory=list)  # the step of each resume, in order
 
 
-class StopRequest:
-    """While installed, SIGTERM and SIGUSR1 set `signal` (its name) instead of ending the process."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame) -> None:
-        # Slurm may deliver the same signal twice (to the job step and from the launcher): ask once.
-        self.signal = self.signal or signal.Signals(signum).name
-
-    @contextmanager
-    def installed(self) -> Iterator[StopRequest]:
-        for s in SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
-        try:
-            yield self
-        finally:
-            for s, handler in self._previous.items():
-                signal.signal(s, handler)
-
-
-class Stopped(Exception):
-    """The run stopped on a signal at a step boundary (every rank at the same one)."""
-
-    def __init__(self, signal_name: str, step: int, total: int, checkpoint: Path | None) -> None:
-        where = (
-            f"saved to {checkpoint}; run the same command again to resume"
-            if checkpoint
-            else ("no --checkpoint-dir, so nothing to resume from")
-        )
-        super().__init__(f"stopped by {signal_name} after step {step} of {total}: {where}")
-        self.signal, self.step, self.checkpoint = signal_name, step, checkpoint
-
-
 # -------------------------------------------------------------------------------------------------- files
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to `path`, whole or not at all (a temporary name, fsync, rename)."""
+    import torch
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         torch.save(obj, fh)
@@ -122,11 +106,38 @@ def _fsync_dir(path: Path) -> None:
 
 
 def read_latest(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The `latest` pointer of a checkpoint directory, or None when it holds no complete checkpoint."""
+    """The `latest` pointer of a checkpoint directory, or None when it holds no complete checkpoint.
+    A pointer that is not distbench's, or names anything but a step directory inside `directory`, raises
+    CheckpointError: it would point the resume anywhere on the file system."""
     path = Path(directory) / LATEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        latest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"not a distbench checkpoint (unreadable: {e})") from None
+    kinds = {"step": int, "dir": str, "reason": str, "world_size": int, "run_id": str, "config": dict}
+    bad = [k for k, t in kinds.items() if not isinstance(latest, dict) or not isinstance(latest.get(k), t)]
+    if bad:
+        raise CheckpointError(path, f"not a distbench checkpoint (no valid {bad[0]!r})")
+    if not STEP_DIR.fullmatch(latest["dir"]) or latest["dir"] != f"step-{latest['step']:08d}":
+        raise CheckpointError(path, f"not a distbench checkpoint (names {latest['dir']!r}, not a step directory)")
+    return latest
+
+
+def mark_recorded(directory: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Note in `latest` that the run's record is in `out`: the same command run again then does nothing."""
+    latest = read_latest(directory)
+    if latest is not None:
+        _write_json(Path(directory) / LATEST, {**latest, "recorded": str(out)})
+
+
+def mark_stopped(directory: str | os.PathLike, message: str) -> None:
+    """Note in `latest` that the run stopped on a signal and this checkpoint is where it resumes: a sweep tells
+    a preempted line (run it again) from a failed one by it, whatever the checkpoint was saved for."""
+    latest = read_latest(directory)
+    if latest is not None:
+        _write_json(Path(directory) / LATEST, {**latest, "stopped": message})
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +146,8 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
-    """Before any process starts: a checkpoint in --checkpoint-dir must be one of this very run."""
+    """Before any process starts: a checkpoint in --checkpoint-dir must be one of this very run, and every
+    file of it that distbench reads back must be there and load as data."""
     latest = read_latest(cfg.output.checkpoint_dir) if cfg.output.checkpoint_dir else None
     if latest is None:
         return
@@ -154,10 +166,65 @@ def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
             f"{cfg.output.checkpoint_dir} holds a checkpoint of another configuration ({', '.join(differ)} "
             "differ); use another directory",
         )
+    if latest.get("recorded"):
+        return  # complete: nothing will be loaded
+    step_dir = Path(cfg.output.checkpoint_dir) / latest["dir"]
+    for rank in range(latest["world_size"]):
+        load_loop(step_dir / f"loop-rank{rank}.pt")
+        engine = step_dir / f"engine-rank{rank}.pt"
+        if engine.exists() or cfg.dist.backend != "deepspeed":
+            _check_archive(engine)
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive whose directory is at its end: a truncated file has none. Cheap (the
+    data itself is read, and checked, when the engine loads it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing") from None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(path, f"cannot be read ({e}); truncated or not a checkpoint") from None
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> Any:
+    """A file distbench saved, loaded as data only (tensors and plain containers): anything that would need to
+    run code to unpickle is refused, as is a file that does not load."""
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch's advice on another pickle protocol is not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing") from None
+    except pickle.UnpicklingError:
+        problem = "holds more than tensors and plain values (loading it could run code): refused"
+        raise CheckpointError(path, problem) from None
+    except Exception as e:  # RuntimeError or EOFError for a truncated archive, and whatever else does not load
+        reason = " ".join(str(e).split())[:200]
+        problem = f"cannot be read ({type(e).__name__}: {reason}); truncated, or not a distbench checkpoint"
+        raise CheckpointError(path, problem) from None
+
+
+LOOP_KEYS = {"state", "rng"}
+
+
+def load_loop(path: Path) -> dict[str, Any]:
+    loop = load_tensors(path)
+    if not isinstance(loop, dict) or set(loop) != LOOP_KEYS or not isinstance(loop["state"], dict):
+        raise CheckpointError(path, "not a distbench loop state")
+    return loop
 
 
 # ---------------------------------------------------------------------------------------------- the store
 def _rng_state(device: torch.device) -> dict[str, Any]:
+    import torch
+
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -165,6 +232,8 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    import torch
+
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -184,6 +253,7 @@ class Checkpoints:
         engine.save_checkpoint(step_dir)
         loop = {"state": asdict(state), "rng": _rng_state(self.device)}
         atomic_save(loop, step_dir / f"loop-rank{self.rank}.pt")
+        hold("save")
         self.barrier()  # every rank's files are in place
         if self.rank == 0:
             _fsync_dir(step_dir)
@@ -210,11 +280,22 @@ class Checkpoints:
         if latest is None:
             return None
         step_dir = self.directory / latest["dir"]
-        engine.load_checkpoint(step_dir)
-        loop = torch.load(step_dir / f"loop-rank{self.rank}.pt", weights_only=False)
+        path = step_dir / f"loop-rank{self.rank}.pt"
+        loop = load_loop(path)
+        try:
+            engine.load_checkpoint(step_dir)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a file that loads but does not fit (tampered, or of another model)
+            raise CheckpointError(step_dir, f"does not fit this run ({' '.join(str(e).split())[:300]})") from None
+        saved = dict(loop["state"])
+        try:
+            from distbench.comm import StepTraffic
+
+            saved["traffic"] = [StepTraffic(**t) for t in saved["traffic"]]
+            state = LoopState(**saved)
+        except (TypeError, KeyError) as e:
+            raise CheckpointError(path, f"not a distbench loop state ({e})") from None
         _set_rng_state(loop["rng"], self.device)
-        saved = loop["state"]
-        saved["traffic"] = [StepTraffic(**t) for t in saved["traffic"]]
-        state = LoopState(**saved)
         state.resumed_from.append(state.step)
         return state

@@ -8,6 +8,7 @@ bad input fails first, in one line naming its flag. Every failure is a `ConfigEr
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -53,7 +54,8 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
             "model.head", "sharded runs under --backend ddp (the DDP engine shards it and counts its collectives)"
         )
     check_data(cfg.data, m.num_classes)
-    check_structure(cfg)
+    backbone = check_structure(cfg)
+    check_resources(cfg, backbone, world_size)
     check_writable(cfg, world_size)
     return cfg
 
@@ -84,7 +86,7 @@ def _writable(field: str, directory: Path, file: Path | None = None) -> None:
         raise ConfigError(field, f"cannot write {file or directory}: {e.strerror or e}") from None
 
 
-def check_structure(cfg: RunConfig) -> None:
+def check_structure(cfg: RunConfig) -> torch.nn.Module:
     """Freeze rules and parameterisations that do not fit the model fail here: the backbone is built on the
     meta device and the rule applied to it."""
     from distbench.freeze import FreezeSettings, apply_freeze
@@ -106,6 +108,71 @@ def check_structure(cfg: RunConfig) -> None:
         backbone = build_backbone(cfg.model.model, cfg.model.image_size)
         apply_param(cfg.model.param, backbone)
         apply_freeze(backbone, settings)
+    return backbone
+
+
+# What one step holds per rank besides the weights, in float32 words, where it can be known before running:
+LOGIT_COPIES = 3  # the logits, the softmax cross-entropy keeps, their gradient
+INPUT_COPIES = 2  # the batch and the rendered (or decoded) images it comes from
+STEP_RECORD_BYTES = 600  # one timed step's time and traffic, kept in the loop state and every checkpoint
+FIT = 0.9  # refuse only what cannot fit: the estimate leaves out activations, so it is a floor
+
+
+def memory_floor(cfg: RunConfig, backbone: torch.nn.Module, world_size: int = 1) -> dict[str, int]:
+    """A floor on the bytes one rank needs, by the field that drives each part: the model (weights,
+    gradients, optimizer state; the head's C x N from `model.num_classes`), the batch (inputs and logits,
+    from `train.batch_size`), and the per-step records (`train.steps`). Activations are left out; an engine
+    that shards (FSDP, ZeRO) or a sharded head is taken to divide the whole model by the ranks."""
+    n, c, b = backbone.num_features, cfg.model.num_classes, cfg.train.batch_size
+    shards = world_size if cfg.dist.backend in ("fsdp", "deepspeed") else 1
+    head_shards = world_size if cfg.model.head == "sharded" else shards
+    params = sum(p.numel() for p in backbone.parameters())
+    trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    head = c * n + c
+    head_trainable = head if cfg.model.head in ("learned", "sharded") else c  # a fixed head learns its bias
+    states = 2 if cfg.train.optimizer == "sgd" else 3  # gradient + momentum, or + both Adam moments
+    return {
+        "model.num_classes": 4 * (head + states * head_trainable) // head_shards,
+        "model.model": 4 * (params + states * trainable) // shards,
+        "train.batch_size": 4 * b * (INPUT_COPIES * math.prod(backbone.input_shape) + LOGIT_COPIES * c),
+        "train.steps": STEP_RECORD_BYTES * (cfg.train.warmup_steps + cfg.train.steps),
+    }
+
+
+def available_memory(ranks_here: int) -> tuple[int, str] | None:
+    """(bytes one rank may use, where from): the device's memory on CUDA, this host's available memory shared
+    by its ranks otherwise; None where it cannot be read."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, "on the GPU"
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in fh)}
+        return info["MemAvailable"] // max(ranks_here, 1), f"per rank here ({ranks_here} on this host)"
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_resources(cfg: RunConfig, backbone: torch.nn.Module, world_size: int | None = None) -> None:
+    """Refuse, before anything is built for real, a run whose model, batch or step count cannot fit: it would
+    otherwise spend minutes building, or be killed by the kernel, with nothing recorded."""
+    if cfg.output.dry_run:
+        return
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    have = available_memory(ranks_here)
+    if have is None:
+        return
+    limit, where = have
+    parts = memory_floor(cfg, backbone, world_size or 1)
+    need = sum(parts.values())
+    if need > FIT * limit:
+        field, part = max(parts.items(), key=lambda kv: kv[1])
+        section, name = field.split(".")
+        value = getattr(getattr(cfg, section), name)
+        raise ConfigError(
+            field,
+            f"{value:,} needs at least {need / 1e9:,.1f} GB per rank ({part / 1e9:,.1f} GB of it for this setting), "
+            f"but {limit / 1e9:,.1f} GB are available {where}",
+        )
 
 
 def parse_and_check(

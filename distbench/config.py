@@ -45,8 +45,29 @@ class ConfigError(ValueError):
         return f"{self.flag} ({self.field}): {self.args[0]}"
 
 
+class DataError(RuntimeError):
+    """Bad data met while running (an unreadable image): one line naming the file, never a traceback."""
+
+
 def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A config field: its default and its help. `added=True` marks a field added after sweeps had run: at its
+    default it is left out of a sweep line's id (`distbench.sweep.run_id_for`), so a new option does not
+    rename every line that ran before it."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+def added_at_default(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`config` (as `RunConfig.to_dict` gives it) without the `added` fields that hold their default."""
+    out = {}
+    for section, values in config.items():
+        cls = SECTIONS.get(section)
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+        out[section] = {
+            k: v
+            for k, v in values.items()
+            if not (k in fields and fields[k].metadata.get("added") and v == fields[k].default)
+        }
+    return out
 
 
 def _check(ok: bool, field: str, message: str) -> None:
@@ -128,6 +149,9 @@ class DataConfig:
     noise: float = opt(0.5, "synthetic task difficulty: code noise relative to the spread of class codes")
     code_dim: int = opt(64, "synthetic task: dimension d of the class codes (1 to 192)")
     workers: int = opt(4, "data-loader worker processes per rank (imagefolder)")
+    skip_bad_images: bool = opt(
+        False, "imagefolder: skip unreadable images (counted in the record) instead of failing on the first", added=True
+    )
 
     def __post_init__(self) -> None:
         _check(self.eval_samples >= 0, "data.eval_samples", f"must be >= 0, got {self.eval_samples}")

@@ -10,6 +10,8 @@ held-out batches, already on the training device.
 from __future__ import annotations
 
 import math
+import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distbench.config import ConfigError
+from distbench.config import ConfigError, DataError
 from distbench.registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -43,6 +45,8 @@ class Dataset:
     eval_size: int  # held-out samples over all ranks
     # Held-out samples of this rank that the Bayes-optimal classifier gets right (synthetic data only).
     oracle_hits: Callable[[], int] | None = None
+    # Files this rank skipped as unreadable so far (imagefolder --skip-bad-images); None: it cannot skip.
+    skipped: Callable[[], set[str]] | None = None
 
 
 def eval_count(available: int, eval_samples: int) -> int:
@@ -133,19 +137,34 @@ class SyntheticTask:
         return arg
 
 
-def class_stream(num_classes: int, batch_size: int, shard: Shard, seed: int) -> Iterator[torch.Tensor]:
-    """This rank's labels, step after step: every class once per epoch, in a new random order each epoch
-    that all ranks share. Step s takes the next world_size x batch_size labels of that order and rank r
-    its r-th slice, so after k epochs every class has been seen exactly k times, whatever C (i.i.d.
-    labels would leave e^-k of the classes unseen)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)  # the same on every rank
+def class_stream(num_classes: int, batch_size: int, shard: Shard, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
+    """This rank's labels, step after step from step `start`: every class once per epoch, in a new random
+    order each epoch that all ranks share. Step s takes positions [s n, (s + 1) n) of the epochs' orders laid
+    end to end (n = world_size x batch_size) and rank r its r-th slice of them, so after k epochs every class
+    has been seen exactly k times, whatever C (i.i.d. labels would leave e^-k of the classes unseen).
+
+    Epoch e's order is drawn from its own seed, so any step is reached at once (a resume at step 10^6 costs
+    what step 0 does) and a step's work is its own batch, not the stream before it."""
+    cached: dict[int, torch.Tensor] = {}
+
+    def order(epoch: int) -> torch.Tensor:
+        if epoch not in cached:
+            cached.clear()  # consecutive steps touch the same epoch, or the next: keep one
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + 17) * 1_000_033 + epoch)
+            cached[epoch] = torch.randperm(num_classes, generator=gen)
+        return cached[epoch]
+
     need = batch_size * shard.world_size
-    order = torch.empty(0, dtype=torch.long)
+    step = start
     while True:
-        while len(order) < need:
-            order = torch.cat([order, torch.randperm(num_classes, generator=gen)])
-        step, order = order[:need], order[need:]
-        yield step[shard.rank * batch_size : (shard.rank + 1) * batch_size].to(shard.device)
+        lo = step * need + shard.rank * batch_size  # this rank's positions [lo, lo + batch_size)
+        hi = lo + batch_size
+        parts = []
+        for epoch in range(lo // num_classes, (hi - 1) // num_classes + 1):
+            base = epoch * num_classes
+            parts.append(order(epoch)[max(lo - base, 0) : min(hi - base, num_classes)])
+        yield (torch.cat(parts) if len(parts) > 1 else parts[0]).to(shard.device)
+        step += 1
 
 
 @DATASETS.register("synthetic")
@@ -159,12 +178,10 @@ def synthetic(
         return torch.Generator(device=shard.device).manual_seed((seed * 1_000_003 + stream) * 65_537 + shard.rank)
 
     def train(start: int = 0) -> Iterator[Batch]:
-        gen = generator(0)
-        for step, labels in enumerate(class_stream(num_classes, batch_size, shard, seed)):
-            if step < start:  # draw the noise, skip the rendering: the generator ends where it was
-                torch.randn((len(labels), task.code_dim), generator=gen, device=shard.device)
-                continue
-            yield task.sample(labels, gen)
+        # Step s draws its noise from stream 2 + s (stream 1 is the held-out set's): a resume at any step
+        # draws nothing to get there.
+        for step, labels in enumerate(class_stream(num_classes, batch_size, shard, seed, start), start):
+            yield task.sample(labels, generator(2 + step))
 
     def eval_codes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(noisy code, label) of this rank's held-out samples, batch by batch: labels i.i.d. uniform."""
@@ -305,12 +322,22 @@ def fashion_mnist(
 
 
 # -------------------------------------------------------------------------------------------- imagefolder
+# torchvision.datasets.folder.IMG_EXTENSIONS, without importing torchvision for the up-front check
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
 def _class_dirs(split: Path) -> list[str]:
     return sorted(p.name for p in split.iterdir() if p.is_dir())
 
 
+def _has_image(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file() for e in entries)
+
+
 def check_imagefolder(data_dir: str | None, num_classes: int) -> None:
-    """Cheap checks before any process starts work: the layout exists and the class count matches."""
+    """Cheap checks before any process starts work: the layout exists, the class count matches, and no class
+    folder is empty (torchvision would stop the run with a traceback)."""
     if not data_dir:
         raise ConfigError("data.data_dir", "imagefolder needs --data-dir (a folder with train/ and val/)")
     root = Path(data_dir)
@@ -324,6 +351,53 @@ def check_imagefolder(data_dir: str | None, num_classes: int) -> None:
         raise ConfigError(
             "model.num_classes", f"{root / 'train'} has {n_train} classes, got --num-classes {num_classes}"
         )
+    for split in ("train", "val"):
+        for name in _class_dirs(root / split):
+            if not _has_image(root / split / name):
+                raise ConfigError(
+                    "data.data_dir", f"{root / split / name} holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+                )
+
+
+def _leave_signals_to_the_rank(worker_id: int) -> None:
+    """Loader workers leave stop signals to their rank, which stops where the ranks agree; a worker that died
+    of one would instead fail the rank's next batch. torchrun signals the rank's process group: a group of
+    their own keeps them out of it. SIGINT (a terminal's) and SIGUSR1 (Slurm's warning) are ignored; SIGTERM
+    keeps its default, which is how torch and multiprocessing end a worker that does not stop when asked."""
+    os.setpgid(0, 0)
+    for s in (signal.SIGINT, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _readable_folder(root: Path, transform, skip_bad: bool):
+    """torchvision's ImageFolder whose samples say which unreadable files they skipped: one that cannot be
+    read raises DataError naming it, or with `skip_bad` is replaced by the next readable one and reported."""
+    from torchvision import datasets
+
+    class Folder(datasets.ImageFolder):
+        def __getitem__(self, index: int):
+            skipped = []
+            for attempt in range(len(self.samples)):
+                path, target = self.samples[(index + attempt) % len(self.samples)]
+                try:
+                    image = self.loader(path)
+                except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError
+                    reason = " ".join(f"{type(e).__name__}: {e}".split())
+                    if not skip_bad:
+                        raise DataError(f"cannot read image {path} ({reason})") from None
+                    skipped.append(path)
+                    continue
+                return self.transform(image), target, skipped
+            raise DataError(f"no readable image in {self.root}")
+
+    return Folder(str(root), transform)
+
+
+def _collate(samples):
+    from torch.utils.data import default_collate
+
+    x, y = default_collate([(x, y) for x, y, _ in samples])
+    return x, y, [path for *_, skipped in samples for path in skipped]
 
 
 @DATASETS.register("imagefolder")
@@ -331,22 +405,24 @@ def imagefolder(
     cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
 ) -> Dataset:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     check_imagefolder(cfg.data_dir, num_classes)
     size = input_shape[1]
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_set = datasets.ImageFolder(
-        str(Path(cfg.data_dir) / "train"),
+    train_set = _readable_folder(
+        Path(cfg.data_dir) / "train",
         transforms.Compose(
             [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
         ),
+        cfg.skip_bad_images,
     )
-    val_set = datasets.ImageFolder(
-        str(Path(cfg.data_dir) / "val"),
+    val_set = _readable_folder(
+        Path(cfg.data_dir) / "val",
         transforms.Compose(
             [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), normalize]
         ),
+        cfg.skip_bad_images,
     )
     eval_n = eval_count(len(val_set), cfg.eval_samples)
     pin = shard.device.type == "cuda"
@@ -356,10 +432,14 @@ def imagefolder(
         "num_workers": cfg.workers,
         "pin_memory": pin,
         "persistent_workers": cfg.workers > 0,
+        "collate_fn": _collate,
+        "worker_init_fn": _leave_signals_to_the_rank if cfg.workers > 0 else None,
     }
+    skipped: set[str] = set()
 
     def to_device(batches) -> Iterator[Batch]:
-        for x, y in batches:
+        for x, y, bad in batches:
+            skipped.update(bad)
             yield x.to(shard.device, non_blocking=True), y.to(shard.device, non_blocking=True)
 
     per_epoch = max(len(sampler) // batch_size, 1)
@@ -382,7 +462,7 @@ def imagefolder(
         share = Subset(val_set, list(eval_share(eval_n, shard)))
         yield from to_device(DataLoader(share, shuffle=False, **{**loader_args, "persistent_workers": False}))
 
-    return Dataset(num_classes, train, evaluate, eval_n)
+    return Dataset(num_classes, train, evaluate, eval_n, skipped=(lambda: skipped) if cfg.skip_bad_images else None)
 
 
 FIXED_CLASSES = {"digits": 10, "fashion-mnist": 10}

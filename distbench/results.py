@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import platform
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "distbench.run/1"
 STATUSES = ("ok", "failed", "diverged")
@@ -48,6 +51,7 @@ SPEC: dict[str, Any] = {
         "hosts": list,  # every rank's host, sorted, each once: two entries for a two-node run
         "git_sha": (str, type(None)),
         "python": str,
+        "cpu_cores": int,  # CPU cores rank 0 may run on (its affinity): ranks beyond them share cores
     },
     "params": {
         "total": int,
@@ -86,11 +90,18 @@ SPEC: dict[str, Any] = {
         "eval_samples": int,
         "final_loss": (int, float, type(None)),
     },
+    "data": {
+        "skipped_images": (int, type(None)),  # unreadable files skipped (--skip-bad-images); null: not skipping
+        "skipped_files": list,  # the first SKIPPED_SHOWN of them, sorted
+    },
 }
-NULLABLE_IN_FAILED = ("env", "params", "comm", "perf", "accuracy")
+SKIPPED_SHOWN = 20
+NULLABLE_IN_FAILED = ("env", "params", "comm", "perf", "accuracy", "data")
 # Fields added to distbench.run/1 after records were first written: a record from before may lack them
 # (readers fill them as analysis.with_config_defaults does); every record written now has them.
-ADDED = frozenset({"env.hosts", "perf.untimed_steps", "perf.resumed_from_steps", "perf.timed_window"})
+ADDED = frozenset(
+    {"env.hosts", "perf.untimed_steps", "perf.resumed_from_steps", "perf.timed_window", "data", "env.cpu_cores"}
+)
 
 
 class SchemaError(ValueError):
@@ -148,14 +159,25 @@ def new_run_id(started_at: str, prefix: str = "") -> str:
     return f"{prefix}{started_at.replace(':', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:8]}"
 
 
+ERROR_CHARS = 2000
+
+
+def bounded(text: str, limit: int = ERROR_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def failed_record(run_id: str, config: dict[str, Any], error: str, started_at: str) -> dict[str, Any]:
     """The record of a run that ended without results (it raised, or never started): the sections only a
-    finished run can fill are null, and `error` says why (bounded to 500 characters)."""
+    finished run can fill are null, and `error` says why, in one line of at most ERROR_CHARS characters
+    (a longer one keeps its start and its end, where the cause of a chained error is)."""
     return {
         "schema": SCHEMA,
         "run_id": run_id,
         "status": "failed",
-        "error": error[:500],
+        "error": bounded(" ".join(error.split())),
         "started_at": started_at,
         "finished_at": now(),
         "config": config,
@@ -202,6 +224,7 @@ def environment(device, world_size: int, backend: str, hosts: list[str] | None =
         "hosts": sorted(set(hosts or [socket.gethostname()])),
         "git_sha": git_sha(),
         "python": platform.python_version(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
     }
 
 
@@ -229,10 +252,14 @@ def append(path: str | os.PathLike, record: dict[str, Any], check: Callable[[dic
     line = (json.dumps(record, allow_nan=False) + "\n").encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # A partial last line (a writer killed by something outside distbench, a disk that filled): end it
+            # first, so this record is a line of its own and readers skip only the broken one.
+            line = b"\n" + line
         try:
             if os.write(fd, line) != len(line):
                 raise OSError("short write")
@@ -244,20 +271,31 @@ def append(path: str | os.PathLike, record: dict[str, Any], check: Callable[[dic
         os.close(fd)  # also releases the lock
 
 
+_REPORTED: set[tuple[str, int]] = set()
+
+
 def read_records(path: str | os.PathLike, schema: str = SCHEMA) -> list[dict[str, Any]]:
-    """Records of `schema` from a .jsonl file or every .jsonl file under a directory."""
+    """Records of `schema` from a .jsonl file or every .jsonl file under a directory. A line that is not a
+    JSON object (a partial line, a stray edit) is skipped and reported once per process, by file and line:
+    one bad line must not cost the others, nor stop every array task of a sweep that reads the file."""
     path = Path(path)
     files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
     records = []
     for file in files:
-        with open(file) as fh:
+        with open(file, encoding="utf-8", errors="replace") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
+                    problem = None if isinstance(record, dict) else "not a JSON object"
                 except json.JSONDecodeError as e:
-                    raise SchemaError(f"{file}:{n}: not JSON ({e.msg})") from None
+                    problem = f"not JSON ({e.msg})"
+                if problem is not None:
+                    if (str(file), n) not in _REPORTED:
+                        _REPORTED.add((str(file), n))
+                        log.warning("%s:%d: skipped, %s", file, n, problem)
+                    continue
                 if record.get("schema") == schema:
                     records.append(record)
     return records

@@ -35,9 +35,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from distbench import checkpoint, results
+from distbench import checkpoint, results, stop
 from distbench.checks import check
-from distbench.config import SECTIONS, ConfigError, flag, from_dict
+from distbench.config import SECTIONS, ConfigError, added_at_default, flag, from_dict
 from distbench.freeze import parse_rule
 from distbench.freeze import slug as freeze_slug
 from distbench.registry import UnknownName
@@ -66,7 +66,8 @@ def _set(tree: dict[str, dict[str, Any]], dotted: str, value: Any) -> None:
 
 def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
     """Stable id from what the run does (config minus where it writes, plus how it is launched)."""
-    what = {**config, "output": {k: v for k, v in config.get("output", {}).items() if k not in ("out", "run_id")}}
+    what = added_at_default(config)
+    what["output"] = {k: v for k, v in what.get("output", {}).items() if k not in ("out", "run_id")}
     digest = hashlib.sha1(json.dumps([what, launch], sort_keys=True).encode()).hexdigest()[:10]
     m, f, d = config.get("model", {}), config.get("freeze", {}), config.get("dist", {})
     parts = [m.get("model", "tiny"), m.get("head", "learned"), f"c{m.get('num_classes', 100)}"]
@@ -226,9 +227,12 @@ def checkpoint_dir(line: dict[str, Any]) -> Path:
 
 def _stopped_since(directory: Path, since: float) -> bool:
     """Whether the run saved a checkpoint on a signal after `since` (a preempted run, not a failed one)."""
-    latest = checkpoint.read_latest(directory)
+    try:
+        latest = checkpoint.read_latest(directory)
+    except checkpoint.CheckpointError:
+        return False
     stamp = (directory / checkpoint.LATEST).stat().st_mtime if latest else 0
-    return latest is not None and latest["reason"].startswith("SIG") and stamp >= since
+    return latest is not None and bool(latest.get("stopped") or latest["reason"].startswith("SIG")) and stamp >= since
 
 
 def run_line(line: dict[str, Any], force: bool = False) -> int:
@@ -247,7 +251,8 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
     print("run", shlex.join(cmd), flush=True)
     before = {r["run_id"] for r in results.read_records(out)} if Path(out).exists() else set()
     started, since = results.now(), time.time() - 1  # file times have coarser steps than time.time()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # Its own session: a Ctrl-C in the terminal reaches torchrun once, passed on from here, not twice.
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     with _passing_signals_to(proc):
         tail: list[str] = []
         for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
@@ -257,7 +262,7 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
     wrote = Path(out).exists() and line["run_id"] in {r["run_id"] for r in results.read_records(out)} - before
     if code != 0 and not wrote and _stopped_since(ckpt, since):
         print(f"stopped {line['run_id']}: checkpoint in {ckpt}; run the line again to resume", flush=True)
-        return checkpoint.EXIT_STOPPED
+        return stop.EXIT_STOPPED
     if code != 0 and not wrote:
         ours = [t for t in tail if t.startswith("run.py: error:")]
         error = (ours or [t for t in tail if t.strip()] or [f"exit status {code}"])[-1]
@@ -269,15 +274,15 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
 
 @contextlib.contextmanager
 def _passing_signals_to(proc: subprocess.Popen):
-    """SIGTERM and SIGUSR1 must not end this process before its run has checkpointed. Inside a Slurm job
-    step, Slurm signals every process of the step, the run's ranks included: here they are only noted.
+    """SIGTERM, SIGINT and SIGUSR1 must not end this process before its run has checkpointed. Inside a Slurm
+    job step, Slurm signals every process of the step, the run's ranks included: here they are only noted.
     Elsewhere (a shell, another launcher) they are passed on to torchrun, which passes them to the ranks."""
 
     def handle(signum, frame):
         if "SLURM_STEP_ID" not in os.environ:
             proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, handle) for s in checkpoint.SIGNALS}
+    previous = {s: signal.signal(s, handle) for s in stop.SIGNALS}
     try:
         yield
     finally:

@@ -14,7 +14,6 @@ import resource
 import socket
 import statistics
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 
 from distbench import results
-from distbench.checkpoint import Checkpoints, LoopState, Stopped, StopRequest
+from distbench.checkpoint import Checkpoints, LoopState
 from distbench.comm import StepTraffic
 from distbench.config import RunConfig
 from distbench.data import Batch, Shard, build_dataset
@@ -42,6 +41,7 @@ from distbench.models import build_model
 from distbench.models.counts import param_counts
 from distbench.optim import autocast, autocast_dtype
 from distbench.results import SCHEMA, environment, new_run_id, now
+from distbench.stop import REQUEST, Stopped, StopRequest, hold
 from distbench.timing import StepTimer, quantile
 
 log = logging.getLogger("distbench")
@@ -86,15 +86,19 @@ def train_steps(
     stop: Callable[[], bool],
     save: Callable[[str], object] | None,
     every: int,
+    request: StopRequest | None = None,
 ) -> None:
     """Warm-up and timed steps from `state.step` on, in runs that end at the warm-up's end, at each
     checkpoint (`save` every `every` steps) and on an agreed stop. Timed steps go into `state`; a resumed
     process's first `engine.settle_steps` are left out of the window: they are cold, and DDP's iteration 0
-    (buckets rebuilt) or ZeRO-3's trace of its parameter fetches."""
+    (buckets rebuilt) or ZeRO-3's trace of its parameter fetches. `request` learns the phase."""
     end = tc.warmup_steps + tc.steps
     settled = state.step + engine.settle_steps if state.step > 0 else 0  # a resumed process's first steady step
     while state.step < end:
         timed = state.step >= tc.warmup_steps
+        if request is not None:
+            request.enter("training" if timed else "warm-up")
+            hold(request.phase, request)
         until = end if timed else tc.warmup_steps
         if every:
             until = min(until, (state.step // every + 1) * every)
@@ -118,39 +122,58 @@ def train_steps(
         if state.step < until:  # the ranks agreed to stop
             return
         if save is not None and every and state.step % every == 0 and state.step < end:
+            if request is not None:
+                request.enter("training" if state.step >= tc.warmup_steps else "warm-up")
             save(f"every {every} steps")
 
 
-def lockstep(batches: Iterator[Batch], input_shape, device: torch.device) -> Iterator[Batch]:
-    """`batches` until every rank has run out, empty batches after this rank's own: for evaluation that
-    runs collectives (a sharded head), where ranks with one batch more than the others would wait."""
+def agreed_batches(
+    batches: Iterator[Batch], vote: StopVote, request: StopRequest, collective: bool, input_shape, device
+) -> Iterator[Batch | None]:
+    """This rank's held-out batches while any rank has one, agreed batch by batch with a stop request: every
+    rank stops at the same batch when any was asked to (`Stopped` is raised by the caller). A rank that has
+    run out yields empty batches where evaluation runs collectives (a sharded head, ZeRO-3: its peers wait
+    for it in them), else None (nothing to compute)."""
     x_empty = torch.empty((0, *input_shape), device=device)
     y_empty = torch.empty(0, dtype=torch.long, device=device)
     while True:
         batch = next(batches, None)
-        if not all_reduce(torch.tensor([batch is not None], dtype=torch.int32, device=device), "max").item():
+        more, stop = vote.agree([batch is not None, request.signal is not None])
+        if stop:
+            raise _EvalStop
+        if not more:
             return
-        yield batch if batch is not None else (x_empty, y_empty)
+        yield batch if batch is not None else ((x_empty, y_empty) if collective else None)
+
+
+class _EvalStop(Exception):
+    pass
 
 
 @torch.no_grad()
-def evaluate(engine: Engine, dataset, amp_dtype) -> dict[str, Any]:
-    """Top-1/top-5 over the held-out set; each rank scores its own share and the counts are summed."""
+def evaluate(engine: Engine, dataset, amp_dtype, vote: StopVote, request: StopRequest) -> dict[str, Any] | None:
+    """Top-1/top-5 over the held-out set; each rank scores its own share and the counts are summed.
+    None: the ranks agreed to stop (a signal) before the end."""
     model, device = engine.module, engine.place.device
     model.eval()
     stats = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, samples, loss sum
-    batches = iter(dataset.eval())
-    if engine.collective_eval:
-        batches = lockstep(batches, model.input_shape, device)
-    for x, y in batches:
-        with autocast(device, amp_dtype):
-            top, losses = engine.eval_batch(x, y, 5)
-        hit = top == y[:, None]
-        stats += torch.tensor(
-            [hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y), losses.float().sum().item()],
-            dtype=torch.float64,
-        )
-    model.train()
+    batches = agreed_batches(iter(dataset.eval()), vote, request, engine.collective_eval, model.input_shape, device)
+    try:
+        for batch in batches:
+            if batch is None:
+                continue
+            x, y = batch
+            with autocast(device, amp_dtype):
+                top, losses = engine.eval_batch(x, y, 5)
+            hit = top == y[:, None]
+            stats += torch.tensor(
+                [hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y), losses.float().sum().item()],
+                dtype=torch.float64,
+            )
+    except _EvalStop:
+        return None
+    finally:
+        model.train()
     oracle = dataset.oracle_hits() if dataset.oracle_hits is not None else 0
     stats = all_reduce(torch.cat([stats, torch.tensor([oracle], dtype=torch.float64)]).to(device)).cpu()
     n = max(stats[2].item(), 1)
@@ -177,10 +200,12 @@ def make_progress(place: Place, total: int):
     return tqdm(total=total, disable=place.rank != 0 or not sys.stderr.isatty(), desc="steps", leave=False)
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
-    """Run the benchmark and return its record (every rank returns it; rank 0 writes it)."""
+def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = None) -> dict[str, Any]:
+    """Run the benchmark and return its record (every rank returns it; rank 0 writes it). A signal raises
+    `Stopped` at the next point where the ranks agree (see distbench.stop); the caller says what it means."""
     started_at = now()
     place = init_distributed(cfg.dist.dist_backend, cfg.dist.pg_timeout_s)
+    hold("process-group", request)
     amp_dtype = autocast_dtype(cfg.train.precision, place.device)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
@@ -195,7 +220,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         tc.seed,
     )
     engine = build_engine(cfg, model, place)
-    total_steps = tc.warmup_steps + tc.steps + tc.nosync_steps
+    total = tc.warmup_steps + tc.steps
     checkpoints = None
     if cfg.output.checkpoint_dir:
         checkpoints = Checkpoints(
@@ -203,16 +228,29 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         )
     state = checkpoints.load(engine) if checkpoints else None
     if state is None:
-        state = LoopState(run_id=cfg.output.run_id or new_run_id(started_at), started_at=started_at)
+        state = LoopState(run_id=run_id or cfg.output.run_id or new_run_id(started_at), started_at=started_at)
     else:
-        log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, tc.warmup_steps + tc.steps)
+        log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, total)
     batches = dataset.train(start=state.step)
-    vote, request = StopVote(cfg.dist.pg_timeout_s), StopRequest()
+    vote = StopVote(cfg.dist.pg_timeout_s)
+    hold("start-up", request)
+    # From here on a signal is acted on where the ranks agree: after a step, a save, an evaluation batch.
+    request.enter("warm-up" if state.step < tc.warmup_steps else "training")
+
+    def stopped(phase: str, checkpoint: Path | None) -> Stopped:
+        return Stopped(request.signal or "a peer's signal", phase, state.step, total, checkpoint, agreed=True)
 
     def save(reason: str) -> Path | None:
-        return checkpoints.save(engine, state, reason) if checkpoints else None
+        if checkpoints is None:
+            return None
+        with request.during("checkpoint save"):
+            saved = checkpoints.save(engine, state, reason)
+        # A signal during a periodic save: stop on this checkpoint rather than after one more step.
+        if reason.startswith("every") and vote.agree([request.signal is not None])[0]:
+            raise stopped("checkpoint save", saved)
+        return saved
 
-    with request.installed(), make_progress(place, total_steps) as progress:
+    with make_progress(place, total + tc.nosync_steps) as progress:
         progress.update(state.step)
         train_steps(
             engine,
@@ -223,27 +261,40 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             lambda: vote(request.signal is not None),
             save,
             cfg.output.checkpoint_every,
+            request,
         )
         vote.close()
-        if state.step < tc.warmup_steps + tc.steps:
-            raise Stopped(
-                request.signal or "a peer's signal", state.step, tc.warmup_steps + tc.steps, save(request.signal)
-            )
-        if checkpoints is not None:
-            save("end")  # a run killed during evaluation resumes here and only evaluates
+        if state.step < total:
+            raise stopped(request.phase, save(request.signal or "a peer's signal"))
+        # A run stopped from here on resumes from this checkpoint and only evaluates.
+        end = save("end")
         timed_ms = state.timed_ms
         logged = state.logged_bytes / state.logged_steps if state.logged_steps else None
         in_sync = replicas_identical(engine.replicated_parameters())
         final_loss = all_reduce(torch.tensor([state.loss], device=place.device)).item() / place.world_size
-        accuracy = evaluate(engine, dataset, amp_dtype)
+        request.enter("evaluation")
+        hold("evaluation", request)
+        accuracy = evaluate(engine, dataset, amp_dtype, vote, request)
+        if accuracy is None:
+            raise stopped("evaluation", end)
         # Last, because steps without sync let the replicas drift apart.
         nosync, nosync_ms = engine.no_sync(), []
         if nosync is not None and tc.nosync_steps:
+            request.enter("no-sync timing")
             with nosync:
-                nosync_ms = run_steps(engine, batches, tc.nosync_steps, progress).times_ms
+                done = run_steps(engine, batches, tc.nosync_steps, progress, lambda: vote(request.signal is not None))
+            vote.close()
+            if len(done.times_ms) < tc.nosync_steps:
+                raise stopped("no-sync timing", end)
+            nosync_ms = done.times_ms
+    # Complete: from here on a signal no longer changes how the run ends.
+    request.enter("record")
     engine.close()
     peak = all_reduce(torch.tensor([peak_memory_bytes(place.device)], device=place.device), "max").item()
     hosts = gather_objects(socket.gethostname())
+    skipped = None
+    if dataset.skipped is not None:
+        skipped = sorted(set().union(*gather_objects(sorted(dataset.skipped()))))
 
     step_ms = {"p50": quantile(timed_ms, 0.5), "p90": quantile(timed_ms, 0.9), "mean": statistics.fmean(timed_ms)}
     exposed = step_ms["p50"] - quantile(nosync_ms, 0.5) if nosync_ms else None
@@ -289,16 +340,25 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             "timed_window": "split" if any(s > tc.warmup_steps for s in state.resumed_from) else "continuous",
         },
         "accuracy": {**accuracy, "final_loss": final_loss},
+        "data": {
+            "skipped_images": None if skipped is None else len(skipped),
+            "skipped_files": (skipped or [])[: results.SKIPPED_SHOWN],
+        },
     }
 
 
-def failed_record(cfg: RunConfig, error: BaseException, started_at: str) -> dict[str, Any]:
-    """A record for a run that raised after it started: the sweep sees why, and moves on."""
-    message = " ".join(f"{type(error).__name__}: {error}".split())  # one line
-    if "timed out" in message.lower() or "timeout" in message.lower():
-        message = f"a peer did not answer within --pg-timeout-s {cfg.dist.pg_timeout_s:g} s (hung or gone): {message}"
-    run_id = cfg.output.run_id or f"failed-{uuid.uuid4().hex[:8]}"
-    return results.failed_record(run_id, cfg.to_dict(), message, started_at)
+def timing_warnings(record: dict[str, Any]) -> list[str]:
+    """Why this record's timings may mean little, where the run can tell."""
+    env, precision = record["env"], record["config"]["train"]["precision"]
+    warnings = []
+    on_cpu = env.get("cuda") is None
+    per_host = env["world_size"] // max(len(env.get("hosts") or [1]), 1)
+    cores = env.get("cpu_cores")
+    if on_cpu and cores and per_host > cores:
+        warnings.append(f"{per_host} ranks share {cores} CPU cores on a host: step times include waiting for a core")
+    if on_cpu and precision == "fp16":
+        warnings.append("fp16 on a CPU is emulated (about 20x slower than fp32 here): its step times say little")
+    return warnings
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -314,7 +374,7 @@ def summary(record: dict[str, Any]) -> str:
         f" p90 {p['step_time_ms']['p90']:.1f} ms; exposed comm {exposed}\n"
         f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f}{oracle} on {a['eval_samples']} held-out"
         f" samples; final loss {a['final_loss']:.4f}"
-    )
+    ) + "".join(f"\n  warning      {w}" for w in timing_warnings(record))
 
 
 def describe(cfg: RunConfig) -> str:

@@ -6,54 +6,56 @@ python launch/run.py --help
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distbench import checks, config, results
+# First, before anything slow: a signal during the imports must already mean "stop and say so".
+from distbench.stop import REQUEST, Stopped
 
-log = logging.getLogger("distbench")
+REQUEST.install()
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+    import os
+
+    from distbench import config
+    from distbench.outcome import Outcome, already_recorded
+
     rank0 = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s")
+    end = Outcome(REQUEST, argv, rank0)
     try:
-        cfg = checks.parse_and_check(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    except config.ConfigError as e:
+        try:
+            cfg = config.parse_args(argv)
+            from distbench import checks  # imports torch
+
+            checks.check(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        except config.ConfigError as e:
+            return config.fail(e, quiet=not rank0)
+        end.set_config(cfg)
+        if cfg.output.dry_run:
+            from distbench import train
+
+            print(train.describe(cfg)) if rank0 else None
+            return 0
+        if (done := already_recorded(cfg)) is not None:
+            print(done) if rank0 else None
+            return 0
+        from distbench import train
+
+        return end.finished(train.run(cfg, REQUEST, end.run_id))
+    except Stopped as e:
+        return end.stopped(e)
+    except config.ConfigError as e:  # found once running: a checkpoint that cannot be resumed from
         return config.fail(e, quiet=not rank0)
-
-    from distbench import train
-    from distbench.checkpoint import EXIT_STOPPED, Stopped
-    from distbench.engines import barrier, close_distributed
-
-    if cfg.output.dry_run:
-        print(train.describe(cfg)) if rank0 else None
-        return 0
-    started_at = results.now()
-    try:
-        record = train.run(cfg)
-    except Stopped as e:  # a signal: every rank stopped at the same step boundary
-        if rank0:
-            log.warning("%s", e)
-            if e.checkpoint is None:
-                results.append(cfg.output.out, train.failed_record(cfg, e, started_at))
-        barrier()  # rank 0's record is written before any rank exits and torchrun ends the others
-        return EXIT_STOPPED
     except Exception as e:  # a run that broke after it started is recorded, not lost
-        log.exception("run failed")
-        if rank0:
-            results.append(cfg.output.out, train.failed_record(cfg, e, started_at))
-        return 1
+        return end.failed(e)
     finally:
-        close_distributed()
-    if rank0:
-        results.append(cfg.output.out, record)
-        log.info("%s\n  record       appended to %s", train.summary(record), cfg.output.out)
-    return 0 if record["status"] == "ok" else 1
+        end.close()
+        REQUEST.settled()  # how this process ends is decided: a signal now must not turn it into a death
 
 
 if __name__ == "__main__":

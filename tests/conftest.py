@@ -65,14 +65,61 @@ def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180, gpu
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
 
 
-def start_torchrun(args: list[str], out: Path, ckpt: Path | None = None) -> subprocess.Popen:
+def start_torchrun(args: list[str], out: Path, ckpt: Path | None = None, hold: str | None = None) -> subprocess.Popen:
     """launch/run.py under a real torchrun with 2 gloo ranks, not waited for: for tests that signal or
     kill the job. Its output goes to one pipe: read it with `finish`, as it comes (a full pipe would stall
-    the job)."""
+    the job). `hold`: DISTBENCH_HOLD for the ranks (distbench.stop.hold: they wait at a named point). Its
+    own session, as a job started from a shell is: a signal to the test's process group never reaches it."""
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out), *args]
     if ckpt is not None:
         cmd += ["--checkpoint-dir", str(ckpt)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    env = _env() | ({"DISTBENCH_HOLD": hold} if hold else {})
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
+
+
+def workers(proc: subprocess.Popen) -> dict[int, int]:
+    """{rank: pid} of the workers torchrun `proc` has started so far."""
+    found = {}
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:  # a short-lived child of torchrun, gone already
+            continue
+        rank = next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            found[rank] = int(child)
+    return found
+
+
+def worker(proc: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker of `rank`."""
+    pid = workers(proc).get(rank)
+    if pid is None:
+        raise LookupError(f"no rank {rank} under torchrun {proc.pid}")
+    return pid
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (/proc's SigCgt mask): for distbench's ranks, that its
+    first lines have run."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(mask >> (signum - 1) & 1)
+
+
+def rank_tracebacks(log: str) -> list[str]:
+    """Traceback lines from distbench's own code in a job's output (torchrun's own are not the ranks')."""
+    ours = ("/distbench/", "launch/run.py")
+    return [line for line in log.splitlines() if line.strip().startswith("File ") and any(o in line for o in ours)]
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:

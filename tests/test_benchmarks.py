@@ -197,6 +197,7 @@ ENV = {
     "hosts": ["ci"],
     "git_sha": "0123456789abcdef",
     "python": "3.11",
+    "cpu_cores": 2,
 }
 
 

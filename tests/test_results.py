@@ -29,6 +29,7 @@ def record(**over):
             "hosts": ["h"],
             "git_sha": None,
             "python": "3.11",
+            "cpu_cores": 2,
         },
         "params": {
             "total": 10,
@@ -61,6 +62,7 @@ def record(**over):
             "timed_window": "continuous",
         },
         "accuracy": {"top1": 0.5, "top5": 0.9, "oracle_top1": None, "eval_samples": 64, "final_loss": 1.0},
+        "data": {"skipped_images": None, "skipped_files": []},
     }
     r.update(over)
     return r
@@ -131,3 +133,29 @@ def test_concurrent_appends_never_interleave(tmp_path):
     assert sorted(r["run_id"] for r in recs) == sorted(f"{t}-{i}" for t in "abc" for i in range(10))
     for r in recs:
         validate(copy.deepcopy(r))
+
+
+def test_a_garbage_line_is_skipped_and_reported_once(tmp_path, caplog):
+    out = tmp_path / "runs.jsonl"
+    append(out, record(run_id="a"))
+    with open(out, "a") as fh:
+        fh.write("this is not json\n[1, 2]\n")
+    append(out, record(run_id="b"))
+    with caplog.at_level("WARNING", logger="distbench.results"):
+        assert [r["run_id"] for r in read_records(out)] == ["a", "b"]
+        assert list(load(out)["run_id"]) == ["a", "b"]
+    reports = [r.getMessage() for r in caplog.records]
+    assert reports == [f"{out}:2: skipped, not JSON (Expecting value)", f"{out}:3: skipped, not a JSON object"]
+
+
+def test_a_partial_last_line_is_ended_before_the_next_record(tmp_path):
+    """A writer killed mid-line by something outside distbench: the next record still gets a line of its own,
+    and only the broken one is lost."""
+    out = tmp_path / "runs.jsonl"
+    append(out, record(run_id="a"))
+    append(out, record(run_id="cut"))
+    whole = out.read_bytes()
+    out.write_bytes(whole[: len(whole) - 200])  # the second record, cut mid-line
+    append(out, record(run_id="c"))
+    assert [r["run_id"] for r in read_records(out)] == ["a", "c"]
+    assert out.read_bytes().endswith(b"\n") and out.read_text().count("\n") == 3

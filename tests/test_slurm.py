@@ -1,6 +1,7 @@
 """A real one-node Slurm cluster runs a real job array of distbench configurations."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -136,7 +137,8 @@ def test_preempt_array_task_checkpoints_requeues_and_resumes(cluster, tmp_path):
     (record,) = read_records(out)
     assert record["status"] == "ok", log[-3000:]
     assert "distbench: USR1 received" in log and "requeueing" in log
-    assert "stopped by SIGUSR1 after step" in log
+    # in training, or in a periodic save (then the run stops on that checkpoint)
+    assert re.search(r"stopped by SIGUSR1 during (training|checkpoint save), after step \d+ of 83", log), log[-3000:]
     resumed = record["perf"]["resumed_from_steps"]
     assert len(resumed) == 1 and 0 < resumed[0] < 83, log[-3000:]
     assert record["comm"]["payload_bytes_per_step"] == record["comm"]["expected_bytes_per_step"]

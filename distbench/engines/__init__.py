@@ -100,6 +100,13 @@ class StopVote:
             self.pending.wait()
             self.pending = None
 
+    def agree(self, flags: list[bool]) -> list[bool]:
+        """For each flag, whether any rank raised it, at once (for untimed work: evaluation, after a save)."""
+        self.close()
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return [bool(v) for v in t.tolist()]
+
 
 def gather_objects(obj) -> list:
     """`obj` from every rank, in rank order (small picklable values: host names, not training traffic)."""

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distbench.checkpoint import atomic_save
+from distbench.checkpoint import atomic_save, load_tensors
 from distbench.comm import CommMeter, tensor_bytes, trainable
 from distbench.engines import ENGINES, Engine, Place
 from distbench.engines.collectives import Collectives
@@ -120,12 +120,12 @@ class DDPEngine(Engine):
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             # PowerSGD's error feedback and warm-start matrices: without them a resumed run differs.
-            "hook": self.hook_state.__getstate__() if self.hook_state is not None else None,
+            "hook": _hook_state(self.hook_state) if self.hook_state is not None else None,
         }
         atomic_save(state, directory / f"engine-rank{self.place.rank}.pt")
 
     def load_checkpoint(self, directory: Path) -> None:
-        state = torch.load(directory / f"engine-rank{self.place.rank}.pt", map_location=self.place.device)
+        state = load_tensors(directory / f"engine-rank{self.place.rank}.pt", self.place.device)
         fixed = {name for name, _ in named_fixed_weights(self.module)}
         missing, unexpected = self.module.load_state_dict(state["model"], strict=False)
         if unexpected or set(missing) - fixed:
@@ -133,7 +133,27 @@ class DDPEngine(Engine):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if state["hook"] is not None:
-            self.hook_state.__setstate__(state["hook"])
+            _set_hook_state(self.hook_state, state["hook"])
 
     def close(self) -> None:
         self.tap.uninstall()
+
+
+def _hook_state(state) -> dict:
+    """PowerSGD's state as tensors and plain values: its numpy RandomState becomes the tensor of its
+    Mersenne-Twister key and plain numbers, so the checkpoint loads without unpickling code."""
+    values = state.__getstate__()
+    kind, key, pos, has_gauss, gauss = values.pop("rng").get_state()
+    values["rng"] = {"kind": kind, "key": torch.from_numpy(key.astype("int64")), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+    return values
+
+
+def _set_hook_state(state, values: dict) -> None:
+    import numpy as np
+
+    values = dict(values)
+    rng = values.pop("rng")
+    generator = np.random.RandomState()
+    generator.set_state((rng["kind"], rng["key"].numpy().astype(np.uint32), rng["pos"], rng["has_gauss"], rng["gauss"]))
+    state.__setstate__({**values, "rng": generator})

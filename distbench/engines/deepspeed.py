@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from distbench.checkpoint import atomic_save
+from distbench.checkpoint import atomic_save, load_tensors
 from distbench.comm import CommMeter, tensor_bytes, trainable
 from distbench.engines import ENGINES, Engine, Place
 from distbench.models.counts import named_fixed_weights
@@ -271,7 +271,7 @@ class DeepSpeedEngine(Engine):
         path, _ = self.engine.load_checkpoint(str(directory), tag="deepspeed")
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
-        buffers = torch.load(directory / f"buffers-rank{self.place.rank}.pt", map_location=self.place.device)
+        buffers = load_tensors(directory / f"buffers-rank{self.place.rank}.pt", self.place.device)
         own = dict(self.module.named_buffers())
         with torch.no_grad():
             for k, v in buffers.items():

@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.checkpoint import atomic_save
+from distbench.checkpoint import atomic_save, load_tensors
 from distbench.comm import CommMeter, trainable
 from distbench.engines import ENGINES, Engine, Place
 from distbench.models.counts import named_fixed_weights
@@ -271,7 +271,7 @@ class FSDPEngine(Engine):
     def load_checkpoint(self, directory: Path) -> None:
         from torch.distributed.tensor import DTensor
 
-        state = torch.load(directory / f"engine-rank{self.place.rank}.pt", map_location=self.place.device)
+        state = load_tensors(directory / f"engine-rank{self.place.rank}.pt", self.place.device)
         own = self.module.state_dict()
         fixed = {name for name, _ in named_fixed_weights(self.module)}
         missing, unexpected = set(own) - set(state["model"]) - fixed, set(state["model"]) - set(own)
