@@ -216,11 +216,12 @@ BENCHES = (
         "fwht",
         "forward+backward of each fixed head alone, N = 2048: dense `fixed` (C x N buffer, `F.linear`), "
         "`fixed-fwht` (fold N, FWHT of size 2048, tile over C), `fixed-orthogonal` (C x N buffer from a float64 "
-        "QR), `fixed-srht` (one FWHT of size 2048 per block of 2048 classes); at C = 100K (batch 256) and 1M "
+        "QR), `fixed-srht` (one FWHT of size 2048 per block of 2048 classes, a chunk of blocks at a time); at C = "
+        "100K (batch 256) and 1M "
         "(batch 64, capped so the dense product stays under 600 GFLOP); buffers, the peak one forward+backward "
         "allocates (CPU: the profiler's memory timeline; CUDA: the allocator's peak), build time. What cannot "
         "fit is skipped with the memory it would need",
-        "dense/fwht >= 10 on CPU",
+        "dense/fwht >= 10 on CPU; dense/srht >= 8 at 100K, >= 12 at 1M, srht's peak <= 2 x fwht's",
         _fwht,
         "forward+backward of the four fixed heads alone, N = 2048, at C = 100K (batch 256) and 1M (batch 64)",
         _fwht_short,

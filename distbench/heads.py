@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.hadamard import fwht, hadamard_block, random_signs
+from distbench.hadamard import fwht, hadamard_block, random_signs, srht
 from distbench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -272,9 +272,10 @@ class SRHTHead(_ScaledHead):
     features would single out class 0 at initialisation.
 
     logits[:, b m + i] = -alpha (H (D_b xhat))[i] + b, so one FWHT of size m per block: O(B (N + C log m))
-    work; the only tensor that grows with C besides the logits and b is D (ceil(C/m) x m signs, a
-    non-persistent buffer rebuilt from the seed). The conventions are HadamardProj's, so only the rows
-    differ from `fixed`.
+    work, done by `distbench.hadamard.srht` a chunk of blocks at a time so that its temporaries stay far below
+    B x C (the logits and their gradient are the only B x C tensors of a forward+backward). The only tensor
+    held that grows with C besides b is D (ceil(C/m) x m signs, a non-persistent buffer rebuilt from the
+    seed). The conventions are HadamardProj's, so only the rows differ from `fixed`.
     """
 
     def __init__(self, in_features: int, num_classes: int, seed: int = 0, **conventions) -> None:
@@ -295,9 +296,8 @@ class SRHTHead(_ScaledHead):
         xhat = self.normalize(x.reshape(-1, n).to(torch.promote_types(x.dtype, torch.float32)))
         # alpha on the B x m input rather than the B x C output: the same logits, one pass fewer.
         u = F.pad((self.sign * self.scale) * xhat, (0, m - n))
-        y = fwht(u.unsqueeze(1) * self.signs.to(u.dtype)).view(len(u), self.signs.numel())  # B x (blocks m)
-        y = y if y.shape[1] == c else y[:, :c]
-        return (y if self.bias is None else y + self.bias).view(*lead, c)
+        # b goes in with the transform, so each logit is written once and b's gradient is summed per chunk.
+        return srht(u, self.signs, self.bias, c).view(*lead, c)
 
 
 @HEADS.register("fixed-fwht")

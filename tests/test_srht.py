@@ -6,14 +6,17 @@ against the head's own dense_weight()."""
 
 import copy
 import math
+import sys
 import time
+import types
 
 import pytest
 import torch
 from torch.func import functional_call
 
+from distbench import hadamard
 from distbench.comm import trainable
-from distbench.hadamard import hadamard_block
+from distbench.hadamard import hadamard_block, random_signs, srht
 from distbench.heads import SRHTHead, build_head
 from distbench.models.counts import fixed_weights, param_counts
 
@@ -262,3 +265,191 @@ def test_srht_head_float32_and_bf16_inputs(n, c):
 @pytest.mark.parametrize("shape", [(0, 12), (2, 0, 12)])
 def test_empty_batch(shape):
     assert build_head("fixed-srht", 12, 37)(torch.zeros(shape)).shape == (*shape[:-1], 37)
+
+
+# ------------------------------------------------------------- the chunked transform (distbench.hadamard.srht)
+def full_weight(signs: torch.Tensor) -> torch.Tensor:
+    """The (blocks m) x m matrix of rows H D_b, float64: srht(u, signs) == u @ full_weight(signs).T."""
+    blocks, m = signs.shape
+    return srht_rows(signs, m, torch.arange(blocks * m))
+
+
+@pytest.mark.parametrize("chunk_blocks", [None, 1, 2, 3, 5])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("m,c", [(8, 3), (8, 8), (8, 19), (8, 24), (8, 40), (1, 4), (16, 163)])
+def test_srht_matches_dense_in_any_chunking(m, c, bias, chunk_blocks):
+    """C < m, C = m, a partial last block, whole blocks; chunks of 1, 2, 3 and 5 blocks put the last chunk's
+    end on and off the last block, and past it (5 > blocks for the small C)."""
+    gen = torch.Generator().manual_seed(m * c)
+    signs = random_signs(-(-c // m), m, seed=c)
+    u = torch.randn(5, m, dtype=torch.float64, generator=gen)
+    b = torch.randn(c, dtype=torch.float64, generator=gen) if bias else None
+    g = torch.randn(5, c, dtype=torch.float64, generator=gen)
+    w = full_weight(signs)[:c]
+
+    leaves = [u.clone().requires_grad_(True), *([b.clone().requires_grad_(True)] if bias else [])]
+    out = srht(leaves[0], signs, leaves[1] if bias else None, c, chunk_blocks)
+    out.backward(g)
+    ref_leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    expected = ref_leaves[0] @ w.T + (ref_leaves[1] if bias else 0)
+    expected.backward(g)
+
+    assert out.shape == (5, c) and out.is_contiguous()
+    torch.testing.assert_close(out.detach(), expected.detach())
+    for mine, ref in zip(leaves, ref_leaves, strict=True):
+        torch.testing.assert_close(mine.grad, ref.grad)
+
+
+def test_srht_head_across_chunk_boundaries(monkeypatch):
+    """The head with chunks of two blocks (a float64 row of one block: 16 x 8 bytes), the last chunk one
+    partial block: forward and backward as the dense C x N matrix, leading dims kept."""
+    n, c = 12, 163  # m = 16: ten whole blocks and three classes of an eleventh
+    monkeypatch.setitem(hadamard.CHUNK_BYTES, "cpu", 2 * 6 * 16 * 8)
+    head = build_head("fixed-srht", n, c, seed=2).double()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        head.bias.copy_(torch.randn(c, dtype=torch.float64, generator=gen))
+    x = torch.randn(2, 3, n, dtype=torch.float64, generator=gen)
+    g = torch.randn(2, 3, c, dtype=torch.float64, generator=gen)
+    xh, xd = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = head(xh)
+    out.backward(g)
+    scale, b = (head.scale.detach().clone().requires_grad_(True), head.bias.detach().clone().requires_grad_(True))
+    expected = dense_logits(xd, srht_weight(head), scale, b)
+    expected.backward(g)
+    torch.testing.assert_close(out.detach(), expected.detach())
+    torch.testing.assert_close(xh.grad, xd.grad)
+    torch.testing.assert_close(head.scale.grad, scale.grad)
+    torch.testing.assert_close(head.bias.grad, b.grad)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n,c", [(12, 163), (100, 5), (64, 128)])
+def test_srht_head_with_a_fixed_scale_matches_dense(n, c, bias):
+    head = build_head("fixed-srht", n, c, bias=bias, fixed_scale=2.5, seed=1).double()
+    assert "scale" not in dict(head.named_parameters())
+    x = torch.randn(4, n, dtype=torch.float64, generator=torch.Generator().manual_seed(c))
+    g = torch.randn(4, c, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    xh, xd = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = head(xh)
+    out.backward(g)
+    b = head.bias.detach().clone().requires_grad_(True) if bias else None
+    expected = dense_logits(xd, srht_weight(head), torch.tensor([2.5], dtype=torch.float64), b)
+    expected.backward(g)
+    torch.testing.assert_close(out.detach(), expected.detach())
+    torch.testing.assert_close(xh.grad, xd.grad)
+    if bias:
+        torch.testing.assert_close(head.bias.grad, b.grad)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_srht_gradcheck_across_chunks(bias):
+    """Three blocks of 8, the last partial, in chunks of two: first and second derivatives in u and b."""
+    gen = torch.Generator().manual_seed(5)
+    signs = random_signs(3, 8, seed=4)
+    u = torch.randn(3, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(19, dtype=torch.float64, generator=gen, requires_grad=True)
+    inputs = (u, b) if bias else (u,)
+
+    def f(u, b=None):
+        return srht(u, signs, b, 19, chunk_blocks=2)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_srht_keeps_nothing_class_sized_for_backward():
+    """Backward recomputes the transform from the logits' gradient: what the forward saves is the signs and
+    the B x m input's own graph, not a B x C product or transform stage."""
+    b, n, c = 4, 64, 20_000
+    head = build_head("fixed-srht", n, c)
+    saved = []
+    x = torch.randn(b, n, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = head(x)
+    assert out.shape == (b, c)
+    assert max(saved) <= head.signs.numel() < b * c, saved
+    out.backward(torch.randn(b, c))
+    assert x.grad.shape == (b, n) and head.bias.grad.shape == (c,)
+
+
+def test_srht_rejects_inconsistent_shapes():
+    signs = random_signs(3, 8, seed=0)
+    for u, c, chunk in [
+        (torch.zeros(2, 7), 20, None),  # u is not m wide
+        (torch.zeros(2, 2, 8), 20, None),  # not a matrix
+        (torch.zeros(2, 8), 16, None),  # C fits in two blocks
+        (torch.zeros(2, 8), 25, None),  # C needs four
+        (torch.zeros(2, 8), 20, 0),
+    ]:
+        with pytest.raises(ValueError, match="srht"):
+            srht(u, signs, None, c, chunk)
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch):
+    """A `fast_hadamard_transform` module whose kernel counts its calls; the kernel lookup is forgotten before
+    and after, so no other test sees it."""
+    calls = []
+    module = types.ModuleType("fast_hadamard_transform")
+
+    def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return x @ hadamard_block(x.shape[-1], x.shape[-1], x.dtype).to(x.device) * scale
+
+    module.hadamard_transform = hadamard_transform
+    monkeypatch.setitem(sys.modules, "fast_hadamard_transform", module)
+    hadamard._load_kernel.cache_clear()
+    yield hadamard_transform, calls
+    hadamard._load_kernel.cache_clear()
+
+
+def test_the_cpu_takes_the_radix_stages_even_with_the_kernel_installed(fake_kernel):
+    kernel, calls = fake_kernel
+    assert hadamard._load_kernel() is kernel  # installed and importable
+    x = torch.randn(4, 2048)
+    assert hadamard.hadamard_kernel(x) is None and hadamard.hadamard_kernel(x.double()) is None
+    head = build_head("fixed-srht", 100, 1000)
+    xr = torch.randn(3, 100, requires_grad=True)
+    head(xr).backward(torch.randn(3, 1000))
+    assert calls == [] and xr.grad is not None
+
+
+def test_without_the_package_no_kernel_is_chosen(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fast_hadamard_transform", None)  # import raises ImportError
+    hadamard._load_kernel.cache_clear()
+    try:
+        assert hadamard._load_kernel() is None
+    finally:
+        hadamard._load_kernel.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n,c", [(2048, 100_000), (100, 1000), (12, 163), (5, 3)])
+def test_srht_head_on_cuda_uses_the_kernel_and_matches_dense(n, c):
+    pytest.importorskip("fast_hadamard_transform", reason="the gpu extra (fast-hadamard-transform) is not installed")
+    hadamard._load_kernel.cache_clear()
+    head = build_head("fixed-srht", n, c, seed=3)
+    with torch.no_grad():
+        head.scale.fill_(0.7)
+    x = torch.randn(8, n, generator=torch.Generator().manual_seed(c))
+    g = torch.randn(8, c, generator=torch.Generator().manual_seed(n))
+    ref = copy.deepcopy(head).double()
+    xd = x.double().requires_grad_(True)
+    expected = ref(xd)
+    expected.backward(g.double())
+
+    cuda = head.cuda()
+    assert hadamard.hadamard_kernel(torch.zeros(1, cuda.block, device="cuda")) is not None
+    assert hadamard.hadamard_kernel(torch.zeros(1, cuda.block, device="cuda", dtype=torch.float64)) is None
+    xc = x.cuda().requires_grad_(True)
+    out = cuda(xc)
+    out.backward(g.cuda())
+    torch.testing.assert_close(out.double().cpu(), expected.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xc.grad.double().cpu(), xd.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cuda.scale.grad.double().cpu(), ref.scale.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cuda.bias.grad.double().cpu(), ref.bias.grad, rtol=1e-4, atol=1e-5)
+    # float64 takes the radix stages on CUDA, against the same reference
+    out64 = copy.deepcopy(ref).cuda()(x.double().cuda())
+    torch.testing.assert_close(out64.cpu(), expected.detach())
