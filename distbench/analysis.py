@@ -22,6 +22,7 @@ VARIANT_COLUMNS = (
     "config.model.head",
     "config.model.head_bias",
     "config.model.head_scale",
+    "config.model.head_scale_init",
     "config.model.head_rows",
     "config.model.param",
     "config.freeze.freeze",
@@ -42,8 +43,12 @@ def variant(row: pd.Series) -> str:
     """A short label: 'fixed head, fraction:0.1 (mask)'."""
     parts = [f"{row.get('config.model.head', 'learned')} head"]
     scale = row.get("config.model.head_scale")
-    if scale is not None and not pd.isna(scale):
+    if isinstance(scale, str):
+        parts[0] += f" (alpha fixed at the {scale})"  # "rule": the cosine-softmax scale
+    elif scale is not None and not pd.isna(scale):
         parts[0] += f" (alpha fixed at {scale:g})"
+    if row.get("config.model.head_scale_init", "authors") == "rule":
+        parts[0] += " (alpha from the rule)"
     if row.get("config.model.head_rows", "authors") != "authors":
         parts[0] += f" ({row['config.model.head_rows']} rows)"
     freeze = row.get("config.freeze.freeze", "none")

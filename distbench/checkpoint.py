@@ -72,6 +72,7 @@ class LoopState:
     logged_steps: int = 0
     loss: float = float("nan")  # this rank's last training loss
     resumed_from: list[int] = field(default_factory=list)  # the step of each resume, in order
+    curve: list[dict[str, Any]] = field(default_factory=list)  # the learning curve's points so far
 
 
 # -------------------------------------------------------------------------------------------------- files

@@ -90,7 +90,7 @@ def check_structure(cfg: RunConfig) -> torch.nn.Module:
     """Freeze rules and parameterisations that do not fit the model fail here: the backbone is built on the
     meta device and the rule applied to it."""
     from distbench.freeze import FreezeSettings, apply_freeze
-    from distbench.models import build_backbone
+    from distbench.models import build_backbone, takes_width, widths_taken
     from distbench.params import apply_param
 
     settings = FreezeSettings.from_config(cfg.freeze)
@@ -104,8 +104,10 @@ def check_structure(cfg: RunConfig) -> torch.nn.Module:
         raise ConfigError(
             "freeze.freeze_dim", "--backend fsdp masks whole filters only (--freeze-dim out); use --freeze-mode split"
         )
+    if cfg.model.width is not None and not takes_width(cfg.model.model):
+        raise ConfigError("model.width", f"applies only to: {', '.join(widths_taken())}")
     with torch.device("meta"):
-        backbone = build_backbone(cfg.model.model, cfg.model.image_size)
+        backbone = build_backbone(cfg.model.model, cfg.model.image_size, cfg.model.width)
         apply_param(cfg.model.param, backbone)
         apply_freeze(backbone, settings)
     return backbone

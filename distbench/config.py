@@ -85,10 +85,24 @@ class ModelConfig:
         "fixed-fwht, fixed-orthogonal, fixed-srht",
     )
     head_bias: bool = opt(True, "learn a bias in the head (--no-head-bias drops it)")
-    head_scale: float | None = opt(
-        None, "fixed heads: hold alpha at this value (the authors' fixed_scale); default: learned"
+    head_scale: float | str | None = opt(
+        None,
+        "fixed heads: hold alpha at this value (the authors' fixed_scale), or at `rule` (the cosine-softmax scale "
+        "sqrt(2) ln(C - 1) over the head's row norm); default: learned",
+        parse="scale",
+    )
+    head_scale_init: str = opt(
+        "authors",
+        "fixed heads: where a learned alpha starts: authors (their code's start) or rule (the cosine-softmax "
+        "scale sqrt(2) ln(C - 1) over the head's row norm)",
+        added=True,
     )
     head_rows: str = opt("authors", "fixed-orthogonal rows: authors (as nn.init.orthogonal leaves them) or unit")
+    width: int | None = opt(
+        None,
+        "feature width N of the tiny CNNs (tiny, tiny-wide; their hidden stages scale with it); default 256",
+        added=True,
+    )
     image_size: int | None = opt(None, "input height = width; default: the model's own (32 or 224)")
     param: str = opt(
         "none",
@@ -108,10 +122,28 @@ class ModelConfig:
             "applies only to the fixed heads",
         )
         _check(
-            self.head_scale is None or (math.isfinite(self.head_scale) and self.head_scale != 0),
+            self.head_scale is None
+            or self.head_scale == "rule"
+            or (math.isfinite(self.head_scale) and self.head_scale != 0),
             "model.head_scale",
-            f"must be a finite non-zero number, got {self.head_scale}",
+            f"must be a finite non-zero number or rule, got {self.head_scale}",
         )
+        _check(
+            self.head_scale_init in ("authors", "rule"),
+            "model.head_scale_init",
+            f"unknown value {self.head_scale_init!r}; choose from: authors, rule",
+        )
+        _check(
+            self.head_scale_init == "authors" or self.head.startswith("fixed"),
+            "model.head_scale_init",
+            "applies only to the fixed heads",
+        )
+        _check(
+            self.head_scale_init == "authors" or self.head_scale is None,
+            "model.head_scale_init",
+            "a held alpha (--head-scale) does not start anywhere: give one of the two",
+        )
+        _check(self.width is None or self.width >= 8, "model.width", f"must be >= 8, got {self.width}")
         _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2, got {self.num_classes}")
         _check(
             self.image_size is None or self.image_size >= 8, "model.image_size", f"must be >= 8, got {self.image_size}"
@@ -179,6 +211,11 @@ class TrainConfig:
     steps: int = opt(200, "timed training steps (after warm-up)")
     warmup_steps: int = opt(10, "untimed steps first; covers DDP's bucket rebuild after iteration 0")
     nosync_steps: int = opt(20, "steps timed again with gradient sync off, for exposed communication (0: skip)")
+    eval_every: float = opt(
+        0.0,
+        "also evaluate every this many samples per class seen, for the record's learning curve (0: at the end only)",
+        added=True,
+    )
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
     seed: int = opt(0, "seed for weights, fixed heads and data")
 
@@ -202,6 +239,11 @@ class TrainConfig:
             f"must be >= 1 (iteration 0 is never timed: DDP rebuilds its buckets after it), got {self.warmup_steps}",
         )
         _check(self.nosync_steps >= 0, "train.nosync_steps", f"must be >= 0, got {self.nosync_steps}")
+        _check(
+            math.isfinite(self.eval_every) and self.eval_every >= 0,
+            "train.eval_every",
+            f"must be >= 0, got {self.eval_every}",
+        )
 
 
 @dataclass(frozen=True)
@@ -313,6 +355,33 @@ def _fields():
             yield section, f, hints[f.name]
 
 
+def _scale(value: Any) -> float | str:
+    """A fixed alpha: a number, or `rule`."""
+    if value == "rule":
+        return "rule"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be a number or rule, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"must be a number or rule, got {value!r}") from None
+
+
+PARSERS = {"scale": _scale}  # fields whose values are not of one plain type (their metadata's `parse`)
+
+
+def _flag_type(parse):
+    """`parse` for argparse: its ValueError as argparse's one-line error."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -333,7 +402,8 @@ def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
             p.add_argument(flag(f.name), dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, help=help_)
             continue
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-        p.add_argument(flag(f.name), dest=f"{section}.{f.name}", type=base, help=help_, metavar=f.name.upper())
+        kind = _flag_type(PARSERS[f.metadata["parse"]]) if "parse" in f.metadata else base
+        p.add_argument(flag(f.name), dest=f"{section}.{f.name}", type=kind, help=help_, metavar=f.name.upper())
     return p
 
 
@@ -362,7 +432,15 @@ def from_dict(values: dict[str, dict[str, Any]]) -> RunConfig:
     for section, cls in SECTIONS.items():
         table = dict(values.get(section, {}))
         hints = typing.get_type_hints(cls)
+        parsers = {f.name: PARSERS[f.metadata["parse"]] for f in dataclasses.fields(cls) if "parse" in f.metadata}
         for key, value in table.items():
+            if key in parsers:
+                if value is not None:
+                    try:
+                        table[key] = parsers[key](value)
+                    except ValueError as e:
+                        raise ConfigError(f"{section}.{key}", str(e)) from None
+                continue
             hint = hints.get(key)
             base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
             if base is float and isinstance(value, int) and not isinstance(value, bool):

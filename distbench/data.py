@@ -9,6 +9,7 @@ held-out batches, already on the training device.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -196,6 +197,7 @@ def synthetic(
         for z, labels in eval_codes():
             yield task.render(z), labels
 
+    @functools.cache  # the same held-out samples at every evaluation of a learning curve
     def oracle_hits() -> int:
         pairs = list(eval_codes())  # the very samples evaluate() yields
         if not pairs:

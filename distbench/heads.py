@@ -120,10 +120,34 @@ class FixedHead(_ScaledHead):
         return logits if self.bias is None else logits + self.bias
 
 
-def hadamard_proj(num_classes: int, bias: bool, fixed_scale: float | None) -> dict:
+Scale = float | str | None  # a held alpha: a number, "rule", or None (learned)
+
+
+def cosine_scale(num_classes: int) -> float:
+    """The logit scale s a cosine-softmax classifier needs at C classes: the fixed scale of AdaCos (Zhang et
+    al., CVPR 2019, "fixed AdaCos"), s = sqrt(2) ln(C - 1), which keeps the true class's probability from
+    saturating low while the cosines are still near 0. It grows with C: 6.5 at 100 classes, 13.0 at 10K,
+    16.3 at 100K (for C = 2, where ln 1 = 0, C - 1 is taken as 2). CosFace's bound (Wang et al. 2018,
+    s >= (C-1)/C ln((C-1) P / (1-P))) grows the same way."""
+    return math.sqrt(2) * math.log(max(num_classes - 1, 2))
+
+
+def with_scale(conventions: dict, num_classes: int, row_norm: float, fixed_scale: Scale, scale_init: str) -> dict:
+    """`conventions` with alpha resolved. A logit is alpha x |row| x cos, so `rule` means alpha = s / |row|
+    (s = cosine_scale(C), |row| the RMS norm of the head's rows): `fixed_scale` "rule" holds alpha there,
+    `scale_init` "rule" starts a learned alpha there; otherwise the head's own conventions stand."""
+    rule = cosine_scale(num_classes) / row_norm
+    return {
+        **conventions,
+        "fixed_scale": rule if fixed_scale == "rule" else fixed_scale,
+        "scale_init": rule if scale_init == "rule" else conventions["scale_init"],
+    }
+
+
+def hadamard_proj(num_classes: int, bias: bool) -> dict:
     """The conventions of the authors' HadamardProj."""
     init = 1.0 / math.sqrt(num_classes)
-    return {"bias": bias, "scale_init": init, "bias_bound": init, "fixed_scale": fixed_scale, "sign": -1.0, "eps": 1e-8}
+    return {"bias": bias, "scale_init": init, "bias_bound": init, "sign": -1.0, "eps": 1e-8}
 
 
 @HEADS.register("learned")
@@ -152,12 +176,14 @@ def fixed_hadamard(
     num_classes: int,
     bias: bool = True,
     dtype: torch.dtype = torch.float32,
-    fixed_scale: float | None = None,
+    fixed_scale: Scale = None,
+    scale_init: str = "authors",
     **_: object,
 ) -> nn.Module:
     warn_shared_rows("fixed", in_features, num_classes)
     weight = hadamard_block(num_classes, in_features, dtype)
-    return FixedHead(weight, **hadamard_proj(num_classes, bias, fixed_scale))
+    rows = math.sqrt(in_features)  # every row is N entries of +-1
+    return FixedHead(weight, **with_scale(hadamard_proj(num_classes, bias), num_classes, rows, fixed_scale, scale_init))
 
 
 @HEADS.register("fixed-orthogonal")
@@ -167,8 +193,9 @@ def fixed_orthogonal(
     bias: bool = True,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-    fixed_scale: float | None = None,
+    fixed_scale: Scale = None,
     row_norm: str = "authors",
+    scale_init: str = "authors",
     **_: object,
 ) -> nn.Module:
     """Proj's conventions. row_norm 'unit' rescales every row to length 1: for C > N Proj's rows have
@@ -179,8 +206,9 @@ def fixed_orthogonal(
     weight = orthogonal_block(num_classes, in_features, seed, torch.float64)
     if row_norm == "unit":
         weight = F.normalize(weight, dim=1)
-    conventions = {"scale_init": 10.0, "bias_bound": 0.0, "fixed_scale": fixed_scale, "sign": 1.0, "eps": 0.0}
-    return FixedHead(weight.to(dtype), bias=bias, **conventions)
+    conventions = {"scale_init": 10.0, "bias_bound": 0.0, "sign": 1.0, "eps": 0.0}
+    rows = weight.square().sum(1).mean().sqrt().item()  # RMS row norm: 1 for unit rows, sqrt(min(N, C) / C) else
+    return FixedHead(weight.to(dtype), bias=bias, **with_scale(conventions, num_classes, rows, fixed_scale, scale_init))
 
 
 # ------------------------------------------------------------------------------------- transform heads
@@ -301,9 +329,18 @@ class SRHTHead(_ScaledHead):
 
 
 @HEADS.register("fixed-fwht")
-def fixed_fwht(in_features: int, num_classes: int, bias: bool = True, fixed_scale: float | None = None, **_: object):
+def fixed_fwht(
+    in_features: int,
+    num_classes: int,
+    bias: bool = True,
+    fixed_scale: Scale = None,
+    scale_init: str = "authors",
+    **_: object,
+) -> nn.Module:
     warn_shared_rows("fixed-fwht", in_features, num_classes)  # the same logits as `fixed`, the same cap
-    return FWHTHead(in_features, num_classes, **hadamard_proj(num_classes, bias, fixed_scale))
+    conventions = with_scale(hadamard_proj(num_classes, bias), num_classes, math.sqrt(in_features), fixed_scale,
+                             scale_init)  # fmt: skip
+    return FWHTHead(in_features, num_classes, **conventions)
 
 
 @HEADS.register("fixed-srht")
@@ -312,10 +349,14 @@ def fixed_srht(
     num_classes: int,
     bias: bool = True,
     seed: int = 0,
-    fixed_scale: float | None = None,
+    fixed_scale: Scale = None,
+    scale_init: str = "authors",
     **_: object,
 ) -> nn.Module:
-    return SRHTHead(in_features, num_classes, seed=seed, **hadamard_proj(num_classes, bias, fixed_scale))
+    # A row is the first N entries of a row of H D_b, each +-1: its norm is sqrt(N), padding or not.
+    conventions = with_scale(hadamard_proj(num_classes, bias), num_classes, math.sqrt(in_features), fixed_scale,
+                             scale_init)  # fmt: skip
+    return SRHTHead(in_features, num_classes, seed=seed, **conventions)
 
 
 @HEADS.register("sharded")
@@ -333,11 +374,20 @@ def build_head(
     bias: bool = True,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-    fixed_scale: float | None = None,
+    fixed_scale: Scale = None,
     row_norm: str = "authors",
+    scale_init: str = "authors",
 ) -> nn.Module:
-    """`fixed_scale` fixes alpha of the fixed heads (the authors' fixed_scale); `row_norm` applies to
+    """`fixed_scale` holds alpha of the fixed heads (the authors' fixed_scale; "rule": the cosine-softmax
+    scale), `scale_init` sets where a learned one starts ("authors" or "rule"); `row_norm` applies to
     fixed-orthogonal only."""
     return HEADS.get(name)(
-        in_features, num_classes, bias=bias, dtype=dtype, seed=seed, fixed_scale=fixed_scale, row_norm=row_norm
+        in_features,
+        num_classes,
+        bias=bias,
+        dtype=dtype,
+        seed=seed,
+        fixed_scale=fixed_scale,
+        row_norm=row_norm,
+        scale_init=scale_init,
     )

@@ -60,6 +60,7 @@ SPEC: dict[str, Any] = {
         "head_total": int,
         "head_trainable": int,
         "conv_learned_fraction": Number,
+        "head_in_features": int,  # N: the features the head maps to C logits
     },
     "comm": {
         "payload_bytes_per_step": Number,
@@ -89,6 +90,9 @@ SPEC: dict[str, Any] = {
         "oracle_top1": (int, float, type(None)),  # Bayes-optimal top-1 on the same samples; null: real data
         "eval_samples": int,
         "final_loss": (int, float, type(None)),
+        # the learning curve, one point per evaluation (--eval-every), the final one last: each
+        # {step, samples_per_class, top1, top5, eval_loss}
+        "curve": list,
     },
     "data": {
         "skipped_images": (int, type(None)),  # unreadable files skipped (--skip-bad-images); null: not skipping
@@ -100,7 +104,16 @@ NULLABLE_IN_FAILED = ("env", "params", "comm", "perf", "accuracy", "data")
 # Fields added to distbench.run/1 after records were first written: a record from before may lack them
 # (readers fill them as analysis.with_config_defaults does); every record written now has them.
 ADDED = frozenset(
-    {"env.hosts", "perf.untimed_steps", "perf.resumed_from_steps", "perf.timed_window", "data", "env.cpu_cores"}
+    {
+        "env.hosts",
+        "perf.untimed_steps",
+        "perf.resumed_from_steps",
+        "perf.timed_window",
+        "data",
+        "env.cpu_cores",
+        "params.head_in_features",
+        "accuracy.curve",
+    }
 )
 
 

@@ -87,11 +87,14 @@ def train_steps(
     save: Callable[[str], object] | None,
     every: int,
     request: StopRequest | None = None,
+    eval_steps: int = 0,
+    curve_point: Callable[[], None] | None = None,
 ) -> None:
     """Warm-up and timed steps from `state.step` on, in runs that end at the warm-up's end, at each
     checkpoint (`save` every `every` steps) and on an agreed stop. Timed steps go into `state`; a resumed
     process's first `engine.settle_steps` are left out of the window: they are cold, and DDP's iteration 0
-    (buckets rebuilt) or ZeRO-3's trace of its parameter fetches. `request` learns the phase."""
+    (buckets rebuilt) or ZeRO-3's trace of its parameter fetches. `request` learns the phase. Every
+    `eval_steps` steps, `curve_point()` evaluates (between timed runs of steps, so outside their times)."""
     end = tc.warmup_steps + tc.steps
     settled = state.step + engine.settle_steps if state.step > 0 else 0  # a resumed process's first steady step
     while state.step < end:
@@ -100,8 +103,9 @@ def train_steps(
             request.enter("training" if timed else "warm-up")
             hold(request.phase, request)
         until = end if timed else tc.warmup_steps
-        if every:
-            until = min(until, (state.step // every + 1) * every)
+        for period in (every, eval_steps):
+            if period:
+                until = min(until, (state.step // period + 1) * period)
         if timed and state.step == tc.warmup_steps and engine.place.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(engine.place.device)
         logged = [engine.logged_bytes()]
@@ -121,6 +125,8 @@ def train_steps(
         state.loss = done.loss.float().item()
         if state.step < until:  # the ranks agreed to stop
             return
+        if curve_point is not None and eval_steps and state.step % eval_steps == 0 and state.step < end:
+            curve_point()  # before a save at the same step, so that the checkpoint holds the point
         if save is not None and every and state.step % every == 0 and state.step < end:
             if request is not None:
                 request.enter("training" if state.step >= tc.warmup_steps else "warm-up")
@@ -250,6 +256,21 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             raise stopped("checkpoint save", saved)
         return saved
 
+    seen_per_step = tc.batch_size * place.world_size / cfg.model.num_classes  # samples per class, each step
+
+    def curve_point() -> None:
+        """Evaluate now, into the learning curve; a stop agreed during it stops the run on a checkpoint."""
+        with request.during("evaluation"):
+            accuracy = evaluate(engine, dataset, amp_dtype, vote, request)
+        if accuracy is None:
+            raise stopped("evaluation", save(request.signal or "a peer's signal"))
+        state.curve.append(
+            {"step": state.step, "samples_per_class": state.step * seen_per_step}
+            | {k: accuracy[k] for k in ("top1", "top5", "eval_loss")}
+        )
+
+    # --eval-every K samples per class: a step shows every class B x W / C times on average.
+    eval_steps = max(1, round(tc.eval_every / seen_per_step)) if tc.eval_every else 0
     with make_progress(place, total + tc.nosync_steps) as progress:
         progress.update(state.step)
         train_steps(
@@ -262,6 +283,8 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             save,
             cfg.output.checkpoint_every,
             request,
+            eval_steps,
+            curve_point,
         )
         vote.close()
         if state.step < total:
@@ -339,7 +362,15 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             # split: the window's steps ran in more than one process (resumed inside it)
             "timed_window": "split" if any(s > tc.warmup_steps for s in state.resumed_from) else "continuous",
         },
-        "accuracy": {**accuracy, "final_loss": final_loss},
+        "accuracy": {
+            **accuracy,
+            "final_loss": final_loss,
+            "curve": [
+                *state.curve,
+                {"step": total, "samples_per_class": total * seen_per_step}
+                | {k: accuracy[k] for k in ("top1", "top5", "eval_loss")},
+            ],
+        },
         "data": {
             "skipped_images": None if skipped is None else len(skipped),
             "skipped_files": (skipped or [])[: results.SKIPPED_SHOWN],

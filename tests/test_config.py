@@ -123,3 +123,44 @@ def test_name_checks_are_one_explicit_step():
     with pytest.raises(ConfigError) as e:
         check(cfg)
     assert e.value.field == "model.head"
+
+
+def test_head_scale_takes_a_number_or_rule_from_flags_and_toml(tmp_path):
+    from distbench.config import from_dict
+
+    assert parse_args(["--head", "fixed-srht", "--head-scale", "rule"]).model.head_scale == "rule"
+    assert parse_args(["--head", "fixed-srht", "--head-scale", "2.5"]).model.head_scale == 2.5
+    assert from_dict({"model": {"head": "fixed", "head_scale": 3}}).model.head_scale == 3.0
+    assert from_dict({"model": {"head": "fixed", "head_scale": "rule"}}).model.head_scale == "rule"
+    with pytest.raises(ConfigError, match="must be a number or rule, got 'huge'") as e:
+        from_dict({"model": {"head": "fixed", "head_scale": "huge"}})
+    assert e.value.field == "model.head_scale"
+    with pytest.raises(SystemExit):
+        parse_args(["--head", "fixed", "--head-scale", "huge"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--head-scale-init", "rule"], "applies only to the fixed heads"),
+        (["--head", "fixed", "--head-scale-init", "tiny"], "choose from: authors, rule"),
+        (["--head", "fixed", "--head-scale-init", "rule", "--head-scale", "2"], "does not start anywhere"),
+    ],
+)
+def test_head_scale_init_is_checked(args, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_args(args)
+    assert e.value.field == "model.head_scale_init"
+
+
+def test_added_fields_at_their_default_keep_sweep_ids():
+    """A line's id hashes its config; options added later, left at their default, must not rename it."""
+    from distbench.config import RunConfig, added_at_default
+
+    config = RunConfig().to_dict()
+    trimmed = added_at_default(config)
+    assert "skip_bad_images" not in trimmed["data"] and "width" not in trimmed["model"]
+    assert "eval_every" not in trimmed["train"] and "head_scale_init" not in trimmed["model"]
+    assert trimmed["model"]["head"] == "learned"  # a field that was always there stays
+    changed = RunConfig(model=type(RunConfig().model)(width=64)).to_dict()
+    assert added_at_default(changed)["model"]["width"] == 64

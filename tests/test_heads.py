@@ -6,7 +6,7 @@ import torch
 
 from distbench.comm import trainable
 from distbench.hadamard import hadamard_block
-from distbench.heads import HEADS, build_head, orthogonal_block
+from distbench.heads import HEADS, build_head, cosine_scale, orthogonal_block
 from distbench.models.counts import param_counts
 from distbench.registry import UnknownName
 
@@ -107,6 +107,37 @@ def test_fixed_scale_is_held_not_learned(name):
     x = torch.rand(3, 32)
     head(x).sum().backward()
     assert head.scale.grad is None
+
+
+def test_cosine_scale_is_adacos_fixed_scale():
+    """s = sqrt(2) ln(C - 1) (Zhang et al. 2019): 13.0 at 10K classes, as the issue computes it."""
+    assert cosine_scale(10_001) == pytest.approx(math.sqrt(2) * math.log(10_000)) == pytest.approx(13.0, abs=0.03)
+    assert cosine_scale(100_000) == pytest.approx(16.28, abs=0.01)
+    assert cosine_scale(2) == pytest.approx(math.sqrt(2) * math.log(2))  # ln 1 = 0 would be no scale at all
+
+
+def dense_rows(head) -> torch.Tensor:
+    """The C x N matrix whose rows a fixed head's logits are alpha x (row . xhat) of."""
+    if hasattr(head, "dense_weight"):
+        return head.dense_weight().float()
+    if hasattr(head, "weight"):
+        return head.weight.float()
+    return hadamard_block(head.num_classes, head.in_features)  # fixed-fwht: the fixed head's block
+
+
+@pytest.mark.parametrize("name", ["fixed", "fixed-fwht", "fixed-srht", "fixed-orthogonal"])
+@pytest.mark.parametrize("c,n", [(40, 64), (5000, 48)])
+def test_rule_scale_makes_a_typical_row_give_the_cosine_softmax_scale(name, c, n):
+    """alpha x |row| = s: held (`fixed_scale="rule"`, a buffer) or as a learned alpha's start."""
+    rows = dense_rows(build_head(name, n, c)).norm(dim=1).square().mean().sqrt().item()
+    held = build_head(name, n, c, fixed_scale="rule")
+    start = build_head(name, n, c, scale_init="rule")
+    assert held.scale.item() * rows == pytest.approx(cosine_scale(c), rel=1e-5)
+    assert [p for p, _ in held.named_parameters()] == ["bias"]
+    assert isinstance(start.scale, torch.nn.Parameter)
+    assert start.scale.item() == pytest.approx(held.scale.item(), rel=1e-6)
+    authors = build_head(name, n, c)
+    assert authors.scale.item() == pytest.approx(10.0 if name == "fixed-orthogonal" else 1 / math.sqrt(c))
 
 
 @pytest.mark.parametrize("c,n", [(10, 64), (64, 64), (300, 64)])

@@ -31,3 +31,27 @@ def test_torchvision_classifier_is_removed():
 def test_unknown_model_lists_families_and_torchvision():
     with pytest.raises(UnknownName, match=r"unknown model 'resnet19'.*wrn-<depth>-<width>.*resnet18"):
         check_model_name("resnet19")
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-wide"])
+@pytest.mark.parametrize("width", [8, 32, 128, 256])
+def test_tiny_cnns_take_their_feature_width(name, width):
+    backbone = build_backbone(name, width=width)
+    assert backbone.num_features == width
+    assert backbone(torch.zeros(2, 3, 16, 16)).shape == (2, width)
+
+
+def test_tiny_wide_is_a_wider_body_at_the_same_width():
+    narrow, wide = build_backbone("tiny", width=128), build_backbone("tiny-wide", width=128)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert wide.num_features == narrow.num_features and count(wide) > 2 * count(narrow)
+    assert build_backbone("tiny").num_features == 256  # the default N, as before
+
+
+def test_width_is_refused_where_the_model_has_none():
+    from distbench.checks import parse_and_check
+    from distbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="applies only to: tiny, tiny-wide") as e:
+        parse_and_check(["--model", "resnet18", "--width", "64"])
+    assert e.value.field == "model.width"

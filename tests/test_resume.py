@@ -27,8 +27,10 @@ from distbench.results import validate
 from distbench.stop import EXIT_STOPPED, StopRequest
 from distbench.timing import StepTimer
 
-# Long enough (about 3 s of steps) that a signal sent after the first checkpoint lands mid-run.
-JOB = flags(steps=120, warmup_steps=3, nosync_steps=2, batch_size=8, eval_samples=64, checkpoint_every=4)
+# Long enough (about 3 s of steps) that a signal sent after the first checkpoint lands mid-run. A learning
+# curve point every 4 samples per class (every 25 steps: 2 ranks x 8 samples over 100 classes a step), so
+# the curve too must survive the resume.
+JOB = flags(steps=120, warmup_steps=3, nosync_steps=2, batch_size=8, eval_samples=64, checkpoint_every=4, eval_every=4)
 
 
 def model_state(ckpt: Path, rank: int) -> dict[str, torch.Tensor]:
@@ -43,6 +45,10 @@ def reference(tmp_path_factory):
     code, log = finish(start_torchrun(JOB, tmp / "runs.jsonl", tmp / "ckpt"))
     assert code == 0, log[-3000:]
     (record,) = _records(tmp / "runs.jsonl")
+    curve = record["accuracy"]["curve"]
+    assert [p["step"] for p in curve] == [25, 50, 75, 100, 123]  # the final evaluation last
+    assert [p["samples_per_class"] for p in curve] == pytest.approx([4.0, 8.0, 12.0, 16.0, 19.68])
+    assert curve[-1]["top1"] == record["accuracy"]["top1"]
     return record, tmp / "ckpt"
 
 

@@ -104,18 +104,18 @@ def test_dry_run_prints_counts_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_dry_run_at_a_million_classes_is_quick_with_the_srht_head(tmp_path):
+@pytest.mark.parametrize("scale", [[], ["--head-scale", "rule"]], ids=["learned-alpha", "alpha-at-the-rule"])
+def test_dry_run_at_a_million_classes_is_quick_with_the_srht_head(tmp_path, scale):
     """No C x N matrix: ResNet-50 with 1M classes and fixed-srht counts in seconds."""
     import time
 
     t = time.perf_counter()
-    r = python_run(
-        ["--dry-run", "--model", "resnet50", "--num-classes", "1000000", "--head", "fixed-srht"], tmp_path / "r.jsonl"
-    )
+    args = ["--dry-run", "--model", "resnet50", "--num-classes", "1000000", "--head", "fixed-srht", *scale]
+    r = python_run(args, tmp_path / "r.jsonl")
     assert r.returncode == 0, r.stderr[-2000:]
     assert time.perf_counter() - t < 60  # seconds on this CPU; a dense 1M x 2048 head would need 8 GB first
-    # The backbone's 23,508,032 parameters, alpha and the 1M biases are all that is sent.
-    assert f"{4 * (23_508_032 + 1 + 1_000_000):,}" in r.stdout
+    # The backbone's 23,508,032 parameters, alpha (unless held) and the 1M biases are all that is sent.
+    assert f"{4 * (23_508_032 + (0 if scale else 1) + 1_000_000):,}" in r.stdout
 
 
 @pytest.mark.parametrize("flag", ["--out", "--checkpoint-dir"])

@@ -6,6 +6,7 @@ groups: wrapping for data parallelism lives in `distbench.engines`.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+def widths_taken() -> list[str]:
+    return [name for name in BACKBONES.names() if takes_width(name)]
+
+
 def model_names() -> list[str]:
     from distbench.models import torchvision_models
 
@@ -79,10 +84,17 @@ def check_model_name(name: str) -> None:
         raise UnknownName(BACKBONES.miss_message(name, model_names()))
 
 
-def build_backbone(name: str, image_size: int | None = None) -> nn.Module:
+def takes_width(name: str) -> bool:
+    """Whether backbone `name` takes a feature width N (`--width`): its builder has a `width` argument."""
+    return name in BACKBONES and "width" in inspect.signature(BACKBONES.get(name)).parameters
+
+
+def build_backbone(name: str, image_size: int | None = None, width: int | None = None) -> nn.Module:
     check_model_name(name)
+    if width is not None and not takes_width(name):
+        raise ValueError(f"{name} has no width to set; --width applies to: {', '.join(widths_taken())}")
     if name in BACKBONES:
-        backbone = BACKBONES.get(name)()
+        backbone = BACKBONES.get(name)(**({"width": width} if width is not None else {}))
     elif found := _family(name):
         family, match = found
         backbone = family.build(match)
@@ -106,7 +118,7 @@ def build_model(cfg, freeze=None, seed: int = 0, head_dtype: torch.dtype = torch
     from distbench.heads import build_head
     from distbench.params import apply_param
 
-    backbone = build_backbone(cfg.model, cfg.image_size)
+    backbone = build_backbone(cfg.model, cfg.image_size, cfg.width)
     apply_param(cfg.param, backbone)
     if freeze is not None:
         apply_freeze(backbone, FreezeSettings.from_config(freeze))
@@ -119,5 +131,6 @@ def build_model(cfg, freeze=None, seed: int = 0, head_dtype: torch.dtype = torch
         seed=seed,
         fixed_scale=cfg.head_scale,
         row_norm=cfg.head_rows,
+        scale_init=cfg.head_scale_init,
     )
     return Classifier(backbone, head)

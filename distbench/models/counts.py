@@ -43,4 +43,6 @@ def param_counts(model: nn.Module) -> dict[str, int]:
         "head_total": head_total,
         "head_trainable": head_learned,
         "conv_learned_fraction": conv_learned_fraction(model),
+        # N, the features the head maps to C logits (0: a model without a head)
+        "head_in_features": getattr(getattr(model, "backbone", None), "num_features", 0),
     }

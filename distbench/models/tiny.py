@@ -1,4 +1,8 @@
-"""A tiny CNN for fast CPU runs and CI: four conv-BN-ReLU stages on 32x32 inputs, N = 256."""
+"""Tiny CNNs for fast CPU runs, CI and the large-class study: four conv-BN-ReLU stages on 32x32 inputs.
+
+`tiny` has stages N/8, N/4, N/2, N (N = 256 by default: 32, 64, 128, 256); `tiny-wide` the same N with its
+three hidden stages twice as wide (N/4, N/2, N), about 2.5 times the parameters: the two let a study vary
+the feature width N and the body's capacity separately (`--width N`)."""
 
 from __future__ import annotations
 
@@ -32,6 +36,16 @@ class TinyCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+def stage_widths(width: int, hidden: int) -> tuple[int, ...]:
+    """Stages ending at N = `width`, the hidden three at `hidden` x (N/8, N/4, N/2), at least 4 channels."""
+    return (*(max(4, hidden * width >> k) for k in (3, 2, 1)), width)
+
+
 @BACKBONES.register("tiny")
-def tiny() -> nn.Module:
-    return TinyCNN()
+def tiny(width: int = 256) -> nn.Module:
+    return TinyCNN(stage_widths(width, 1))
+
+
+@BACKBONES.register("tiny-wide")
+def tiny_wide(width: int = 256) -> nn.Module:
+    return TinyCNN(stage_widths(width, 2))
