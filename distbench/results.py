@@ -182,6 +182,21 @@ def bounded(text: str, limit: int = ERROR_CHARS) -> str:
     return f"{text[:half]} ... {text[-half:]}"
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def portable(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` as a record keeps it: the output paths relative to the repository when they lie inside it, so
+    committed records do not carry the path of the machine they ran on."""
+    output = dict(config.get("output", {}))
+    for key in ("out", "checkpoint_dir"):
+        if output.get(key):
+            path = Path(output[key]).resolve()
+            if path.is_relative_to(REPOSITORY):
+                output[key] = str(path.relative_to(REPOSITORY))
+    return {**config, "output": output}
+
+
 def failed_record(run_id: str, config: dict[str, Any], error: str, started_at: str) -> dict[str, Any]:
     """The record of a run that ended without results (it raised, or never started): the sections only a
     finished run can fill are null, and `error` says why, in one line of at most ERROR_CHARS characters
@@ -193,7 +208,7 @@ def failed_record(run_id: str, config: dict[str, Any], error: str, started_at: s
         "error": bounded(" ".join(error.split())),
         "started_at": started_at,
         "finished_at": now(),
-        "config": config,
+        "config": portable(config),
         **dict.fromkeys(NULLABLE_IN_FAILED),
     }
 

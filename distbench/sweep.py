@@ -118,7 +118,15 @@ def expand(grid_path: str | os.PathLike, results: str | None = None) -> tuple[li
         output = tree.setdefault("output", {})
         output["out"] = str(Path(results or output.get("out", out_default)).resolve())
         try:
+            # Every line checkpoints (run_line gives it a directory), so --checkpoint-every is valid here
+            # without one: checked against where the line's checkpoints will go, then left to run_line.
+            own = "checkpoint_dir" in output
+            if not own and output.get("checkpoint_every"):
+                output["checkpoint_dir"] = str(Path(output["out"]).parent / "checkpoints")
             config = check(from_dict(tree)).to_dict()
+            if not own:
+                output.pop("checkpoint_dir", None)
+                config["output"]["checkpoint_dir"] = None
         except (ConfigError, UnknownName) as e:
             warnings.append(f"line {len(lines)}: {e}")
             config = _defaults_overlaid(tree)

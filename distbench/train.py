@@ -346,7 +346,7 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
         "error": error,
         "started_at": state.started_at,
         "finished_at": now(),
-        "config": cfg.to_dict(),
+        "config": results.portable(cfg.to_dict()),
         "env": environment(place.device, place.world_size, place.backend, hosts),
         "params": params,
         "comm": comm,

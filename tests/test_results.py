@@ -38,6 +38,7 @@ def record(**over):
             "head_total": 5,
             "head_trainable": 1,
             "conv_learned_fraction": 0.5,
+            "head_in_features": 4,
         },
         "comm": {
             "payload_bytes_per_step": 16,
@@ -61,7 +62,14 @@ def record(**over):
             "resumed_from_steps": [],
             "timed_window": "continuous",
         },
-        "accuracy": {"top1": 0.5, "top5": 0.9, "oracle_top1": None, "eval_samples": 64, "final_loss": 1.0},
+        "accuracy": {
+            "top1": 0.5,
+            "top5": 0.9,
+            "oracle_top1": None,
+            "eval_samples": 64,
+            "final_loss": 1.0,
+            "curve": [{"step": 6, "samples_per_class": 0.5, "top1": 0.5, "top5": 0.9, "eval_loss": 1.1}],
+        },
         "data": {"skipped_images": None, "skipped_files": []},
     }
     r.update(over)
