@@ -280,6 +280,20 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
     return code
 
 
+def run_all(lines: list[dict[str, Any]]) -> int:
+    """Every line in turn, as `run_line` runs one: lines with an ok record are skipped and stopped ones resume
+    from their checkpoints, so the same command after an interruption goes on where it stopped. A line stopped
+    by a signal ends the walk (EXIT_STOPPED); a failed line is recorded and the walk goes on."""
+    failed = 0
+    for line in lines:
+        code = run_line(line)
+        if code == stop.EXIT_STOPPED:
+            return code
+        failed += code != 0
+    print(f"run-all: {len(lines)} lines, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
 @contextlib.contextmanager
 def _passing_signals_to(proc: subprocess.Popen):
     """SIGTERM, SIGINT and SIGUSR1 must not end this process before its run has checkpointed. Inside a Slurm

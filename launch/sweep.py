@@ -3,6 +3,7 @@
 python launch/sweep.py expand launch/sweeps/heads.toml -o sweeps/heads.jsonl
 python launch/sweep.py list sweeps/heads.jsonl
 python launch/sweep.py run sweeps/heads.jsonl --index 3      # what one array task does
+python launch/sweep.py run-all sweeps/heads.jsonl            # every line in turn, on this machine
 python launch/sweep.py submit sweeps/heads.jsonl --parallel 8 [--dry-run] [-- SBATCH ARGS...]
 """
 
@@ -30,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("sweep")
     r.add_argument("--index", type=int, required=True)
     r.add_argument("--force", action="store_true", help="run even if an ok record exists")
+    a = sub.add_parser(
+        "run-all",
+        help="run every line in turn on this machine (done lines skipped, stopped ones resumed); stops at the "
+        "first line stopped by a signal (exit 75: run it again to go on)",
+    )
+    a.add_argument("sweep")
     s = sub.add_parser("submit", help="submit the sweep as one Slurm job array")
     s.add_argument("sweep")
     s.add_argument("--parallel", type=int, help="at most this many array tasks at once (%%P)")
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
             return sweep.run_line(lines[args.index], force=args.force)
+        elif args.cmd == "run-all":
+            return sweep.run_all(sweep.read_sweep(args.sweep))
         else:
             print(sweep.submit(args.sweep, args.parallel, sbatch_args, args.dry_run, args.logs))
     except sweep.SweepError as err:
