@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "launch" / "run.py"
+MANY_RUNS = ROOT / "tests" / "helpers" / "many_runs.py"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
@@ -63,6 +64,20 @@ def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180, gpu
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(RUN), "--out", str(out), *args]
     p = run_cmd(cmd, timeout, gpu)
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
+
+
+def torchrun_many(configs: list[list[str]], out: Path, timeout: int = 600) -> list[dict]:
+    """One 2-rank torchrun job that runs every config in `configs` (argv lists) in turn through train.run, as
+    launch/run.py would, and returns their records in order: for tests that check many configurations'
+    bytes, without a new job's imports and rendezvous for each (tests/helpers/many_runs.py)."""
+    listing = out.with_suffix(".configs.json")
+    listing.write_text(json.dumps(configs))
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(MANY_RUNS), str(out), str(listing)]
+    p = run_cmd(cmd, timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    records = _records(out)
+    assert len(records) == len(configs), p.stderr[-3000:]
+    return records
 
 
 def start_torchrun(args: list[str], out: Path, ckpt: Path | None = None, hold: str | None = None) -> subprocess.Popen:

@@ -134,14 +134,21 @@ def unfinished(finished: Path, into: Path) -> Path:
     return ckpt
 
 
-def refused(ckpt: Path, tmp_path: Path) -> str:
-    """Resume from `ckpt`: the one line it is refused with (exit 2, nothing written, the checkpoint kept)."""
+def refused(ckpt: Path, tmp_path: Path, process: bool = False) -> str:
+    """Resume from `ckpt`: the one line it is refused with, by the up-front checks (in this process), or by
+    launch/run.py (`process`: exit 2, nothing written); either way the checkpoint is left as it was."""
     before = {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
     out = tmp_path / "runs.jsonl"
-    r = python_run([*flags(**SHORT), "--checkpoint-dir", str(ckpt)], out, timeout=180)
-    assert r.returncode == 2 and not out.exists(), r.stderr[-3000:]
+    args = [*flags(**SHORT), "--checkpoint-dir", str(ckpt)]
+    if process:
+        r = python_run(args, out, timeout=180)
+        assert r.returncode == 2 and not out.exists(), r.stderr[-3000:]
+        (line,) = r.stderr.strip().splitlines() or [""]
+    else:
+        with pytest.raises(ConfigError) as e:
+            parse_and_check([*args, "--out", str(out)])
+        line = f"run.py: error: {e.value}"
     assert {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == before  # nothing deleted or changed
-    (line,) = r.stderr.strip().splitlines() or [""]
     return line
 
 
@@ -160,7 +167,7 @@ def test_checkpoint_a_loop_file_that_would_run_code_is_refused(tmp_path, finishe
     marker = tmp_path / "unpickled-code-ran"
     loop = ckpt / read_latest(ckpt)["dir"] / "loop-rank0.pt"
     loop.write_bytes(pickle.dumps({"state": _Marker(marker), "rng": None}))
-    line = refused(ckpt, tmp_path)
+    line = refused(ckpt, tmp_path, process=True)
     assert line.startswith(f"run.py: error: --checkpoint-dir (output.checkpoint_dir): {loop}: ")
     assert "refused" in line
     assert not marker.exists()

@@ -1,12 +1,12 @@
 """2-rank gloo runs of the freeze rules on ResNet-18 (and of the parameterisations on a WRN): the bytes on the
 wire are exactly the learned tensors' bytes, computed here from a fresh torchvision model (the plain WRN) and
-not from distbench's freeze or params code."""
+not from distbench's freeze or params code. All of them run in one torchrun job (conftest.torchrun_many)."""
 
 import math
 
 import pytest
 import torchvision
-from conftest import SHORT, flags, torchrun
+from conftest import SHORT, flags, torchrun_many
 from torch import nn
 
 from distbench.results import validate
@@ -37,24 +37,35 @@ def learned_elements(spec: str, dim: str = "out") -> int:
     raise ValueError(spec)
 
 
-@pytest.mark.parametrize(
-    "spec,mode,dim",
-    [
-        ("fraction:0.1", "split", "out"),
-        ("filters:5", "split", "out"),
-        ("bn", "split", "out"),
-        ("blocks:layer4", "split", "out"),
-        ("fraction:0.1", "mask", "out"),
-        ("fraction:0.1", "split", "in"),
-        ("fraction:0.1", "mask", "in"),
-        ("fraction:0.1", "split", "kh"),
-        ("filters:2", "split", "kw"),
-    ],
-)
-def test_payload_is_exactly_the_learned_tensors(tmp_path, spec, mode, dim):
-    r = torchrun([*COMMON, "--freeze", spec, "--freeze-mode", mode, "--freeze-dim", dim], tmp_path / "runs.jsonl")
-    assert r.returncode == 0, r.stderr[-3000:]
-    rec = r.records[0]
+RULES = [
+    ("fraction:0.1", "split", "out"),
+    ("filters:5", "split", "out"),
+    ("bn", "split", "out"),
+    ("blocks:layer4", "split", "out"),
+    ("fraction:0.1", "mask", "out"),
+    ("fraction:0.1", "split", "in"),
+    ("fraction:0.1", "mask", "in"),
+    ("fraction:0.1", "split", "kh"),
+    ("filters:2", "split", "kw"),
+]
+WRN = "wrn-10-1"  # 3x3 convs, square (in == out) and not, and 1x1 shortcuts
+PARAMS = ["channel-triangular", "spatial-triangular", "channel-average", "spatial-average", "spatial-channel-average"]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> dict:
+    """Every rule's and parameterisation's record, from one job."""
+    rules = [[*COMMON, "--freeze", spec, "--freeze-mode", mode, "--freeze-dim", dim] for spec, mode, dim in RULES]
+    wrn = flags(model=WRN, num_classes=C, image_size=16, **SHORT)  # bytes do not depend on image size
+    params = [[*wrn, "--param", param] for param in PARAMS]
+    out = tmp_path_factory.mktemp("freeze") / "runs.jsonl"
+    found = torchrun_many([*rules, *params], out)
+    return dict(zip([*RULES, *PARAMS], found, strict=True))
+
+
+@pytest.mark.parametrize("spec,mode,dim", RULES)
+def test_payload_is_exactly_the_learned_tensors(records, spec, mode, dim):
+    rec = records[spec, mode, dim]
     validate(rec)
     payload = rec["comm"]["payload_bytes_per_step"]
     assert payload == rec["comm"]["expected_bytes_per_step"]
@@ -64,9 +75,6 @@ def test_payload_is_exactly_the_learned_tensors(tmp_path, spec, mode, dim):
         assert payload == 4 * learned_elements(spec, dim) == 4 * rec["params"]["trainable"]
     if spec == "fraction:0.1" and dim in ("out", "in"):
         assert 0.1 <= rec["params"]["conv_learned_fraction"] < 0.11  # the same in both modes
-
-
-WRN = "wrn-10-1"  # 3x3 convs, square (in == out) and not, and 1x1 shortcuts
 
 
 def symmetric_savings(param: str) -> int:
@@ -85,15 +93,9 @@ def symmetric_savings(param: str) -> int:
     return 0  # the averaged ones learn (and send) every element
 
 
-@pytest.mark.parametrize(
-    "param",
-    ["channel-triangular", "spatial-triangular", "channel-average", "spatial-average", "spatial-channel-average"],
-)
-def test_parameterised_payload_drops_by_the_analytic_amount(tmp_path, param):
-    common = flags(model=WRN, num_classes=C, image_size=16, **SHORT)  # bytes do not depend on image size
-    r = torchrun([*common, "--param", param], tmp_path / "runs.jsonl")
-    assert r.returncode == 0, r.stderr[-3000:]
-    rec = r.records[0]
+@pytest.mark.parametrize("param", PARAMS)
+def test_parameterised_payload_drops_by_the_analytic_amount(records, param):
+    rec = records[param]
     validate(rec)
     from distbench.models import build_backbone
 

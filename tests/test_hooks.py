@@ -1,7 +1,7 @@
 """Compression peers: torch's own DDP comm hooks, counted by the bytes their collectives really carry."""
 
 import pytest
-from conftest import SHORT, flags, torchrun
+from conftest import SHORT, flags, torchrun_many
 
 from distbench.checks import parse_and_check
 from distbench.config import ConfigError
@@ -10,25 +10,29 @@ from distbench.results import validate
 SMALL = flags(steps=3, warmup_steps=3, nosync_steps=0, batch_size=8, eval_samples=16)
 
 
-@pytest.fixture(scope="module")
-def plain_payload(tmp_path_factory):
-    r = torchrun(SMALL, tmp_path_factory.mktemp("plain") / "runs.jsonl")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.records[0]["comm"]["payload_bytes_per_step"]
-
-
-@pytest.mark.parametrize(
-    "hook,args,ratio",
-    [
-        ("fp16", [], 0.5),
-        ("bf16", [], 0.5),
-        ("powersgd", ["--powersgd-rank", "2"], None),
-    ],
+HOOKS = [("fp16", [], 0.5), ("bf16", [], 0.5), ("powersgd", ["--powersgd-rank", "2"], None)]
+RESNET_POWERSGD = flags(
+    model="resnet18",
+    num_classes=1000,
+    image_size=32,
+    head="fixed",
+    comm_hook="powersgd",
+    powersgd_rank=4,
+    **SHORT | {"warmup_steps": 2},
 )
-def test_measured_equals_expected_for_each_hook(tmp_path, plain_payload, hook, args, ratio):
-    r = torchrun([*SMALL, "--comm-hook", hook, *args], tmp_path / "runs.jsonl")
-    assert r.returncode == 0, r.stderr[-3000:]
-    rec = r.records[0]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> dict:
+    """The plain all-reduce, each hook, and PowerSGD on ResNet-18, from one job."""
+    configs = [SMALL, *([*SMALL, "--comm-hook", hook, *args] for hook, args, _ in HOOKS), RESNET_POWERSGD]
+    found = torchrun_many(configs, tmp_path_factory.mktemp("hooks") / "runs.jsonl")
+    return dict(zip(["allreduce", *(h for h, _, _ in HOOKS), "resnet-powersgd"], found, strict=True))
+
+
+@pytest.mark.parametrize("hook,args,ratio", HOOKS)
+def test_measured_equals_expected_for_each_hook(records, hook, args, ratio):
+    rec, plain_payload = records[hook], records["allreduce"]["comm"]["payload_bytes_per_step"]
     validate(rec)
     c = rec["comm"]
     assert rec["status"] == "ok" and c["hook"] == hook
@@ -39,19 +43,8 @@ def test_measured_equals_expected_for_each_hook(tmp_path, plain_payload, hook, a
         assert c["payload_bytes_per_step"] < plain_payload / 20
 
 
-def test_powersgd_on_resnet18_with_a_fixed_head(tmp_path):
-    args = flags(
-        model="resnet18",
-        num_classes=1000,
-        image_size=32,
-        head="fixed",
-        comm_hook="powersgd",
-        powersgd_rank=4,
-        **SHORT | {"warmup_steps": 2},
-    )
-    r = torchrun(args, tmp_path / "runs.jsonl")
-    assert r.returncode == 0, r.stderr[-3000:]
-    c = r.records[0]["comm"]
+def test_powersgd_on_resnet18_with_a_fixed_head(records):
+    c = records["resnet-powersgd"]["comm"]
     assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"]
     # 45 MB of gradients would make two 25 MiB buckets; PowerSGD on gloo gets one (see DDPEngine)
     assert c["buckets_per_step"] == 1 and c["bucket_cap_mb"] > 25

@@ -52,19 +52,31 @@ def test_plan_saving_grows_with_scale_and_the_sharded_head_pays_in_activations()
         assert 0 <= r["exposed_ms"] <= r["collective_ms"] and r["step_ms"] >= r["compute_ms"]
 
 
-def test_plan_json_and_bad_input():
-    r = run_plan("--model", "tiny", "--num-classes", "1000", "--gpus", "8", "--json")
-    assert r.returncode == 0
-    assert {row["head"] for row in json.loads(r.stdout)} == {"learned head", "fixed head"}
+def plan_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`python -m distbench.plan ARGS` in this process: (exit status, stdout, stderr)."""
+    from distbench.plan import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_json_and_bad_input(capsys):
+    code, out, _ = plan_main(capsys, "--model", "tiny", "--num-classes", "1000", "--gpus", "8", "--json")
+    assert code == 0
+    assert {row["head"] for row in json.loads(out)} == {"learned head", "fixed head"}
     for args, flag in (
         (["--heads", "lerned"], "--heads"),
         (["--cluster", "nope"], "--cluster"),
         (["--model", "x"], "--model"),
         (["--freeze", "fraction:2"], "--freeze"),
     ):
-        r = run_plan(*args)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and f"error: {flag}:" in lines[0], r.stderr
+        code, _, err = plan_main(capsys, *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and f"error: {flag}:" in lines[0], err
 
 
 # ------------------------------------------------------------------------------------------- from records
@@ -99,10 +111,10 @@ def test_plan_records_on_a_cluster_keep_the_measured_compute():
     assert pairs and all(base and by[k]["bytes_per_step"] < base["bytes_per_step"] for k, base in pairs)
 
 
-def test_plan_cli_from_records_and_its_bad_input(tmp_path):
-    r = run_plan("--records", str(RECORDS), "--gpus", "8,64")
-    assert r.returncode == 0, r.stderr
-    assert "Measured:" in r.stdout and "| model |" in r.stdout
+def test_plan_cli_from_records_and_its_bad_input(tmp_path, capsys):
+    code, out, err = plan_main(capsys, "--records", str(RECORDS), "--gpus", "8,64")
+    assert code == 0, err
+    assert "Measured:" in out and "| model |" in out
     empty = tmp_path / "none.jsonl"
     empty.write_text("")
     for args, flag in (
@@ -112,9 +124,9 @@ def test_plan_cli_from_records_and_its_bad_input(tmp_path):
         (["--cluster", "measured"], "--device"),
         (["--gpus", "0"], "--gpus"),
     ):
-        r = run_plan(*args)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and flag in lines[0], (args, r.stderr)
+        code, _, err = plan_main(capsys, *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and flag in lines[0], (args, err)
 
 
 def test_plan_freeze_rules_cut_the_bytes_of_every_head():

@@ -3,17 +3,33 @@
 from pathlib import Path
 
 import pytest
-from conftest import FAST, python_run, torchrun
+from conftest import FAST, python_run, torchrun, torchrun_many
 
+from distbench.checks import parse_and_check
+from distbench.config import ConfigError
 from distbench.results import validate
 
+HEADS = ["learned", "fixed", "fixed-orthogonal"]
 
-@pytest.mark.parametrize("head", ["learned", "fixed", "fixed-orthogonal"])
-def test_two_rank_run_writes_a_valid_record_with_exact_bytes(tmp_path, head):
-    r = torchrun([*FAST, "--head", head], tmp_path / "runs.jsonl")
+
+@pytest.fixture(scope="module")
+def head_records(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("heads") / "runs.jsonl"
+    return dict(zip(HEADS, torchrun_many([[*FAST, "--head", head] for head in HEADS], out), strict=True))
+
+
+def test_a_run_through_launch_run_py_writes_one_record(tmp_path):
+    """The whole entry point under a real torchrun: rank 0 alone writes, once."""
+    r = torchrun([*FAST, "--head", "fixed"], tmp_path / "runs.jsonl")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert len(r.records) == 1  # rank 0 alone writes
-    rec = r.records[0]
+    (rec,) = r.records
+    validate(rec)
+    assert rec["status"] == "ok" and rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_two_rank_run_writes_a_valid_record_with_exact_bytes(head_records, head):
+    rec = head_records[head]
     validate(rec)
     assert rec["status"] == "ok" and rec["env"]["world_size"] == 2 and rec["env"]["backend"] == "gloo"
     assert rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
@@ -57,6 +73,18 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,flag", BAD)
+def test_bad_input_names_its_flag(args, flag, capsys):
+    if "many" in args:  # not an int at all: argparse's own one line and exit 2
+        with pytest.raises(SystemExit) as stop:
+            parse_and_check(args)
+        assert stop.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+        return
+    with pytest.raises(ConfigError) as e:
+        parse_and_check(args)
+    assert str(e.value).startswith(f"{flag} ")
+
+
+@pytest.mark.parametrize("args,flag", [BAD[0], BAD[11]])  # a value's own check, and one against the model
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, flag):
     out = tmp_path / "runs.jsonl"
     out.write_text(KEPT)
@@ -118,18 +146,30 @@ def test_dry_run_at_a_million_classes_is_quick_with_the_srht_head(tmp_path, scal
     assert f"{4 * (23_508_032 + (0 if scale else 1) + 1_000_000):,}" in r.stdout
 
 
-@pytest.mark.parametrize("flag", ["--out", "--checkpoint-dir"])
-@pytest.mark.parametrize("where", ["under_a_file", "read_only_fs"])
-def test_unwritable_output_fails_before_starting(tmp_path, flag, where):
-    """An --out or --checkpoint-dir that cannot be written stops the run before it trains (it used to
-    train to the end and lose its result): one line naming the flag, exit 2. Tried, not inferred from
-    permission bits, which root passes."""
+def unwritable(tmp_path: Path, flag: str, where: str) -> tuple[Path, list[str]]:
     (tmp_path / "a_file").write_text("not a directory")
     bad = {"under_a_file": tmp_path / "a_file" / "sub", "read_only_fs": Path("/proc/distbench-test")}[where]
     target = bad / "runs.jsonl" if flag == "--out" else bad
+    return target, [flag, str(target)]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--checkpoint-dir"])
+@pytest.mark.parametrize("where", ["under_a_file", "read_only_fs"])
+def test_unwritable_output_is_found_by_the_checks(tmp_path, flag, where):
+    """Tried, not inferred from permission bits, which root passes."""
+    _, args = unwritable(tmp_path, flag, where)
+    with pytest.raises(ConfigError, match="cannot write") as e:
+        parse_and_check(args)
+    assert e.value.flag == flag
+
+
+def test_unwritable_output_fails_before_starting(tmp_path):
+    """An --out that cannot be written stops the run before it trains (it used to train to the end and lose
+    its result): one line naming the flag, exit 2."""
+    flag = "--out"
+    target, _ = unwritable(tmp_path, flag, "under_a_file")
     out = tmp_path / "runs.jsonl"
-    args = [flag, str(target)] if flag == "--checkpoint-dir" else []
-    r = python_run(args, target if flag == "--out" else out)
+    r = python_run([], target)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"run.py: error: {flag} ") and "cannot write" in lines[0], r.stderr
