@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from distbench import checks, results, train  # noqa: E402
-from distbench.engines import close_distributed  # noqa: E402
-from distbench.stop import StopRequest  # noqa: E402
+from distbench import checks, results, train
+from distbench.engines import close_distributed
+from distbench.stop import StopRequest
 
 
 def main(out: str, configs: str) -> int:
