@@ -7,7 +7,7 @@ PY := .venv/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: setup run test
+.PHONY: setup run test gpu-check
 setup: .venv/installed
 
 run: .venv/installed
@@ -15,3 +15,7 @@ run: .venv/installed
 
 test: .venv/installed
 	$(PY) -m pytest -q
+
+# On a machine with a GPU (see benchmarks/gpu_check.py): the figures and records land in gpu-check/.
+gpu-check: .venv/installed
+	$(PY) benchmarks/gpu_check.py --out gpu-check

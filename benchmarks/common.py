@@ -32,7 +32,7 @@ __all__ = [
     "under_torchrun",
 ]
 
-RANKS = 2
+RANKS = int(os.environ.get("DISTBENCH_BENCH_RANKS", "2"))  # the GPU check sets 1 on a one-GPU machine
 
 
 def relaunch(script: str, ranks: int = RANKS) -> int:

@@ -137,6 +137,8 @@ def run_classes(c: int, args: argparse.Namespace, device: torch.device, figures:
     heads: dict[str, torch.nn.Module] = {}
     watch = Stopwatch(device)
     for name, key in HEADS.items():
+        if name not in args.heads:
+            continue
         if reason := skip_reason(name, c, n, batch, device):
             figures.print(f"{name}_{c}: skipped ({reason})")
             continue
@@ -193,8 +195,14 @@ def main() -> None:
     ap.add_argument(
         "--max-gflop", type=float, default=600, help="cap on the dense head's forward+backward work per call"
     )
+    ap.add_argument(
+        "--heads", default=",".join(HEADS), help=f"comma-separated subset of {', '.join(HEADS)} (default: all)"
+    )
     add_out_flag(ap)
     args = ap.parse_args()
+    args.heads = args.heads.split(",")
+    if unknown := set(args.heads) - set(HEADS):
+        ap.error(f"--heads: unknown {', '.join(sorted(unknown))}; choose from: {', '.join(HEADS)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.reps = args.reps or (5 if device.type == "cpu" else 25)
     figures = Figures(__file__, args)  # the record holds the reps really used

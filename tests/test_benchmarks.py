@@ -405,3 +405,20 @@ def test_the_committed_tables_match_the_committed_records():
         pytest.skip("no benchmark records committed yet (benchmarks/data/*.jsonl)")
     p = tables("--check")
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_runs_every_step(tmp_path):
+    """The prepared GPU check, at toy sizes on the CPU: every step runs and leaves its records and summary."""
+    out = tmp_path / "check"
+    p = run_cmd([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)], 600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# GPU check on CPU (smoke test)")
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 8 and all(r["status"] == "ok" for r in runs)
+    assert all(r["comm"]["payload_bytes_per_step"] == r["comm"]["expected_bytes_per_step"] for r in runs)
+    assert summary.count("| True |") == 8
+    benches = [json.loads(line)["bench"] for line in (out / "bench.jsonl").read_text().splitlines()]
+    assert benches == ["harness_overhead", "meter_overhead", "fwht"]
+    assert "collected" in (out / "gpu_tests.txt").read_text()
