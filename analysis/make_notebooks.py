@@ -17,7 +17,7 @@ RESULTS = os.environ.get("DISTBENCH_RESULTS", "data")"""
 SETUP = """%matplotlib inline
 import pandas as pd
 
-from distbench import analysis, report
+from distbench.results import analysis, report
 
 pd.set_option("display.width", 200)
 df = analysis.load_runs(RESULTS)
@@ -112,7 +112,8 @@ NOTEBOOKS = {
     "scaling": [
         new_markdown_cell(
             "# What the savings would buy on a GPU cluster\n\n"
-            "`distbench.plan` predicts a data-parallel step on n GPUs of an interconnect preset (`distbench.nccl`: "
+            "`distbench.perfmodel.plan` predicts a data-parallel step on n GPUs of an interconnect preset "
+            "(`distbench.perfmodel.nccl`: "
             "NCCL's ring and tree after its own tuner; NVLink inside a node, one NIC per GPU across nodes; every "
             "number cited): DDP's buckets are all-reduced one after another, they hide behind the backward pass, "
             "and the step waits for what outlasts it. Bytes are exact; collective times hold published nccl-tests "
@@ -123,7 +124,7 @@ NOTEBOOKS = {
         new_code_cell(PARAMS),
         new_code_cell(SETUP),
         new_code_cell(
-            "from distbench import nccl, plan\n\n"
+            "from distbench.perfmodel import nccl, plan\n\n"
             'CLUSTER = "h100-ib-ndr"\n'
             "grid = report.plan_grid(cluster=CLUSTER)\n"
             'report.fig_plan(grid, f"ResNet-50 on {CLUSTER}, batch 32 per GPU (compute assumed: 10% MFU)");'
@@ -144,7 +145,7 @@ NOTEBOOKS = {
         ),
         new_markdown_cell(
             "## The `measured` preset against this machine's collective benchmark\n\n"
-            "`nccl.MEASURED` is fitted to the committed commbench records (`python -m distbench.costmodel "
+            "`nccl.MEASURED` is fitted to the committed commbench records (`python -m distbench.perfmodel.costmodel "
             "--fit-preset`); the tests hold a fresh benchmark at 2 and 4 gloo ranks within 0.75x..1.33x of it."
         ),
         new_code_cell(

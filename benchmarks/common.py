@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 
 from distbench.config import parse_args
-from distbench.data import Shard, build_dataset
-from distbench.engines import init_distributed
-from distbench.models import build_model
+from distbench.model import build_model
+from distbench.runtime.data import Shard, build_dataset
+from distbench.runtime.engines import init_distributed
 
 from records import Figures, add_out_flag
 

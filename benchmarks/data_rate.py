@@ -19,9 +19,9 @@ import statistics
 
 import torch
 
-from distbench.engines import build_engine, close_distributed
-from distbench.timing import Stopwatch
-from distbench.train import run_steps
+from distbench.runtime.engines import build_engine, close_distributed
+from distbench.runtime.loop import run_steps
+from distbench.runtime.timing import Stopwatch
 
 from common import Figures, NoProgress, add_out_flag, interleave, tiny_job
 

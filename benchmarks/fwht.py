@@ -10,7 +10,7 @@ The four heads (printed as dense, fwht, orthogonal, srht):
   ceil(C / 2048) x 2048 signs D_b (`srht_<C>_other_buffers_MB`), which are no weight.
 
 For each C in `--classes`, one at a time (the heads of one C are freed before the next): build time (the
-orthogonal head's QR dominates), the bytes of the fixed-weight buffers (distbench.models.counts.fixed_weights) and of
+orthogonal head's QR dominates), the bytes of the fixed-weight buffers (distbench.model.counts.fixed_weights) and of
 any other buffer, the peak of what one forward + backward allocates above what existed before it (CUDA: the
 caching allocator's peak; CPU: the torch profiler's memory timeline, tensor creations minus destructions),
 and forward + backward time of the head alone (input requires grad; alpha and b learned; a fixed random
@@ -45,10 +45,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import Action
 
-from distbench.comm import tensor_bytes
-from distbench.heads import build_head
-from distbench.models.counts import fixed_weights
-from distbench.timing import Stopwatch, synchronize
+from distbench.model.counts import fixed_weights, tensor_bytes
+from distbench.model.heads import build_head
+from distbench.runtime.timing import Stopwatch, synchronize
 
 from common import Figures, add_out_flag, interleave
 
@@ -206,7 +205,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.reps = args.reps or (5 if device.type == "cpu" else 25)
     figures = Figures(__file__, args)  # the record holds the reps really used
-    logging.getLogger("distbench.heads").setLevel(logging.ERROR)  # "classes share a row": true, and beside the point
+    # "classes share a row": true, and beside the point
+    logging.getLogger("distbench.model.heads").setLevel(logging.ERROR)
     torch.manual_seed(0)
     figures.print(f"device: {device.type}")
     figures.print(f"threads: {torch.get_num_threads()}")

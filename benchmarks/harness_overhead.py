@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distbench.engines import StopVote, build_engine, close_distributed
-from distbench.optim import autocast_dtype
-from distbench.timing import StepTimer
-from distbench.train import make_progress, run_steps
+from distbench.runtime.engines import StopVote, build_engine, close_distributed
+from distbench.runtime.loop import make_progress, run_steps
+from distbench.runtime.optim import autocast_dtype
+from distbench.runtime.timing import StepTimer
 
 from common import Figures, add_out_flag, interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
 

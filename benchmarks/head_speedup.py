@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.config import parse_args
-from distbench.engines import Engine, build_engine, close_distributed, init_distributed
-from distbench.heads import build_head
-from distbench.models import Classifier, build_model
-from distbench.optim import autocast
-from distbench.timing import Stopwatch
-from distbench.train import run_steps
+from distbench.model import Classifier, build_model
+from distbench.model.heads import build_head
+from distbench.runtime.engines import Engine, build_engine, close_distributed, init_distributed
+from distbench.runtime.loop import run_steps
+from distbench.runtime.optim import autocast
+from distbench.runtime.timing import Stopwatch
 
 from common import Figures, NoProgress, add_out_flag, interleave, relaunch, under_torchrun
 
@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     figures = Figures(__file__, args)
     # C > 512 repeats Hadamard rows: a warning about accuracy, which timing does not care about.
-    logging.getLogger("distbench.heads").setLevel(logging.ERROR)
+    logging.getLogger("distbench.model.heads").setLevel(logging.ERROR)
 
     heads = {"learned": "learned", "fixed": args.fixed_head}
     engines: dict[str, Engine] = {}

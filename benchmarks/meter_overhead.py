@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from distbench.comm import trainable
-from distbench.engines import Place, build_engine, close_distributed
-from distbench.engines.ddp import wrap
-from distbench.optim import autocast, autocast_dtype, build_optimizer
-from distbench.timing import Stopwatch
+from distbench.model.counts import trainable
+from distbench.runtime.engines import Place, build_engine, close_distributed
+from distbench.runtime.engines.ddp import wrap
+from distbench.runtime.optim import autocast, autocast_dtype, build_optimizer
+from distbench.runtime.timing import Stopwatch
 
 from common import Figures, add_out_flag, interleave, ratio_ci95, relaunch, tiny_job, under_torchrun
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from distbench.timing import Stopwatch
+from distbench.runtime.timing import Stopwatch
 
 from common import Figures, add_out_flag
 

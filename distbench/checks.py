@@ -31,13 +31,13 @@ def known(field: str, lookup: Callable[[str], Any], name: str) -> None:
 def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     """Raise ConfigError for the first setting the code cannot honour; return `cfg` unchanged.
     `world_size`: the ranks that will run it, where known (a checkpoint to resume must be of as many)."""
-    from distbench.data import DATASETS, check_data
-    from distbench.engines import ENGINES
-    from distbench.engines.hooks import COMM_HOOKS
-    from distbench.freeze import parse_rule
-    from distbench.heads import HEADS, ROW_NORMS
-    from distbench.models import check_model_name
-    from distbench.params import PARAMS
+    from distbench.comm.taps import COMM_HOOKS
+    from distbench.model.backbones import check_model_name
+    from distbench.model.heads import HEADS, ROW_NORMS
+    from distbench.model.structure.freeze import parse_rule
+    from distbench.model.structure.params import PARAMS
+    from distbench.runtime.data import DATASETS, check_data
+    from distbench.runtime.engines import ENGINES
 
     m = cfg.model
     known("model.model", check_model_name, m.model)
@@ -69,7 +69,7 @@ def check_writable(cfg: RunConfig, world_size: int | None = None) -> None:
     out = Path(cfg.output.out)
     _writable("output.out", out.parent, out)
     if cfg.output.checkpoint_dir is not None:
-        from distbench.checkpoint import check_resumable
+        from distbench.runtime.checkpoint import check_resumable
 
         _writable("output.checkpoint_dir", Path(cfg.output.checkpoint_dir))
         check_resumable(cfg, world_size)
@@ -89,9 +89,9 @@ def _writable(field: str, directory: Path, file: Path | None = None) -> None:
 def check_structure(cfg: RunConfig) -> torch.nn.Module:
     """Freeze rules and parameterisations that do not fit the model fail here: the backbone is built on the
     meta device and the rule applied to it."""
-    from distbench.freeze import FreezeSettings, apply_freeze
-    from distbench.models import build_backbone, takes_width, widths_taken
-    from distbench.params import apply_param
+    from distbench.model.backbones import build_backbone, takes_width, widths_taken
+    from distbench.model.structure.freeze import FreezeSettings, apply_freeze
+    from distbench.model.structure.params import apply_param
 
     settings = FreezeSettings.from_config(cfg.freeze)
     if settings.rule.per_filter and cfg.model.param != "none":

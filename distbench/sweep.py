@@ -35,12 +35,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from distbench import checkpoint, results, stop
+from distbench import results
 from distbench.checks import check
 from distbench.config import SECTIONS, ConfigError, added_at_default, flag, from_dict
-from distbench.freeze import parse_rule
-from distbench.freeze import slug as freeze_slug
+from distbench.model.structure.freeze import parse_rule
+from distbench.model.structure.freeze import slug as freeze_slug
 from distbench.registry import UnknownName
+from distbench.runtime import checkpoint, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DEFAULTS = {"nproc_per_node": None, "nnodes": 1}  # None: GPUs on the node, else 1

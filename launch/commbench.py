@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from distbench import commbench, config, results
+from distbench import config, results
+from distbench.perfmodel import commbench
 
 log = logging.getLogger("distbench")
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except commbench.ArgsError as e:
         return config.fail(e, prog="commbench.py", quiet=not rank0)
 
-    from distbench.engines import close_distributed, init_distributed
+    from distbench.runtime.engines import close_distributed, init_distributed
 
     def write(record: dict) -> None:
         results.append(args.out, record, check=commbench.validate_commbench)

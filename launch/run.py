@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 # First, before anything slow: a signal during the imports must already mean "stop and say so".
-from distbench.stop import REQUEST, Stopped
+from distbench.runtime.stop import REQUEST, Stopped
 
 REQUEST.install()
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from distbench import config
-    from distbench.outcome import Outcome, already_recorded
+    from distbench.runtime.outcome import Outcome, already_recorded
 
     rank0 = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s")
@@ -37,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
             return config.fail(e, quiet=not rank0)
         end.set_config(cfg)
         if cfg.output.dry_run:
-            from distbench import train
+            from distbench.runtime import loop
 
-            print(train.describe(cfg)) if rank0 else None
+            print(loop.describe(cfg)) if rank0 else None
             return 0
         if (done := already_recorded(cfg)) is not None:
             print(done) if rank0 else None
             return 0
-        from distbench import train
+        from distbench.runtime import loop
 
-        return end.finished(train.run(cfg, REQUEST, end.run_id))
+        return end.finished(loop.run(cfg, REQUEST, end.run_id))
     except Stopped as e:
         return end.stopped(e)
     except config.ConfigError as e:  # found once running: a checkpoint that cannot be resumed from

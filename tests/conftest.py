@@ -83,7 +83,7 @@ def torchrun_many(configs: list[list[str]], out: Path, timeout: int = 600) -> li
 def start_torchrun(args: list[str], out: Path, ckpt: Path | None = None, hold: str | None = None) -> subprocess.Popen:
     """launch/run.py under a real torchrun with 2 gloo ranks, not waited for: for tests that signal or
     kill the job. Its output goes to one pipe: read it with `finish`, as it comes (a full pipe would stall
-    the job). `hold`: DISTBENCH_HOLD for the ranks (distbench.stop.hold: they wait at a named point). Its
+    the job). `hold`: DISTBENCH_HOLD for the ranks (distbench.runtime.stop.hold: they wait at a named point). Its
     own session, as a job started from a shell is: a signal to the test's process group never reaches it."""
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(RUN), "--out", str(out), *args]
     if ckpt is not None:

@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from distbench.comm import CommMeter, algbw, bus_bytes, busbw, expected_bytes, tensor_bytes
+from distbench.comm.meter import CommMeter, algbw, bus_bytes, busbw, expected_bytes
 from distbench.config import ModelConfig
-from distbench.models import build_model
+from distbench.model import build_model
+from distbench.model.counts import tensor_bytes
 
 
 def test_expected_bytes_counts_trainable_params_in_reduced_dtype():

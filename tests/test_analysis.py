@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from distbench.analysis import learns_everything, load_runs, summary_table, to_markdown, with_baselines
+from distbench.results.analysis import learns_everything, load_runs, summary_table, to_markdown, with_baselines
 
 
 def row(
@@ -76,10 +76,10 @@ def test_fraction_one_is_no_freeze():
 
 
 def test_readme_engine_table_is_generated_from_the_committed_records():
-    """The README's "What each engine sends" table is made by `python -m distbench.report --readme
+    """The README's "What each engine sends" table is made by `python -m distbench.results.report --readme
     README.md` from analysis/data/engines.jsonl, never typed: regenerate it after rerunning the study."""
-    from distbench.analysis import engine_table, load_runs, replace_block
-    from distbench.report import ENGINES_RECORDS
+    from distbench.results.analysis import engine_table, load_runs, replace_block
+    from distbench.results.report import ENGINES_RECORDS
 
     readme = (ROOT / "README.md").read_text()
     df = load_runs(ENGINES_RECORDS)
@@ -93,8 +93,8 @@ def test_weight_structure_study_is_committed_learns_and_is_drawn():
     """Issue 17's runs (analysis/weight_structures.toml) sit in the committed Fashion-MNIST records: every
     line of the sweep ran, sent exactly what it should, learned far above chance (10%), and the accuracy
     figure draws each as a labelled point beside the committed lines."""
-    from distbench.report import fig_accuracy
     from distbench.results import read_records
+    from distbench.results.report import fig_accuracy
     from distbench.sweep import expand
 
     data = ROOT / "analysis" / "data"

@@ -12,10 +12,10 @@ import pytest
 from conftest import SHORT, flags, python_run
 from test_data import make_imagefolder
 
-from distbench.checkpoint import read_latest
 from distbench.checks import parse_and_check
 from distbench.config import ConfigError
 from distbench.results import validate
+from distbench.runtime.checkpoint import read_latest
 
 KEPT = '{"earlier": "record"}\n'  # must survive every refused run untouched
 
@@ -52,7 +52,7 @@ def test_bad_input_the_label_stream_is_linear_in_the_batch():
 
     import torch
 
-    from distbench.data import Shard, class_stream
+    from distbench.runtime.data import Shard, class_stream
 
     started = time.perf_counter()
     labels = next(class_stream(10, 2_000_000, Shard(0, 1, torch.device("cpu")), seed=0))

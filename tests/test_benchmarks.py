@@ -19,9 +19,9 @@ from collections.abc import Callable
 import pytest
 from conftest import ROOT, run_cmd
 
-from distbench.comm import expected_bytes
+from distbench.comm.meter import expected_bytes
 from distbench.config import parse_args
-from distbench.models import build_model
+from distbench.model import build_model
 from distbench.results import SchemaError
 
 BENCHMARKS = ROOT / "benchmarks"

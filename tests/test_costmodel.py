@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, TORCHRUN, run_cmd
 
-from distbench import commbench, costmodel, nccl
+from distbench.perfmodel import commbench, costmodel, nccl
 from distbench.results import SchemaError, environment, load, read_records
 
 COMMBENCH = ROOT / "launch" / "commbench.py"
@@ -253,14 +253,14 @@ COMMITTED = ROOT / "analysis" / "data" / "commbench_measured.jsonl"
 
 
 def test_costmodel_measured_preset_is_the_fit_of_the_committed_records():
-    """nccl.MEASURED is what `python -m distbench.costmodel --fit-preset` prints for the committed records,
+    """nccl.MEASURED is what `python -m distbench.perfmodel.costmodel --fit-preset` prints for the committed records,
     not numbers typed in: refit after new records, and this holds them together."""
     fitted = costmodel.fit_interconnect(read_records(COMMITTED, schema=commbench.SCHEMA), host_cores=2)
     kept = nccl.MEASURED
     for name in ("intra_bytes_per_s", "intra_latency_s", "base_latency_s", "nic_bytes_per_s", "inter_latency_s",
                  "shared_latency_s", "shared_exposed", "host_cores"):  # fmt: skip
         assert getattr(kept, name) == pytest.approx(getattr(fitted, name), rel=1e-3), name
-    p = run_cmd([sys.executable, "-m", "distbench.costmodel", "--fit-preset", str(COMMITTED)], timeout=60)
+    p = run_cmd([sys.executable, "-m", "distbench.perfmodel.costmodel", "--fit-preset", str(COMMITTED)], timeout=60)
     assert p.returncode == 0 and "MEASURED = Interconnect(" in p.stdout
 
 

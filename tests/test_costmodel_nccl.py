@@ -1,4 +1,4 @@
-"""The NCCL cost model (distbench/nccl.py): its presets against published nccl-tests figures, NCCL's
+"""The NCCL cost model (distbench/perfmodel/nccl.py): its presets against published nccl-tests figures, NCCL's
 choice between ring and tree, and sanity. Pure functions; nothing here needs a GPU."""
 
 import itertools
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from distbench import costmodel, nccl
+from distbench.perfmodel import costmodel, nccl
 
 GiB = 1 << 30
 LARGE = 8 * GiB  # nccl-tests' peak busbw is read at the largest sizes (-e 8G)

@@ -3,7 +3,7 @@ import torch
 
 from distbench.checks import parse_and_check
 from distbench.config import ConfigError, DataConfig
-from distbench.data import Shard, SyntheticTask, build_dataset
+from distbench.runtime.data import Shard, SyntheticTask, build_dataset
 
 CPU = torch.device("cpu")
 
@@ -40,7 +40,7 @@ def test_synthetic_memory_does_not_grow_with_classes():
 
 @pytest.mark.parametrize("world,batch,classes", [(1, 7, 20), (2, 4, 20), (2, 3, 10), (3, 8, 1000)])
 def test_class_stream_shows_every_class_once_per_epoch_across_ranks(world, batch, classes):
-    from distbench.data import class_stream
+    from distbench.runtime.data import class_stream
 
     steps = 6 * classes // (world * batch)  # whole epochs of samples: about six
     streams = [class_stream(classes, batch, shard(r, world), seed=3) for r in range(world)]
@@ -132,7 +132,7 @@ def test_imagefolder_class_count_mismatch_is_a_config_error(tmp_path):
 def test_fashion_mnist_full_split():
     from pathlib import Path
 
-    from distbench.data import FASHION_MNIST_DIR
+    from distbench.runtime.data import FASHION_MNIST_DIR
 
     if not Path(FASHION_MNIST_DIR).is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")

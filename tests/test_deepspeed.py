@@ -11,7 +11,7 @@ from conftest import RUN, _records, finish, flags, run_cmd, start_torchrun, torc
 
 from distbench.checks import parse_and_check
 from distbench.config import parse_args
-from distbench.models import build_model
+from distbench.model import build_model
 from distbench.results import validate
 
 pytest.importorskip("deepspeed")
@@ -95,7 +95,7 @@ def test_zero_stages_match_ddp_and_the_comms_logger(tmp_path, ddp_payload, stage
 def test_zero3_reduced_bytes_pads_each_gradient_to_the_world_size():
     import torch
 
-    from distbench.engines.deepspeed import zero3_reduced_bytes
+    from distbench.runtime.engines.deepspeed import zero3_reduced_bytes
 
     assert zero3_reduced_bytes([1, 2, 5], 2, torch.float32) == (2 + 2 + 6) * 4
     assert zero3_reduced_bytes([1, 2, 5], 4, torch.bfloat16) == (4 + 4 + 8) * 2
@@ -166,8 +166,8 @@ def test_user_config_overlay_and_bad_values(tmp_path):
     import torch
 
     from distbench.config import ConfigError, parse_args
-    from distbench.engines import Place
-    from distbench.engines.deepspeed import deepspeed_config
+    from distbench.runtime.engines import Place
+    from distbench.runtime.engines.deepspeed import deepspeed_config
 
     f = tmp_path / "ds.json"
     f.write_text('{"zero_optimization": {"reduce_bucket_size": 1234}, "optimizer": {"type": "AdamW"}}')

@@ -7,13 +7,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.checks import check_structure
-from distbench.comm import expected_bytes, trainable
+from distbench.comm.meter import expected_bytes
 from distbench.config import ConfigError, FreezeConfig, ModelConfig, parse_args
-from distbench.freeze import DIMS, FreezeSettings, SplitConv2d, apply_freeze, conv_learned_fraction, parse_rule
-from distbench.models import build_backbone, build_model
-from distbench.models.counts import param_counts
-from distbench.params.dirac import DiracConv2d
-from distbench.params.symmetric import SymmetricConv2d
+from distbench.model import build_model
+from distbench.model.backbones import build_backbone
+from distbench.model.counts import param_counts, trainable
+from distbench.model.structure.dirac import DiracConv2d
+from distbench.model.structure.freeze import (
+    DIMS,
+    FreezeSettings,
+    SplitConv2d,
+    apply_freeze,
+    conv_learned_fraction,
+    parse_rule,
+)
+from distbench.model.structure.symmetric import SymmetricConv2d
 
 
 def backbone_pair(spec, seed=0, **kw):
@@ -158,7 +166,7 @@ def test_diracnet_has_no_skip_connections_and_trains():
 
 
 def test_counts_table_agrees_with_expected_bytes():
-    from distbench.counts import table
+    from distbench.perfmodel.counts import table
 
     text = table(["tiny"], 10)
     rows = {line.split(" | ")[1]: line for line in text.splitlines()[2:]}

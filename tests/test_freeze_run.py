@@ -79,7 +79,7 @@ def test_payload_is_exactly_the_learned_tensors(records, spec, mode, dim):
 
 def symmetric_savings(param: str) -> int:
     """Elements a parameterisation stores fewer than the plain WRN, from the plain model's conv shapes."""
-    from distbench.models import build_backbone
+    from distbench.model.backbones import build_backbone
 
     convs = [m for m in build_backbone(WRN).modules() if isinstance(m, nn.Conv2d)]
     if param == "channel-triangular":  # n(n-1)/2 of the n^2 (out, in) slices are mirrored
@@ -97,7 +97,7 @@ def symmetric_savings(param: str) -> int:
 def test_parameterised_payload_drops_by_the_analytic_amount(records, param):
     rec = records[param]
     validate(rec)
-    from distbench.models import build_backbone
+    from distbench.model.backbones import build_backbone
 
     plain = sum(p.numel() for p in build_backbone(WRN).parameters()) + (64 + 1) * C  # + the learned head
     payload = rec["comm"]["payload_bytes_per_step"]

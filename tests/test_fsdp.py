@@ -21,13 +21,13 @@ from conftest import TORCHRUN, _records, finish, flags, run_cmd, start_torchrun,
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from distbench.checkpoint import read_latest
 from distbench.checks import parse_and_check
 from distbench.config import ConfigError, parse_args
-from distbench.engines.fsdp import fsdp_all_gather_bytes, fsdp_expected_bytes, mixed_precision, shard_units
-from distbench.models import build_model
-from distbench.optim import autocast_dtype
+from distbench.model import build_model
 from distbench.results import validate
+from distbench.runtime.checkpoint import read_latest
+from distbench.runtime.engines.fsdp import fsdp_all_gather_bytes, fsdp_expected_bytes, mixed_precision, shard_units
+from distbench.runtime.optim import autocast_dtype
 
 # name -> flags; the tiny CNN (100 classes) with each head and freeze rule whose bytes differ.
 CASES = {
@@ -77,8 +77,8 @@ def _masked_weight(model: nn.Module) -> tuple[nn.Module, int]:
 def _train(backend: str, argv: list[str], place) -> tuple[dict, list[torch.Tensor]]:
     from torch.distributed.tensor import DTensor
 
-    from distbench.engines import build_engine, fsdp
-    from distbench.train import run_steps
+    from distbench.runtime.engines import build_engine, fsdp
+    from distbench.runtime.loop import run_steps
 
     cfg = parse_args([*argv, "--backend", backend])
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def _train(backend: str, argv: list[str], place) -> tuple[dict, list[torch.Tenso
 
 
 def worker(path: str) -> None:
-    from distbench.engines import close_distributed, init_distributed
+    from distbench.runtime.engines import close_distributed, init_distributed
 
     place = init_distributed("gloo")
     results = {}

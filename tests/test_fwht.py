@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from distbench.comm import trainable
-from distbench.hadamard import fwht, hadamard_block
-from distbench.heads import FWHTHead, build_head
-from distbench.models.counts import param_counts
+from distbench.model.counts import param_counts, trainable
+from distbench.model.heads import FWHTHead, build_head
+from distbench.model.heads.hadamard import fwht, hadamard_block
 
 # (C, N): C < N, C > N, C == N, non-powers of two on either side
 SHAPES = [(10, 64), (100, 64), (1000, 48), (64, 64), (3, 5), (5, 3), (1, 7), (7, 1)]
@@ -94,7 +93,8 @@ def test_fwht_head_trains_only_scale_and_bias_and_holds_no_matrix(bias, expected
 
 
 def test_fwht_head_counts_no_frozen_weights():
-    from distbench.models import Classifier, build_backbone
+    from distbench.model import Classifier
+    from distbench.model.backbones import build_backbone
 
     counts = param_counts(Classifier(build_backbone("tiny"), build_head("fixed-fwht", 256, 50)))
     assert counts["head_total"] == counts["head_trainable"] == 1 + 50

@@ -4,10 +4,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from distbench.comm import trainable
-from distbench.hadamard import hadamard_block
-from distbench.heads import HEADS, build_head, cosine_scale, orthogonal_block
-from distbench.models.counts import param_counts
+from distbench.model.counts import param_counts, trainable
+from distbench.model.heads import HEADS, build_head, cosine_scale, orthogonal_block
+from distbench.model.heads.hadamard import hadamard_block
 from distbench.registry import UnknownName
 
 
@@ -180,7 +179,8 @@ def test_unknown_head_lists_valid_names():
 
 
 def test_fixed_weight_counts_as_frozen():
-    from distbench.models import Classifier, build_backbone
+    from distbench.model import Classifier
+    from distbench.model.backbones import build_backbone
 
     backbone = build_backbone("tiny")
     learned = param_counts(Classifier(backbone, build_head("learned", 256, 50)))

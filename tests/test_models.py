@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from distbench.models import build_backbone, check_model_name
+from distbench.model.backbones import build_backbone, check_model_name
 from distbench.registry import UnknownName
 
 

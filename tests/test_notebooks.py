@@ -84,7 +84,7 @@ def test_notebook_executes(path, results_dir, monkeypatch):
 
 
 def test_report_writes_pngs_and_a_table(results_dir, tmp_path):
-    from distbench.report import write_report
+    from distbench.results.report import write_report
 
     written = write_report(results_dir, tmp_path / "report")
     pngs = [p for p in written if p.suffix == ".png"]

@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.comm import expected_bytes, trainable
+from distbench.comm.meter import expected_bytes
 from distbench.config import ConfigError, ModelConfig
-from distbench.freeze import conv_learned_fraction
-from distbench.models import build_backbone, build_model
-from distbench.params import apply_param
-from distbench.params.symmetric import AveragedConv2d, SpatialSymmetricConv2d, SymmetricConv2d
+from distbench.model import build_model
+from distbench.model.backbones import build_backbone
+from distbench.model.counts import trainable
+from distbench.model.structure.freeze import conv_learned_fraction
+from distbench.model.structure.params import apply_param
+from distbench.model.structure.symmetric import AveragedConv2d, SpatialSymmetricConv2d, SymmetricConv2d
 
 
 def convs(model: nn.Module, kind: type) -> list[nn.Module]:

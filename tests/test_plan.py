@@ -1,4 +1,4 @@
-"""`python -m distbench.plan`: bytes from models built on the meta device, times from distbench.nccl."""
+"""`python -m distbench.perfmodel.plan`: bytes from models built on the meta device, times from perfmodel.nccl."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import time
 import pytest
 from conftest import ROOT
 
-from distbench.plan import plan, plan_records, predict, record_workloads, spec_workload
+from distbench.perfmodel.plan import plan, plan_records, predict, record_workloads, spec_workload
 
 DONE_WHEN = ["--model", "resnet50", "--num-classes", "100000", "--heads", "learned,fixed", "--gpus", "8,64,1024",
              "--cluster", "h100-ib-ndr"]  # fmt: skip
 
 
 def run_plan(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "distbench.plan", *args]
+    cmd = [sys.executable, "-m", "distbench.perfmodel.plan", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
 
 
@@ -53,8 +53,8 @@ def test_plan_saving_grows_with_scale_and_the_sharded_head_pays_in_activations()
 
 
 def plan_main(capsys, *args: str) -> tuple[int, str, str]:
-    """`python -m distbench.plan ARGS` in this process: (exit status, stdout, stderr)."""
-    from distbench.plan import main
+    """`python -m distbench.perfmodel.plan ARGS` in this process: (exit status, stdout, stderr)."""
+    from distbench.perfmodel.plan import main
 
     try:
         code = main(list(args))
@@ -86,7 +86,7 @@ RECORDS = ROOT / "analysis" / "data" / "heads.jsonl"  # DDP runs with --nosync-s
 def test_plan_records_reproduce_each_runs_own_step_at_its_world_size():
     """At the world size and interconnect a run was measured on, the prediction is the measured step: the
     window and residual are solved from that run, and only the all-reduce changes elsewhere."""
-    from distbench.analysis import load_runs
+    from distbench.results.analysis import load_runs
 
     runs = load_runs(RECORDS).set_index("run_id")
     workloads, skipped = record_workloads(RECORDS, "h100-ib-ndr")
@@ -139,7 +139,7 @@ def test_plan_freeze_rules_cut_the_bytes_of_every_head():
 
 # ------------------------------------------------------------------------------------------------ figure
 def test_plan_figure_has_one_panel_per_model_and_labels_its_lines():
-    from distbench.report import fig_plan
+    from distbench.results.report import fig_plan
 
     rows = plan("tiny", 1000, ["learned", "fixed"], [8, 64], "h100-ib-ndr") + plan(
         "tiny", 100_000, ["learned", "fixed"], [8, 64], "h100-ib-ndr"

@@ -18,14 +18,14 @@ import pytest
 import torch
 from conftest import _records, finish, flags, python_run, start_torchrun, wait_for, worker
 
-from distbench import checkpoint
-from distbench.checkpoint import Checkpoints, LoopState, read_latest
-from distbench.comm import StepTraffic
+from distbench.comm.meter import StepTraffic
 from distbench.config import RunConfig
-from distbench.data import Shard, build_dataset
 from distbench.results import validate
-from distbench.stop import EXIT_STOPPED, StopRequest
-from distbench.timing import StepTimer
+from distbench.runtime import checkpoint
+from distbench.runtime.checkpoint import Checkpoints, LoopState, read_latest
+from distbench.runtime.data import Shard, build_dataset
+from distbench.runtime.stop import EXIT_STOPPED, StopRequest
+from distbench.runtime.timing import StepTimer
 
 # Long enough (about 3 s of steps) that a signal sent after the first checkpoint lands mid-run. A learning
 # curve point every 4 samples per class (every 25 steps: 2 ranks x 8 samples over 100 classes a step), so
@@ -191,7 +191,7 @@ def test_rank_fail_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):
 def _vote_worker(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    from distbench.engines import StopVote
+    from distbench.runtime.engines import StopVote
 
     dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
     vote = StopVote(timeout_s=2)

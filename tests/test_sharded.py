@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from conftest import SHORT, flags, torchrun
 from torch import nn
 
-from distbench.comm import CommMeter
-from distbench.engines.collectives import Collectives
+from distbench.comm.meter import CommMeter
+from distbench.model.heads.sharded import ShardedHead, class_range, expected_collective_bytes
 from distbench.results import validate
-from distbench.sharded import ShardedHead, class_range, expected_collective_bytes
+from distbench.runtime.engines.collectives import Collectives
 
 N, C, B, WORLD = 16, 7, 4, 2  # 7 classes over 2 ranks: shards of 3 and 4, smaller than top-5
 

@@ -2,7 +2,7 @@
 
 Each job ends with exactly one of: the ok record, a resumable checkpoint, or a failed record naming the signal
 and the phase. No test sleeps to reach a moment: the job is held at a named point (DISTBENCH_HOLD, see
-distbench.stop.hold) or the test waits for something the job shows (its handler installed, a checkpoint).
+distbench.runtime.stop.hold) or the test waits for something the job shows (its handler installed, a checkpoint).
 `pytest -k signal` selects them.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import _records, catches, finish, flags, rank_tracebacks, start_torchrun, wait_for, workers
 
-from distbench.checkpoint import read_latest
 from distbench.results import validate
-from distbench.stop import SAME_REQUEST_S
+from distbench.runtime.checkpoint import read_latest
+from distbench.runtime.stop import SAME_REQUEST_S
 
 # Runs until a signal ends it (100,000 steps); 8-sample batches, 64 held-out samples = 4 batches per rank.
 ENDLESS = flags(steps=100_000, warmup_steps=2, nosync_steps=2, batch_size=8, eval_samples=64)

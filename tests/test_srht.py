@@ -14,11 +14,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from distbench import hadamard
-from distbench.comm import trainable
-from distbench.hadamard import hadamard_block, random_signs, srht
-from distbench.heads import SRHTHead, build_head
-from distbench.models.counts import fixed_weights, param_counts
+from distbench.model.counts import fixed_weights, param_counts, trainable
+from distbench.model.heads import SRHTHead, build_head, hadamard
+from distbench.model.heads.hadamard import hadamard_block, random_signs, srht
 
 
 def block_size(n: int) -> int:
@@ -267,7 +265,7 @@ def test_empty_batch(shape):
     assert build_head("fixed-srht", 12, 37)(torch.zeros(shape)).shape == (*shape[:-1], 37)
 
 
-# ------------------------------------------------------------- the chunked transform (distbench.hadamard.srht)
+# ------------------------------------------------------------------------------ the chunked transform (hadamard.srht)
 def full_weight(signs: torch.Tensor) -> torch.Tensor:
     """The (blocks m) x m matrix of rows H D_b, float64: srht(u, signs) == u @ full_weight(signs).T."""
     blocks, m = signs.shape

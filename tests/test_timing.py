@@ -1,4 +1,4 @@
-"""distbench.timing: the quantiles reported as p50/p90, the CPU clocks, and the module's place in the house."""
+"""distbench.runtime.timing: the quantiles reported as p50/p90, the CPU clocks, and the module's place in the house."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from distbench.timing import StepTimer, Stopwatch, quantile
+from distbench.runtime.timing import StepTimer, Stopwatch, quantile
 
 CPU = torch.device("cpu")
 
@@ -58,7 +58,7 @@ def test_stopwatch_runs_then_before_reading_the_clock():
 
 
 def test_timing_imports_no_process_group():
-    tree = ast.parse((ROOT / "distbench" / "timing.py").read_text())
+    tree = ast.parse((ROOT / "distbench" / "runtime" / "timing.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in imported if m.startswith(("torch.distributed", "distbench"))}, imported

@@ -1,4 +1,4 @@
-"""Several runs in one torchrun job: `distbench.train.run` once per config, rank 0 appending each record.
+"""Several runs in one torchrun job: `distbench.runtime.loop.run` once per config, rank 0 appending each record.
 
 Each run is what launch/run.py does between its checks and its record (the same train.run, the same engines,
 meters and process group), without paying for a new job's imports and rendezvous every time: the tests that
@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from distbench import checks, results, train
-from distbench.engines import close_distributed
-from distbench.stop import StopRequest
+from distbench import checks, results
+from distbench.runtime import loop
+from distbench.runtime.engines import close_distributed
+from distbench.runtime.stop import StopRequest
 
 
 def main(out: str, configs: str) -> int:
@@ -26,7 +27,7 @@ def main(out: str, configs: str) -> int:
     try:
         for argv in json.loads(Path(configs).read_text()):
             cfg = checks.parse_and_check([*argv, "--out", out], world_size=world)
-            record = train.run(cfg, StopRequest())  # a request of its own: no handlers, phases from scratch
+            record = loop.run(cfg, StopRequest())  # a request of its own: no handlers, phases from scratch
             if rank0:
                 results.append(out, record)
     finally:

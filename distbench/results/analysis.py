@@ -1,0 +1,199 @@
+"""Results as tables for notebooks: each run next to its baseline.
+
+The baseline of a run is the run with a learned head, no frozen weights and no reparameterisation that
+has the same other settings (model, class count, data, batch, engine, world size, ...). Derived columns:
+- bytes_saved_frac = 1 - payload / baseline payload
+- speedup          = samples/s / baseline samples/s
+- top1_delta       = top-1 - baseline top-1
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from distbench import results
+from distbench.model.structure.freeze import parse_rule
+
+# Settings that define a variant rather than the experiment: they may differ from the baseline.
+VARIANT_COLUMNS = (
+    "config.model.head",
+    "config.model.head_bias",
+    "config.model.head_scale",
+    "config.model.head_scale_init",
+    "config.model.head_rows",
+    "config.model.param",
+    "config.freeze.freeze",
+    "config.freeze.freeze_mode",
+    "config.freeze.bn",
+    "config.freeze.frozen_init",
+    "config.freeze.freeze_dim",
+)
+IGNORED_PREFIXES = ("config.output.", "config.data.workers")
+
+
+def learns_everything(freeze: str) -> bool:
+    """`fraction:1.0` learns every filter, as `none` does."""
+    return parse_rule(freeze).learns_everything
+
+
+def variant(row: pd.Series) -> str:
+    """A short label: 'fixed head, fraction:0.1 (mask)'."""
+    parts = [f"{row.get('config.model.head', 'learned')} head"]
+    scale = row.get("config.model.head_scale")
+    if isinstance(scale, str):
+        parts[0] += f" (alpha fixed at the {scale})"  # "rule": the cosine-softmax scale
+    elif scale is not None and not pd.isna(scale):
+        parts[0] += f" (alpha fixed at {scale:g})"
+    if row.get("config.model.head_scale_init", "authors") == "rule":
+        parts[0] += " (alpha from the rule)"
+    if row.get("config.model.head_rows", "authors") != "authors":
+        parts[0] += f" ({row['config.model.head_rows']} rows)"
+    freeze = row.get("config.freeze.freeze", "none")
+    if not learns_everything(freeze):
+        mode = row.get("config.freeze.freeze_mode", "split")
+        dim = row.get("config.freeze.freeze_dim", "out")
+        dim = "out" if dim is None or pd.isna(dim) else dim  # records from before --freeze-dim
+        parts.append(freeze + (f" along {dim}" if dim != "out" else "") + (" (mask)" if mode == "mask" else ""))
+    if row.get("config.model.param", "none") != "none":
+        parts.append(row["config.model.param"])
+    if row.get("config.dist.backend", "ddp") == "deepspeed":
+        parts.append(f"DeepSpeed ZeRO-{int(row.get('config.dist.zero_stage', 0))}")
+    return ", ".join(parts)
+
+
+def setting_columns(df: pd.DataFrame) -> list[str]:
+    cols = [
+        c
+        for c in df.columns
+        if c.startswith("config.") and c not in VARIANT_COLUMNS and not c.startswith(IGNORED_PREFIXES)
+    ]
+    return [*cols, "env.world_size", "env.backend"] if "env.world_size" in df else cols
+
+
+def with_baselines(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (from results.load) plus `variant`, the baseline's run_id and the derived columns. Runs with
+    no baseline among the results get NaN. Only ok runs are compared."""
+    df = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
+    if df.empty:
+        return df
+    df["variant"] = df.apply(variant, axis=1)
+    is_base = (
+        (df["config.model.head"] == "learned")
+        & df["config.freeze.freeze"].map(learns_everything)
+        & (df.get("config.model.param", pd.Series("none", index=df.index)) == "none")
+    )
+    keys = setting_columns(df)
+    key = df[keys].map(repr).agg("|".join, axis=1)  # repr: None, NaN and numbers all become text
+    base = df[is_base].assign(_key=key[is_base]).sort_values("finished_at").groupby("_key").last()
+    metrics = {
+        "comm.payload_bytes_per_step": "base_payload",
+        "perf.samples_per_s": "base_samples_per_s",
+        "accuracy.top1": "base_top1",
+        "run_id": "baseline_run_id",
+    }
+    joined = base[list(metrics)].rename(columns=metrics)
+    df = df.assign(_key=key).merge(joined, left_on="_key", right_index=True, how="left").drop(columns="_key")
+    df["bytes_saved_frac"] = 1 - df["comm.payload_bytes_per_step"] / df["base_payload"]
+    df["speedup"] = df["perf.samples_per_s"] / df["base_samples_per_s"]
+    df["top1_delta"] = df["accuracy.top1"] - df["base_top1"]
+    return df
+
+
+def with_config_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """Records written before a config field existed get its default (fields are added, never renamed)."""
+    import dataclasses
+
+    from distbench.config import SECTIONS
+
+    df = df.copy()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            col = f"config.{section}.{f.name}"
+            if f.default is None:
+                continue
+            df[col] = df[col].where(df[col].notna(), f.default) if col in df else f.default
+    return df
+
+
+def load_runs(path: str | os.PathLike) -> pd.DataFrame:
+    """results.load + config defaults + baselines + derived columns: the frame every notebook starts from."""
+    df = results.load(path)
+    return with_baselines(with_config_defaults(df)) if not df.empty else df
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant and setting: bytes, throughput, accuracy and the derived ratios."""
+    cols = {
+        "config.model.model": "model",
+        "config.model.num_classes": "classes",
+        "variant": "variant",
+        "params.trainable": "trainable",
+        "params.conv_learned_fraction": "conv learned",
+        "comm.payload_bytes_per_step": "bytes/step",
+        "bytes_saved_frac": "bytes saved",
+        "perf.samples_per_s": "samples/s",
+        "speedup": "speedup",
+        "accuracy.top1": "top-1",
+        "top1_delta": "top-1 delta",
+    }
+    present = [c for c in cols if c in df]
+    out = df[present].rename(columns=cols)
+    return out.sort_values([c for c in ("model", "classes", "variant") if c in out]).reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A markdown table without extra dependencies (pandas' to_markdown needs tabulate)."""
+
+    def fmt(v) -> str:
+        if isinstance(v, float | np.floating):
+            return "" if np.isnan(v) else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}")
+        return f"{v:,}" if isinstance(v, int | np.integer) else str(v)
+
+    rows = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in table.itertuples(index=False)]
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------- what engines send
+COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
+
+
+def engine_label(row: pd.Series) -> str:
+    backend = row["config.dist.backend"]
+    return f"deepspeed ZeRO-{int(row['config.dist.zero_stage'])}" if backend == "deepspeed" else backend
+
+
+def engine_table(df: pd.DataFrame) -> str:
+    """Markdown: per class count, engine and head, the bytes each rank hands to each collective per step,
+    the step time and the peak memory per rank (the README's "What each engine sends")."""
+    ok = df[df["status"] == "ok"].copy()
+    ok["engine"] = ok.apply(engine_label, axis=1)
+    ok = ok.sort_values(["config.model.num_classes", "engine", "config.model.head"], kind="stable")
+    mb = 1e6
+    rows = [
+        "| classes | engine | head | payload MB/step | all_reduce | reduce_scatter | all_gather | step p50 ms "
+        "| peak memory per rank MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in ok.iterrows():
+        by_op = [r.get(f"comm.collectives.{op}") for op in COLLECTIVES]
+        cells = ["" if v is None or pd.isna(v) else f"{v / mb:,.2f}" for v in by_op]
+        rows.append(
+            f"| {int(r['config.model.num_classes']):,} | {r['engine']} | {r['config.model.head']} "
+            f"| {r['comm.payload_bytes_per_step'] / mb:,.2f} | {' | '.join(cells)} "
+            f"| {r['perf.step_time_ms.p50']:,.0f} | {r['perf.peak_memory_bytes'] / mb:,.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """`text` with the lines between `<!-- name:start -->` and `<!-- name:end -->` replaced by `block`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}\n{end}{tail}"

@@ -1,0 +1,310 @@
+"""Figures and a table from a results directory, without Jupyter. The notebooks in analysis/ draw the
+same figures with these functions.
+
+    python -m distbench.results.report analysis/data --out report/
+    python -m distbench.results.report --readme README.md     # the engines table, from analysis/data/engines.jsonl
+    python -m distbench.results.report --plan-figure analysis/figures/planner.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
+import pandas as pd
+
+from distbench.results.analysis import engine_table, load_runs, replace_block, summary_table, to_markdown
+
+MiB = 2**20
+
+
+def _empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in these results", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _label(df: pd.DataFrame) -> pd.Series:
+    return df["config.model.model"] + " C=" + df["config.model.num_classes"].map("{:,}".format) + ": " + df["variant"]
+
+
+def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
+    """Payload (measured in the comm hook) against expected bytes per step, one bar per run."""
+    d = df.sort_values(["config.model.model", "config.model.num_classes", "comm.payload_bytes_per_step"])
+    fig, ax = plt.subplots(figsize=(9, 0.35 * max(len(d), 4) + 1.2))
+    if d.empty:
+        _empty(ax, "ok runs")
+        return fig
+    y = range(len(d))
+    ax.barh(y, d["comm.payload_bytes_per_step"] / MiB, color="tab:blue", label="payload (measured)")
+    ax.scatter(d["comm.expected_bytes_per_step"] / MiB, y, color="black", marker="|", s=200, label="expected")
+    ax.set_yticks(list(y), _label(d))
+    ax.set_xlabel("gradient bytes per step (MiB)")
+    ax.set_title("What each step sends")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def fig_throughput(df: pd.DataFrame) -> plt.Figure:
+    """Samples/s and the step-time split (hidden vs exposed communication) per run."""
+    d = df.sort_values(["config.model.model", "config.model.num_classes", "perf.samples_per_s"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.35 * max(len(d), 4) + 1.2), sharey=True)
+    if d.empty:
+        _empty(a, "ok runs")
+        _empty(b, "ok runs")
+        return fig
+    y = list(range(len(d)))
+    a.barh(y, d["perf.samples_per_s"], color="tab:green")
+    a.set_yticks(y, _label(d))
+    a.set_xlabel("samples/s (all ranks)")
+    a.set_title("Throughput")
+    p50 = d["perf.step_time_ms.p50"]
+    exposed = d["perf.exposed_comm_ms"].fillna(0).clip(lower=0)
+    b.barh(y, p50 - exposed, color="tab:gray", label="step without sync")
+    b.barh(y, exposed, left=p50 - exposed, color="tab:red", label="exposed communication")
+    b.set_xlim(0, 1.05 * p50.max())  # barh with `left` does not always widen the autoscaled limits
+    b.set_xlabel("p50 step time (ms)")
+    b.set_title("Where the step goes")
+    b.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08 - 1.2 / (len(d) + 4)), ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
+    """Top-1 against the fraction of conv weights learned: one line per data set, model, class count and
+    head that was run at two or more fractions (single runs, e.g. short throughput runs, would only
+    flatten the axis; their accuracy is in the table). Runs of other weight structures on a data set that
+    has a line (a freeze rule along another dimension, a parameterisation, another model) are points
+    beside it, labelled."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    keys = ["config.data.dataset", "config.model.model", "config.model.num_classes", "config.model.head"]
+    plain = df
+    if not df.empty:
+        dims = df.get("config.freeze.freeze_dim", pd.Series("out", index=df.index)).fillna("out")
+        plain = df[(dims == "out") & (df["config.model.param"].fillna("none") == "none")]
+        plain = plain.groupby(keys).filter(lambda g: g["params.conv_learned_fraction"].nunique() >= 2)
+    if plain.empty:
+        _empty(ax, "runs at several learned fractions")
+        return fig
+    for (data, model, classes, head), group in plain.groupby(keys):
+        g = group.sort_values("params.conv_learned_fraction")
+        label = f"{data}, {model}, C={classes:,}, {head} head"
+        ax.plot(g["params.conv_learned_fraction"], 100 * g["accuracy.top1"], marker="o", label=label)
+    lines = plain[keys[0]].unique()
+    others = df[df[keys[0]].isin(lines) & ~df.index.isin(plain.index)]
+    for _, run in others.iterrows():
+        x, y = run["params.conv_learned_fraction"], 100 * run["accuracy.top1"]
+        ax.plot([x], [y], marker="D", color="black", markersize=4, linestyle="none")
+        text = str(run["variant"]).removeprefix(f"{run['config.model.head']} head").strip(", ") or "baseline"
+        if run["config.model.model"] not in plain[keys[1]].values:
+            text = f"{run['config.model.model']}: {text}"
+        ax.annotate(text, (x, y), xytext=(4, -3), textcoords="offset points", fontsize=6.5)
+    if len(others):
+        ax.set_xlim(right=1.35)  # room for the labels of points at 1.0
+    ax.set_xlabel("fraction of conv weights learned")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Accuracy against what is trained" + (" (diamonds: other weight structures)" if len(others) else ""))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def samples_per_class(df: pd.DataFrame) -> pd.Series:
+    """Training samples each class was shown: (warm-up + timed steps) x batch x ranks / C (exact under the
+    synthetic task's balanced class stream, whole epochs or not)."""
+    steps = df["config.train.warmup_steps"] + df["config.train.steps"]
+    return steps * df["config.train.batch_size"] * df["env.world_size"] / df["config.model.num_classes"]
+
+
+def fig_large_classes(df: pd.DataFrame) -> plt.Figure:
+    """Top-1 against the number of classes on the synthetic task: one line per model and head run at two
+    or more class counts (every conv learned), and the Bayes-optimal oracle on the same held-out samples
+    dashed. The oracle says how learnable the task is; the gap to it is the network's. Lines join each
+    head's shortest run per class count; longer runs of the same head (more samples per class) are open
+    markers labelled with their samples per class. Only records that carry an oracle are drawn (real data
+    has none, and older synthetic records used an earlier task)."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    d = df.iloc[0:0]
+    if "accuracy.oracle_top1" in df:
+        d = df[df["accuracy.oracle_top1"].notna() & (df["params.conv_learned_fraction"] >= 1.0)]
+    keys = ["config.model.model", "config.model.head"]
+    if not d.empty:
+        d = (
+            d.assign(spc=samples_per_class(d))
+            .groupby(keys)
+            .filter(lambda g: g["config.model.num_classes"].nunique() >= 2)
+        )
+    if d.empty:
+        _empty(ax, "synthetic runs at several class counts")
+        return fig
+    for i, ((model, head), group) in enumerate(d.groupby(keys)):
+        g = group.sort_values(["config.model.num_classes", "spc"])
+        first = g.groupby("config.model.num_classes").head(1)
+        color = f"C{i % 10}"
+        ax.plot(
+            first["config.model.num_classes"],
+            100 * first["accuracy.top1"],
+            marker="o",
+            color=color,
+            label=f"{model}, {head} head",
+        )
+        for _, run in g.drop(first.index).iterrows():
+            x, y = run["config.model.num_classes"], 100 * run["accuracy.top1"]
+            ax.plot([x], [y], marker="o", mfc="none", color=color, linestyle="none")
+            ax.annotate(f"{run['spc']:.0f}/class", (x, y), textcoords="offset points", xytext=(6, 2), fontsize=7)
+    oracle = d.groupby("config.model.num_classes")["accuracy.oracle_top1"].mean()
+    ax.plot(oracle.index, 100 * oracle, "k--", label="oracle (Bayes-optimal nearest code)")
+    ax.set_xscale("log")
+    ax.set_xlabel("classes")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Heads at many classes (synthetic task, one seed)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# The README's planner figure: one panel per model and class count, the heads that matter there.
+PLAN_SPECS: tuple[tuple[str, int], ...] = (("resnet50", 1_000), ("resnet50", 100_000), ("resnet50", 1_000_000))
+PLAN_HEADS: tuple[str, ...] = ("learned", "fixed", "sharded")
+PLAN_GPUS: tuple[int, ...] = tuple(2**k for k in range(3, 13))  # 8 .. 4096
+
+
+def plan_grid(specs=PLAN_SPECS, heads=PLAN_HEADS, gpus=PLAN_GPUS, cluster: str = "h100-ib-ndr") -> list[dict]:
+    """Planner rows (`distbench.perfmodel.plan.plan`) for each (model, classes) of `specs`."""
+    from distbench.perfmodel.plan import plan
+
+    return [row for model, classes in specs for row in plan(model, classes, list(heads), list(gpus), cluster)]
+
+
+def fig_plan(rows: list[dict], title: str = "", value: str = "step_ms") -> plt.Figure:
+    """Small multiples from planner rows: one panel per group (model and class count), one line per head
+    or variant over the GPU counts, each labelled at its end with its speed-up over the baseline at the
+    largest count. `value` is the row field drawn (step_ms, samples_per_s, comm_share, ...)."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.2 * max(len(groups), 1), 3.6), squeeze=False)
+    if not rows:
+        _empty(axes[0][0], "planner rows")
+        return fig
+    ylabel = {"step_ms": "predicted step time (ms)", "samples_per_s": "predicted samples/s",
+              "comm_share": "communication share of the step"}.get(value, value)  # fmt: skip
+    for ax, group in zip(axes[0], groups, strict=True):
+        mine = [r for r in rows if r["group"] == group]
+        ends = []  # (y, text, colour) of each line's label, placed once the axis range is known
+        for i, head in enumerate(dict.fromkeys(r["head"] for r in mine)):
+            line = sorted((r for r in mine if r["head"] == head), key=lambda r: r["gpus"])
+            x, y = [r["gpus"] for r in line], [r[value] for r in line]
+            ax.plot(x, y, "-o", color=f"C{i}", markersize=3)
+            speed = line[-1]["speedup_vs_learned"]
+            shown = speed is not None and speed != 1.0  # the baseline's own is exactly 1
+            ends.append([y[-1], head.removesuffix(" head") + (f" {speed:.2f}x" if shown else ""), f"C{i}"])
+        gpus = sorted({r["gpus"] for r in mine})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(gpus, [f"{g:,}" if i % 3 == 0 or g == gpus[-1] else "" for i, g in enumerate(gpus)])
+        ax.set_xlim(gpus[0] / 1.3, gpus[-1] * 12)  # room for the labels on the right
+        ax.set_ylim(bottom=0)
+        gap = 0.07 * ax.get_ylim()[1]  # labels closer than this are pushed apart, upwards
+        ends.sort(key=lambda e: e[0])
+        for below, above in itertools.pairwise(ends):
+            above[0] = max(above[0], below[0] + gap)
+        for y, text, colour in ends:
+            ax.annotate(text, (gpus[-1], y), xytext=(5, 0), textcoords="offset points", color=colour, va="center",
+                        fontsize=8)  # fmt: skip
+        ax.set_xlabel("GPUs")
+        ax.set_title(group, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_plan_records(df_path: str | os.PathLike, cluster: str = "h100-ib-ndr", gpus=PLAN_GPUS) -> plt.Figure:
+    """The planner on a results directory's own runs (measured compute and overlap), one panel per model and
+    class count."""
+    from distbench.perfmodel.plan import plan_records
+
+    rows, _ = plan_records(df_path, list(gpus), cluster)
+    return fig_plan(rows, f"runs from {df_path}: measured compute, all-reduce on {cluster} (distbench.perfmodel.plan --records)")
+
+
+def load_commbench(path: str | os.PathLike) -> pd.DataFrame:
+    from distbench.perfmodel.commbench import SCHEMA
+    from distbench.results import load
+
+    return load(path, schema=SCHEMA)
+
+
+FIGURES = {
+    "comm_savings": fig_comm_savings,
+    "throughput": fig_throughput,
+    "accuracy": fig_accuracy,
+    "large_classes": fig_large_classes,
+}
+
+
+def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_runs(results_dir)
+    makers = {name: functools.partial(draw, df) for name, draw in FIGURES.items()}
+    makers["scaling"] = functools.partial(fig_plan_records, results_dir)  # the planner on these runs
+    written = []
+    for name, make in makers.items():
+        fig = make()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    table = out / "summary.md"
+    table.write_text(to_markdown(summary_table(df)) + "\n" if not df.empty else "no ok runs\n")
+    written.append(table)
+    return written
+
+
+ENGINES_RECORDS = Path(__file__).resolve().parents[2] / "analysis" / "data" / "engines.jsonl"
+
+
+def readme_engine_table(readme: str | os.PathLike, records: str | os.PathLike = ENGINES_RECORDS) -> bool:
+    """Rewrite the README's engines table from the committed records; True if it changed."""
+    path = Path(readme)
+    text = path.read_text()
+    new = replace_block(text, "engines-table", engine_table(load_runs(records)))
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distbench.results.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="?", help="a results .jsonl file or a directory of them")
+    p.add_argument("--out", help="directory for the PNGs and summary.md")
+    p.add_argument("--readme", help="rewrite this README's engines table from analysis/data/engines.jsonl")
+    p.add_argument("--plan-figure", metavar="PNG", help="draw the planner's ResNet-50 figure (no results needed)")
+    args = p.parse_args(argv)
+    if args.plan_figure:
+        fig = fig_plan(plan_grid(), "ResNet-50 on h100-ib-ndr, batch 32 per GPU (compute assumed: 10% MFU)")
+        fig.savefig(args.plan_figure, dpi=110)
+        print(args.plan_figure)
+        return 0
+    if args.readme:
+        print(f"{args.readme}: {'updated' if readme_engine_table(args.readme) else 'up to date'}")
+        return 0
+    if not args.results or not args.out:
+        p.exit(2, "python -m distbench.results.report: error: give RESULTS and --out (or --readme README.md)\n")
+    if not Path(args.results).exists():
+        p.exit(2, f"python -m distbench.results.report: error: no such results file or directory: {args.results}\n")
+    for path in write_report(args.results, args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

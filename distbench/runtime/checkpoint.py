@@ -1,0 +1,302 @@
+"""Checkpoints: save a run at a step boundary, resume it exactly; what a checkpoint may contain.
+
+Layout of `--checkpoint-dir DIR`:
+    DIR/step-00000120/engine-rank{r}.pt   the engine's state (model, optimizer, loss scaler, comm-hook
+                                          state; DeepSpeed: its own checkpoint files instead)
+    DIR/step-00000120/loop-rank{r}.pt     the loop's state: steps taken, the timed window's step times and
+                                          traffic so far, the last loss, RNG states
+    DIR/latest                            JSON: which step directory is complete, for which config; once
+                                          the run's record is written, where (`recorded`)
+Every rank writes its own files (BatchNorm statistics and RNG states differ per rank), each by rename;
+rank 0 writes `latest` (by rename) only after every rank has finished, so a reader finds the previous
+complete checkpoint or the new complete one, never a half-written one. Older step directories are
+removed after `latest` moves on.
+
+A checkpoint is data, never code. Checkpoint directories live on shared file systems and a preempted Slurm
+task resumes from them unattended, so nothing read back may execute: every file distbench wrote is loaded
+with `torch.load(weights_only=True)` (tensors and plain containers; torch's default since 2.6), `latest`
+may only name a `step-<8 digits>` directory inside DIR, and a file that does not load, or holds other than
+what distbench writes, is a one-line `CheckpointError` (exit 2, nothing recorded, the checkpoint left as
+it was). DeepSpeed's own `load_checkpoint` unpickles the files it wrote (see the README).
+
+When to save and when to stop is the loop's (`distbench.runtime.loop`, `distbench.runtime.stop`). No process group here:
+the engine saves itself, and the caller passes the barrier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distbench.config import ConfigError, RunConfig
+from distbench.runtime.stop import hold
+
+if TYPE_CHECKING:
+    import torch
+
+    from distbench.comm.meter import StepTraffic
+
+# torch is imported where it is used: reading `latest` (what a stop during start-up needs, from the stop
+# watcher thread, while the main thread may still be importing torch) must not wait for it.
+
+LATEST = "latest"
+STEP_DIR = re.compile(r"step-\d{8}")  # what `latest` may name: a step directory right inside the checkpoint directory
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed from (not distbench's, truncated, tampered): one line naming the
+    file, exit 2, nothing recorded, and the checkpoint left as it is."""
+
+    def __init__(self, path: os.PathLike, problem: str) -> None:
+        super().__init__("output.checkpoint_dir", f"{path}: {problem}")
+
+
+@dataclass
+class LoopState:
+    """What the training loop must carry over a restart to end where an uninterrupted run would."""
+
+    run_id: str
+    started_at: str
+    step: int = 0  # optimizer steps taken (warm-up and timed)
+    timed_ms: list[float] = field(default_factory=list)  # step times of the timed window so far
+    traffic: list[StepTraffic] = field(default_factory=list)  # the meter's record of those steps
+    untimed_steps: int = 0  # timed-window steps left out: each resumed process's first (cold) step
+    logged_bytes: int = 0  # the engine's comms logger over the timed window (DeepSpeed --validate-comm)
+    logged_steps: int = 0
+    loss: float = float("nan")  # this rank's last training loss
+    resumed_from: list[int] = field(default_factory=list)  # the step of each resume, in order
+    curve: list[dict[str, Any]] = field(default_factory=list)  # the learning curve's points so far
+
+
+# -------------------------------------------------------------------------------------------------- files
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to `path`, whole or not at all (a temporary name, fsync, rename)."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_latest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The `latest` pointer of a checkpoint directory, or None when it holds no complete checkpoint.
+    A pointer that is not distbench's, or names anything but a step directory inside `directory`, raises
+    CheckpointError: it would point the resume anywhere on the file system."""
+    path = Path(directory) / LATEST
+    if not path.is_file():
+        return None
+    try:
+        latest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"not a distbench checkpoint (unreadable: {e})") from None
+    kinds = {"step": int, "dir": str, "reason": str, "world_size": int, "run_id": str, "config": dict}
+    bad = [k for k, t in kinds.items() if not isinstance(latest, dict) or not isinstance(latest.get(k), t)]
+    if bad:
+        raise CheckpointError(path, f"not a distbench checkpoint (no valid {bad[0]!r})")
+    if not STEP_DIR.fullmatch(latest["dir"]) or latest["dir"] != f"step-{latest['step']:08d}":
+        raise CheckpointError(path, f"not a distbench checkpoint (names {latest['dir']!r}, not a step directory)")
+    return latest
+
+
+def mark_recorded(directory: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Note in `latest` that the run's record is in `out`: the same command run again then does nothing."""
+    latest = read_latest(directory)
+    if latest is not None:
+        _write_json(Path(directory) / LATEST, {**latest, "recorded": str(out)})
+
+
+def mark_stopped(directory: str | os.PathLike, message: str) -> None:
+    """Note in `latest` that the run stopped on a signal and this checkpoint is where it resumes: a sweep tells
+    a preempted line (run it again) from a failed one by it, whatever the checkpoint was saved for."""
+    latest = read_latest(directory)
+    if latest is not None:
+        _write_json(Path(directory) / LATEST, {**latest, "stopped": message})
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    # Where results go may change between the first start and a resume; what is trained may not.
+    return {section: values for section, values in config.items() if section != "output"}
+
+
+def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
+    """Before any process starts: a checkpoint in --checkpoint-dir must be one of this very run, and every
+    file of it that distbench reads back must be there and load as data."""
+    latest = read_latest(cfg.output.checkpoint_dir) if cfg.output.checkpoint_dir else None
+    if latest is None:
+        return
+    field_ = "output.checkpoint_dir"
+    if world_size is not None and latest["world_size"] != world_size:
+        raise ConfigError(
+            field_, f"{cfg.output.checkpoint_dir} holds a checkpoint of {latest['world_size']} ranks, not {world_size}"
+        )
+    ours, theirs = _comparable(cfg.to_dict()), _comparable(latest["config"])
+    if ours != theirs:
+        differ = sorted(
+            f"{s}.{k}" for s in ours for k in ours[s] if ours[s].get(k) != theirs.get(s, {}).get(k, object())
+        )
+        raise ConfigError(
+            field_,
+            f"{cfg.output.checkpoint_dir} holds a checkpoint of another configuration ({', '.join(differ)} "
+            "differ); use another directory",
+        )
+    if latest.get("recorded"):
+        return  # complete: nothing will be loaded
+    step_dir = Path(cfg.output.checkpoint_dir) / latest["dir"]
+    for rank in range(latest["world_size"]):
+        load_loop(step_dir / f"loop-rank{rank}.pt")
+        engine = step_dir / f"engine-rank{rank}.pt"
+        if engine.exists() or cfg.dist.backend != "deepspeed":
+            _check_archive(engine)
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive whose directory is at its end: a truncated file has none. Cheap (the
+    data itself is read, and checked, when the engine loads it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing") from None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(path, f"cannot be read ({e}); truncated or not a checkpoint") from None
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> Any:
+    """A file distbench saved, loaded as data only (tensors and plain containers): anything that would need to
+    run code to unpickle is refused, as is a file that does not load."""
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch's advice on another pickle protocol is not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing") from None
+    except pickle.UnpicklingError:
+        problem = "holds more than tensors and plain values (loading it could run code): refused"
+        raise CheckpointError(path, problem) from None
+    except Exception as e:  # RuntimeError or EOFError for a truncated archive, and whatever else does not load
+        reason = " ".join(str(e).split())[:200]
+        problem = f"cannot be read ({type(e).__name__}: {reason}); truncated, or not a distbench checkpoint"
+        raise CheckpointError(path, problem) from None
+
+
+LOOP_KEYS = {"state", "rng"}
+
+
+def load_loop(path: Path) -> dict[str, Any]:
+    loop = load_tensors(path)
+    if not isinstance(loop, dict) or set(loop) != LOOP_KEYS or not isinstance(loop["state"], dict):
+        raise CheckpointError(path, "not a distbench loop state")
+    return loop
+
+
+# ---------------------------------------------------------------------------------------------- the store
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    import torch
+
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Checkpoints:
+    """Saves and restores one run in `directory`. Every rank calls `save` and `load` alike."""
+
+    def __init__(self, directory: str | os.PathLike, rank: int, world_size: int, device: torch.device,
+                 config: dict[str, Any], barrier: Callable[[], None]) -> None:  # fmt: skip
+        self.directory, self.rank, self.world_size = Path(directory), rank, world_size
+        self.device, self.config, self.barrier = device, config, barrier
+
+    def save(self, engine, state: LoopState, reason: str) -> Path:
+        step_dir = self.directory / f"step-{state.step:08d}"
+        step_dir.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(step_dir)
+        loop = {"state": asdict(state), "rng": _rng_state(self.device)}
+        atomic_save(loop, step_dir / f"loop-rank{self.rank}.pt")
+        hold("save")
+        self.barrier()  # every rank's files are in place
+        if self.rank == 0:
+            _fsync_dir(step_dir)
+            _write_json(
+                self.directory / LATEST,
+                {
+                    "step": state.step,
+                    "dir": step_dir.name,
+                    "reason": reason,
+                    "world_size": self.world_size,
+                    "run_id": state.run_id,
+                    "config": self.config,
+                },
+            )
+            for old in self.directory.glob("step-*"):
+                if old != step_dir and old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+        self.barrier()  # no rank exits (and has torchrun stop the others) before `latest` is written
+        return step_dir
+
+    def load(self, engine) -> LoopState | None:
+        """Restore the latest checkpoint into `engine` and the RNGs; its loop state, or None if none."""
+        latest = read_latest(self.directory)
+        if latest is None:
+            return None
+        step_dir = self.directory / latest["dir"]
+        path = step_dir / f"loop-rank{self.rank}.pt"
+        loop = load_loop(path)
+        try:
+            engine.load_checkpoint(step_dir)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a file that loads but does not fit (tampered, or of another model)
+            raise CheckpointError(step_dir, f"does not fit this run ({' '.join(str(e).split())[:300]})") from None
+        saved = dict(loop["state"])
+        try:
+            from distbench.comm.meter import StepTraffic
+
+            saved["traffic"] = [StepTraffic(**t) for t in saved["traffic"]]
+            state = LoopState(**saved)
+        except (TypeError, KeyError) as e:
+            raise CheckpointError(path, f"not a distbench loop state ({e})") from None
+        _set_rng_state(loop["rng"], self.device)
+        state.resumed_from.append(state.step)
+        return state

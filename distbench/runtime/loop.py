@@ -1,0 +1,433 @@
+"""One benchmark run: build, warm up, time, evaluate, measure exposed communication, make the record.
+
+Timing follows nanoGPT's bench.py and timm's benchmark.py: warm-up steps first (they include
+iteration 0, after which DDP rebuilds its buckets), then a window of individually timed steps
+(`distbench.runtime.timing.StepTimer`: on GPU, CUDA events bracket each step and are read after one synchronise at
+the end, so timing neither stalls the host nor hides asynchronous work).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import socket
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from distbench import results
+from distbench.comm.meter import StepTraffic
+from distbench.comm.taps import COMM_HOOKS
+from distbench.config import RunConfig
+from distbench.model import build_model
+from distbench.model.counts import param_counts
+from distbench.results import SCHEMA, environment, new_run_id, now
+from distbench.runtime.checkpoint import Checkpoints, LoopState
+from distbench.runtime.data import Batch, Shard, build_dataset
+from distbench.runtime.engines import (
+    Engine,
+    Place,
+    StopVote,
+    all_reduce,
+    barrier,
+    build_engine,
+    gather_objects,
+    init_distributed,
+    replicas_identical,
+)
+from distbench.runtime.optim import autocast, autocast_dtype
+from distbench.runtime.stop import REQUEST, Stopped, StopRequest, hold
+from distbench.runtime.timing import StepTimer, quantile
+
+log = logging.getLogger("distbench")
+
+
+class Steps(NamedTuple):
+    times_ms: list[float]  # one per step taken
+    loss: torch.Tensor  # the last step's, detached
+    traffic: list[StepTraffic]  # the meter's record of each step
+    logged: list[int | None]  # the engine's comms-logger total after each step
+
+
+def run_steps(
+    engine: Engine, batches: Iterator[Batch], n: int, progress, stop: Callable[[], bool] | None = None
+) -> Steps:
+    """Up to n metered optimizer steps. Fetching the batch is part of the step: a loader that cannot keep
+    up shows in the throughput, as it would in training. `stop()` is asked after each step, outside its
+    time; True ends the run of steps early (fewer times come back)."""
+    timer, loss, traffic, logged = StepTimer(engine.place.device), torch.tensor(float("nan")), [], []
+    timer.mark()
+    for _ in range(n):
+        engine.meter.start_step()
+        x, y = next(batches)
+        loss = engine.step(x, y)
+        traffic.append(engine.meter.end_step())
+        timer.mark()
+        logged.append(engine.logged_bytes())
+        progress.update()
+        if stop is not None:
+            if stop():
+                break
+            timer.restart()
+    return Steps(timer.times_ms(), loss, traffic, logged)
+
+
+def train_steps(
+    engine: Engine,
+    batches: Iterator[Batch],
+    state: LoopState,
+    tc,
+    progress,
+    stop: Callable[[], bool],
+    save: Callable[[str], object] | None,
+    every: int,
+    request: StopRequest | None = None,
+    eval_steps: int = 0,
+    curve_point: Callable[[], None] | None = None,
+) -> None:
+    """Warm-up and timed steps from `state.step` on, in runs that end at the warm-up's end, at each
+    checkpoint (`save` every `every` steps) and on an agreed stop. Timed steps go into `state`; a resumed
+    process's first `engine.settle_steps` are left out of the window: they are cold, and DDP's iteration 0
+    (buckets rebuilt) or ZeRO-3's trace of its parameter fetches. `request` learns the phase. Every
+    `eval_steps` steps, `curve_point()` evaluates (between timed runs of steps, so outside their times)."""
+    end = tc.warmup_steps + tc.steps
+    settled = state.step + engine.settle_steps if state.step > 0 else 0  # a resumed process's first steady step
+    while state.step < end:
+        timed = state.step >= tc.warmup_steps
+        if request is not None:
+            request.enter("training" if timed else "warm-up")
+            hold(request.phase, request)
+        until = end if timed else tc.warmup_steps
+        for period in (every, eval_steps):
+            if period:
+                until = min(until, (state.step // period + 1) * period)
+        if timed and state.step == tc.warmup_steps and engine.place.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(engine.place.device)
+        logged = [engine.logged_bytes()]
+        done = run_steps(engine, batches, until - state.step, progress, stop)
+        taken = len(done.times_ms)
+        if timed:
+            # (unless it is the window's last step: a window is never empty)
+            skip = max(0, min(settled - state.step, taken, end - state.step - 1))
+            state.timed_ms += done.times_ms[skip:]
+            state.traffic += done.traffic[skip:]
+            state.untimed_steps += skip
+            if logged[0] is not None:  # the logger's window is the meter's
+                logged += done.logged
+                state.logged_bytes += logged[taken] - logged[skip]
+                state.logged_steps += taken - skip
+        state.step += taken
+        state.loss = done.loss.float().item()
+        if state.step < until:  # the ranks agreed to stop
+            return
+        if curve_point is not None and eval_steps and state.step % eval_steps == 0 and state.step < end:
+            curve_point()  # before a save at the same step, so that the checkpoint holds the point
+        if save is not None and every and state.step % every == 0 and state.step < end:
+            if request is not None:
+                request.enter("training" if state.step >= tc.warmup_steps else "warm-up")
+            save(f"every {every} steps")
+
+
+def agreed_batches(
+    batches: Iterator[Batch], vote: StopVote, request: StopRequest, collective: bool, input_shape, device
+) -> Iterator[Batch | None]:
+    """This rank's held-out batches while any rank has one, agreed batch by batch with a stop request: every
+    rank stops at the same batch when any was asked to (`Stopped` is raised by the caller). A rank that has
+    run out yields empty batches where evaluation runs collectives (a sharded head, ZeRO-3: its peers wait
+    for it in them), else None (nothing to compute)."""
+    x_empty = torch.empty((0, *input_shape), device=device)
+    y_empty = torch.empty(0, dtype=torch.long, device=device)
+    while True:
+        batch = next(batches, None)
+        more, stop = vote.agree([batch is not None, request.signal is not None])
+        if stop:
+            raise _EvalStop
+        if not more:
+            return
+        yield batch if batch is not None else ((x_empty, y_empty) if collective else None)
+
+
+class _EvalStop(Exception):
+    pass
+
+
+@torch.no_grad()
+def evaluate(engine: Engine, dataset, amp_dtype, vote: StopVote, request: StopRequest) -> dict[str, Any] | None:
+    """Top-1/top-5 over the held-out set; each rank scores its own share and the counts are summed.
+    None: the ranks agreed to stop (a signal) before the end."""
+    model, device = engine.module, engine.place.device
+    model.eval()
+    stats = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, samples, loss sum
+    batches = agreed_batches(iter(dataset.eval()), vote, request, engine.collective_eval, model.input_shape, device)
+    try:
+        for batch in batches:
+            if batch is None:
+                continue
+            x, y = batch
+            with autocast(device, amp_dtype):
+                top, losses = engine.eval_batch(x, y, 5)
+            hit = top == y[:, None]
+            stats += torch.tensor(
+                [hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y), losses.float().sum().item()],
+                dtype=torch.float64,
+            )
+    except _EvalStop:
+        return None
+    finally:
+        model.train()
+    oracle = dataset.oracle_hits() if dataset.oracle_hits is not None else 0
+    stats = all_reduce(torch.cat([stats, torch.tensor([oracle], dtype=torch.float64)]).to(device)).cpu()
+    n = max(stats[2].item(), 1)
+    return {
+        "top1": stats[0].item() / n,
+        "top5": stats[1].item() / n,
+        "oracle_top1": stats[4].item() / n if dataset.oracle_hits is not None else None,
+        "eval_samples": int(stats[2].item()),
+        "eval_loss": stats[3].item() / n,
+    }
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA allocator peak on GPU; peak resident set size of this process on CPU (Linux reports KiB)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def make_progress(place: Place, total: int):
+    from tqdm import tqdm
+
+    # Rank 0 only, and only on a terminal: logs from Slurm or CI stay clean.
+    return tqdm(total=total, disable=place.rank != 0 or not sys.stderr.isatty(), desc="steps", leave=False)
+
+
+def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = None) -> dict[str, Any]:
+    """Run the benchmark and return its record (every rank returns it; rank 0 writes it). A signal raises
+    `Stopped` at the next point where the ranks agree (see distbench.runtime.stop); the caller says what it means."""
+    started_at = now()
+    place = init_distributed(cfg.dist.dist_backend, cfg.dist.pg_timeout_s)
+    hold("process-group", request)
+    amp_dtype = autocast_dtype(cfg.train.precision, place.device)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed, head_dtype=amp_dtype or torch.float32)
+    params = param_counts(model)  # the whole model's, before an engine shards any of it
+    tc = cfg.train
+    dataset = build_dataset(
+        cfg.data,
+        cfg.model.num_classes,
+        model.input_shape,
+        tc.batch_size,
+        Shard(place.rank, place.world_size, place.device),
+        tc.seed,
+    )
+    engine = build_engine(cfg, model, place)
+    total = tc.warmup_steps + tc.steps
+    checkpoints = None
+    if cfg.output.checkpoint_dir:
+        checkpoints = Checkpoints(
+            cfg.output.checkpoint_dir, place.rank, place.world_size, place.device, cfg.to_dict(), barrier
+        )
+    state = checkpoints.load(engine) if checkpoints else None
+    if state is None:
+        state = LoopState(run_id=run_id or cfg.output.run_id or new_run_id(started_at), started_at=started_at)
+    else:
+        log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, total)
+    batches = dataset.train(start=state.step)
+    vote = StopVote(cfg.dist.pg_timeout_s)
+    hold("start-up", request)
+    # From here on a signal is acted on where the ranks agree: after a step, a save, an evaluation batch.
+    request.enter("warm-up" if state.step < tc.warmup_steps else "training")
+
+    def stopped(phase: str, checkpoint: Path | None) -> Stopped:
+        return Stopped(request.signal or "a peer's signal", phase, state.step, total, checkpoint, agreed=True)
+
+    def save(reason: str) -> Path | None:
+        if checkpoints is None:
+            return None
+        with request.during("checkpoint save"):
+            saved = checkpoints.save(engine, state, reason)
+        # A signal during a periodic save: stop on this checkpoint rather than after one more step.
+        if reason.startswith("every") and vote.agree([request.signal is not None])[0]:
+            raise stopped("checkpoint save", saved)
+        return saved
+
+    seen_per_step = tc.batch_size * place.world_size / cfg.model.num_classes  # samples per class, each step
+
+    def curve_point() -> None:
+        """Evaluate now, into the learning curve; a stop agreed during it stops the run on a checkpoint."""
+        with request.during("evaluation"):
+            accuracy = evaluate(engine, dataset, amp_dtype, vote, request)
+        if accuracy is None:
+            raise stopped("evaluation", save(request.signal or "a peer's signal"))
+        state.curve.append(
+            {"step": state.step, "samples_per_class": state.step * seen_per_step}
+            | {k: accuracy[k] for k in ("top1", "top5", "eval_loss")}
+        )
+
+    # --eval-every K samples per class: a step shows every class B x W / C times on average.
+    eval_steps = max(1, round(tc.eval_every / seen_per_step)) if tc.eval_every else 0
+    with make_progress(place, total + tc.nosync_steps) as progress:
+        progress.update(state.step)
+        train_steps(
+            engine,
+            batches,
+            state,
+            tc,
+            progress,
+            lambda: vote(request.signal is not None),
+            save,
+            cfg.output.checkpoint_every,
+            request,
+            eval_steps,
+            curve_point,
+        )
+        vote.close()
+        if state.step < total:
+            raise stopped(request.phase, save(request.signal or "a peer's signal"))
+        # A run stopped from here on resumes from this checkpoint and only evaluates.
+        end = save("end")
+        timed_ms = state.timed_ms
+        logged = state.logged_bytes / state.logged_steps if state.logged_steps else None
+        in_sync = replicas_identical(engine.replicated_parameters())
+        final_loss = all_reduce(torch.tensor([state.loss], device=place.device)).item() / place.world_size
+        request.enter("evaluation")
+        hold("evaluation", request)
+        accuracy = evaluate(engine, dataset, amp_dtype, vote, request)
+        if accuracy is None:
+            raise stopped("evaluation", end)
+        # Last, because steps without sync let the replicas drift apart.
+        nosync, nosync_ms = engine.no_sync(), []
+        if nosync is not None and tc.nosync_steps:
+            request.enter("no-sync timing")
+            with nosync:
+                done = run_steps(engine, batches, tc.nosync_steps, progress, lambda: vote(request.signal is not None))
+            vote.close()
+            if len(done.times_ms) < tc.nosync_steps:
+                raise stopped("no-sync timing", end)
+            nosync_ms = done.times_ms
+    # Complete: from here on a signal no longer changes how the run ends.
+    request.enter("record")
+    engine.close()
+    peak = all_reduce(torch.tensor([peak_memory_bytes(place.device)], device=place.device), "max").item()
+    hosts = gather_objects(socket.gethostname())
+    skipped = None
+    if dataset.skipped is not None:
+        skipped = sorted(set().union(*gather_objects(sorted(dataset.skipped()))))
+
+    step_ms = {"p50": quantile(timed_ms, 0.5), "p90": quantile(timed_ms, 0.9), "mean": statistics.fmean(timed_ms)}
+    exposed = step_ms["p50"] - quantile(nosync_ms, 0.5) if nosync_ms else None
+    comm = engine.meter.summary(state.traffic, place.world_size)
+    comm = {
+        "payload_bytes_per_step": comm.pop("payload_bytes_per_step"),
+        "expected_bytes_per_step": engine.expected_bytes_per_step,
+        **comm,
+        "hook": engine.hook_name,
+        "logger_bytes_per_step": logged,
+        "replicas_identical": in_sync,
+        "bucket_cap_mb": engine.bucket_cap_mb,
+    }
+    status, error = "ok", None
+    if not math.isfinite(final_loss):
+        status, error = "diverged", f"loss is {final_loss} after {tc.steps} timed steps"
+    if not in_sync:
+        status, error = "failed", "replicas differ after the timed steps: gradient synchronisation is broken"
+    metered = sum(comm["collectives"].values())
+    if logged is not None and logged != metered:
+        status, error = "failed", f"comm validation: the meter counted {metered} bytes/step, the comms logger {logged}"
+    return {
+        "schema": SCHEMA,
+        "run_id": state.run_id,
+        "status": status,
+        "error": error,
+        "started_at": state.started_at,
+        "finished_at": now(),
+        "config": results.portable(cfg.to_dict()),
+        "env": environment(place.device, place.world_size, place.backend, hosts),
+        "params": params,
+        "comm": comm,
+        "perf": {
+            "samples_per_s": tc.batch_size * place.world_size * len(timed_ms) / (sum(timed_ms) / 1e3),
+            "step_time_ms": step_ms,
+            "exposed_comm_ms": exposed,
+            "peak_memory_bytes": int(peak),
+            "timed_steps": len(timed_ms),
+            "warmup_steps": tc.warmup_steps,
+            "untimed_steps": state.untimed_steps,
+            "resumed_from_steps": state.resumed_from,
+            # split: the window's steps ran in more than one process (resumed inside it)
+            "timed_window": "split" if any(s > tc.warmup_steps for s in state.resumed_from) else "continuous",
+        },
+        "accuracy": {
+            **accuracy,
+            "final_loss": final_loss,
+            "curve": [
+                *state.curve,
+                {"step": total, "samples_per_class": total * seen_per_step}
+                | {k: accuracy[k] for k in ("top1", "top5", "eval_loss")},
+            ],
+        },
+        "data": {
+            "skipped_images": None if skipped is None else len(skipped),
+            "skipped_files": (skipped or [])[: results.SKIPPED_SHOWN],
+        },
+    }
+
+
+def timing_warnings(record: dict[str, Any]) -> list[str]:
+    """Why this record's timings may mean little, where the run can tell."""
+    env, precision = record["env"], record["config"]["train"]["precision"]
+    warnings = []
+    on_cpu = env.get("cuda") is None
+    per_host = env["world_size"] // max(len(env.get("hosts") or [1]), 1)
+    cores = env.get("cpu_cores")
+    if on_cpu and cores and per_host > cores:
+        warnings.append(f"{per_host} ranks share {cores} CPU cores on a host: step times include waiting for a core")
+    if on_cpu and precision == "fp16":
+        warnings.append("fp16 on a CPU is emulated (about 20x slower than fp32 here): its step times say little")
+    return warnings
+
+
+def summary(record: dict[str, Any]) -> str:
+    c, p, a = record["comm"], record["perf"], record["accuracy"]
+    match = "==" if c["payload_bytes_per_step"] == c["expected_bytes_per_step"] else "!="
+    exposed = "n/a" if p["exposed_comm_ms"] is None else f"{p['exposed_comm_ms']:.1f} ms"
+    oracle = "" if a.get("oracle_top1") is None else f" (oracle {a['oracle_top1']:.3f})"
+    return (
+        f"{record['status']}: {record['run_id']}\n"
+        f"  bytes/step   payload {c['payload_bytes_per_step']:,} {match} expected {c['expected_bytes_per_step']:,}"
+        f" in {c['buckets_per_step']} buckets ({c['hook']})\n"
+        f"  throughput   {p['samples_per_s']:,.1f} samples/s; step p50 {p['step_time_ms']['p50']:.1f} ms,"
+        f" p90 {p['step_time_ms']['p90']:.1f} ms; exposed comm {exposed}\n"
+        f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f}{oracle} on {a['eval_samples']} held-out"
+        f" samples; final loss {a['final_loss']:.4f}"
+    ) + "".join(f"\n  warning      {w}" for w in timing_warnings(record))
+
+
+def describe(cfg: RunConfig) -> str:
+    """Parameter and expected byte counts of the configured model, built on the CPU (`--dry-run`)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
+    counts = param_counts(model)
+    sharded = getattr(model.head, "sharded", False)
+    replicated = model.backbone if sharded else model
+    expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(replicated, cfg.dist)
+    lines = [f"{cfg.model.model} + {cfg.model.head} head, {cfg.model.num_classes} classes"]
+    lines += [
+        f"  params.{k:<21} {v:>14,}" if isinstance(v, int) else f"  params.{k:<21} {v:>14.4f}"
+        for k, v in counts.items()
+    ]
+    engine = cfg.dist.comm_hook if cfg.dist.backend == "ddp" else cfg.dist.backend
+    lines.append(f"  expected bytes/step          {expected:>14,} ({engine}{', the backbone' if sharded else ''})")
+    # What depends on the number of ranks, which a dry run does not know: say so rather than print a number.
+    if sharded:
+        lines.append(
+            "  + the sharded head's collectives per rank: 4(BN + 2B + 3nB + nBN) bytes in fp32 at n ranks, batch B"
+        )
+    if cfg.dist.backend == "fsdp" or (cfg.dist.backend == "deepspeed" and cfg.dist.zero_stage == 3):
+        lines.append("  (FSDP and ZeRO-3 pad each parameter to a multiple of the ranks: the record's count is exact)")
+    return "\n".join(lines)
