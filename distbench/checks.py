@@ -28,12 +28,17 @@ def known(field: str, lookup: Callable[[str], Any], name: str) -> None:
         raise ConfigError(field, e.args[0] if isinstance(e, UnknownName) else str(e)) from None
 
 
+# Config fields that are head options: (field, the builders' option, its value when not set).
+HEAD_OPTION_FIELDS = (("head_scale", "fixed_scale", None), ("head_scale_init", "scale_init", "authors"),
+                      ("head_rows", "row_norm", "authors"), ("head_bias", "bias", True))  # fmt: skip
+
+
 def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     """Raise ConfigError for the first setting the code cannot honour; return `cfg` unchanged.
     `world_size`: the ranks that will run it, where known (a checkpoint to resume must be of as many)."""
     from distbench.comm.taps import COMM_HOOKS
     from distbench.model.backbones import check_model_name
-    from distbench.model.heads import HEADS, ROW_NORMS
+    from distbench.model.heads import HEADS, ROW_NORMS, head_options, heads_taking
     from distbench.model.structure.freeze import parse_rule
     from distbench.model.structure.params import PARAMS
     from distbench.runtime.data import DATASETS, check_data
@@ -49,6 +54,10 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     known("dist.comm_hook", COMM_HOOKS.get, cfg.dist.comm_hook)
     if m.head_rows not in ROW_NORMS:
         raise ConfigError("model.head_rows", f"unknown value {m.head_rows!r}; choose from: {', '.join(ROW_NORMS)}")
+    # Each head takes the options its builder declares: a setting for a head that does not take it is refused.
+    for field, option, unset in HEAD_OPTION_FIELDS:
+        if getattr(m, field) != unset and option not in head_options(m.head):
+            raise ConfigError(f"model.{field}", f"applies only to the heads that take it: {', '.join(heads_taking(option))}")
     if m.head == "sharded" and cfg.dist.backend != "ddp":
         raise ConfigError(
             "model.head", "sharded runs under --backend ddp (the DDP engine shards it and counts its collectives)"

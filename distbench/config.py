@@ -112,16 +112,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(
-            self.head_rows == "authors" or self.head == "fixed-orthogonal",
-            "model.head_rows",
-            "applies only with --head fixed-orthogonal",
-        )
-        _check(
-            self.head_scale is None or self.head.startswith("fixed"),
-            "model.head_scale",
-            "applies only to the fixed heads",
-        )
-        _check(
             self.head_scale is None
             or self.head_scale == "rule"
             or (math.isfinite(self.head_scale) and self.head_scale != 0),
@@ -132,11 +122,6 @@ class ModelConfig:
             self.head_scale_init in ("authors", "rule"),
             "model.head_scale_init",
             f"unknown value {self.head_scale_init!r}; choose from: authors, rule",
-        )
-        _check(
-            self.head_scale_init == "authors" or self.head.startswith("fixed"),
-            "model.head_scale_init",
-            "applies only to the fixed heads",
         )
         _check(
             self.head_scale_init == "authors" or self.head_scale is None,

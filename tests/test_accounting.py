@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from distbench.comm.meter import CommMeter, algbw, bus_bytes, busbw, expected_bytes
+from distbench.comm.expected import expected_bytes
+from distbench.comm.meter import CommMeter, algbw, bus_bytes, busbw
 from distbench.config import ModelConfig
 from distbench.model import build_model
 from distbench.model.counts import tensor_bytes

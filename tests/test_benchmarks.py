@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 from conftest import ROOT, run_cmd
 
-from distbench.comm.meter import expected_bytes
+from distbench.comm.expected import expected_bytes
 from distbench.config import parse_args
 from distbench.model import build_model
 from distbench.results import SchemaError

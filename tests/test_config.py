@@ -45,10 +45,11 @@ def test_toml_then_flags(tmp_path):
         (["--model", "wrn-27-10"], "model.model", "6n \\+ 4"),
         (["--optimizer", "lamb"], "train.optimizer", "choose from: adamw, sgd"),
         (["--warmup-steps", "0"], "train.warmup_steps", "iteration 0 is never timed"),
-        (["--head-scale", "2"], "model.head_scale", "applies only to the fixed heads"),
+        (["--head-scale", "2"], "model.head_scale", "take it: fixed, fixed-fwht, fixed-orthogonal, fixed-srht$"),
         (["--head", "fixed", "--head-scale", "0"], "model.head_scale", "finite non-zero"),
         (["--head", "fixed", "--head-scale", "nan"], "model.head_scale", "finite non-zero"),
-        (["--head", "fixed", "--head-rows", "unit"], "model.head_rows", "only with --head fixed-orthogonal"),
+        (["--head", "fixed", "--head-rows", "unit"], "model.head_rows", "the heads that take it: fixed-orthogonal$"),
+        (["--head", "learned", "--head-scale-init", "rule"], "model.head_scale_init", "take it: fixed, fixed-fwht"),
         (["--head", "fixed-orthogonal", "--head-rows", "long"], "model.head_rows", "choose from: authors, unit"),
         (["--code-dim", "193"], "data.code_dim", "must be in 1..192"),
         (["--code-dim", "0"], "data.code_dim", "must be in 1..192"),
@@ -142,7 +143,6 @@ def test_head_scale_takes_a_number_or_rule_from_flags_and_toml(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--head-scale-init", "rule"], "applies only to the fixed heads"),
         (["--head", "fixed", "--head-scale-init", "tiny"], "choose from: authors, rule"),
         (["--head", "fixed", "--head-scale-init", "rule", "--head-scale", "2"], "does not start anywhere"),
     ],

@@ -95,7 +95,7 @@ def test_zero_stages_match_ddp_and_the_comms_logger(tmp_path, ddp_payload, stage
 def test_zero3_reduced_bytes_pads_each_gradient_to_the_world_size():
     import torch
 
-    from distbench.runtime.engines.deepspeed import zero3_reduced_bytes
+    from distbench.comm.expected import zero3_reduced_bytes
 
     assert zero3_reduced_bytes([1, 2, 5], 2, torch.float32) == (2 + 2 + 6) * 4
     assert zero3_reduced_bytes([1, 2, 5], 4, torch.bfloat16) == (4 + 4 + 8) * 2

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.checks import check_structure
-from distbench.comm.meter import expected_bytes
+from distbench.comm.expected import expected_bytes
 from distbench.config import ConfigError, FreezeConfig, ModelConfig, parse_args
 from distbench.model import build_model
 from distbench.model.backbones import build_backbone

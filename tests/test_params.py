@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.comm.meter import expected_bytes
+from distbench.comm.expected import expected_bytes
 from distbench.config import ConfigError, ModelConfig
 from distbench.model import build_model
 from distbench.model.backbones import build_backbone

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from conftest import SHORT, flags, torchrun
 from torch import nn
 
+from distbench.comm.expected import sharded_head_collectives
 from distbench.comm.meter import CommMeter
-from distbench.model.heads.sharded import ShardedHead, class_range, expected_collective_bytes
+from distbench.model.heads.sharded import ShardedHead, class_range
 from distbench.results import validate
 from distbench.runtime.engines.collectives import Collectives
 
@@ -91,7 +92,7 @@ def _worker(rank: int, store_path: str, out: str) -> None:
 def test_sharded_head_on_two_ranks_matches_the_replicated_head(tmp_path):
     out = str(tmp_path / "result")
     mp.start_processes(_worker, args=(str(tmp_path / "store"), out), nprocs=WORLD, start_method="spawn")
-    expected = expected_collective_bytes(B, N, WORLD)
+    expected = {c.op: c.bytes for c in sharded_head_collectives(B, N, WORLD)}
     for rank in range(WORLD):
         with open(f"{out}.{rank}") as fh:
             r = json.load(fh)
@@ -120,7 +121,7 @@ def test_sharded_run_matches_the_learned_run_and_sends_what_it_should(tmp_path):
     assert sharded["params"] == learned["params"]  # the whole model's counts, all shards together
 
     comm, batch = sharded["comm"], SHORT["batch_size"]
-    head = expected_collective_bytes(batch, 256, 2)  # the tiny CNN has N = 256 features
+    head = {c.op: c.bytes for c in sharded_head_collectives(batch, 256, 2)}  # the tiny CNN has N = 256 features
     assert comm["payload_bytes_per_step"] == comm["expected_bytes_per_step"]
     assert comm["collectives"]["all_gather"] == head["all_gather"]
     assert comm["collectives"]["reduce_scatter"] == head["reduce_scatter"]

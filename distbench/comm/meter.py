@@ -1,9 +1,6 @@
-"""Communication accounting.
-
-Two sides that a test holds equal:
-- pure functions that say what the model must send (`expected_bytes`, `bus_bytes`, bandwidths);
-- the CommMeter, which counts what really goes to a collective; the engines feed it from their comm hooks
-  and collective taps (distbench.comm.taps for DDP).
+"""The CommMeter, which counts what really goes to a collective (the engines feed it from their taps,
+`distbench.comm.taps`), and the bus-byte and bandwidth conversions of what it counts. What the model says
+must go is `distbench.comm.expected`; a test holds the two equal.
 
 Definitions, as code, README and records use them: payload bytes are the bytes of the tensors handed to a
 collective per optimizer step; bus bytes per rank for a ring all-reduce are payload x 2(n-1)/n, and algbw /
@@ -17,18 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-
-from distbench.model.counts import tensor_bytes, trainable
 
 
 # ------------------------------------------------------------------------------------------ pure functions
-def expected_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
-    """Gradient bytes data parallelism must reduce per step: every trainable parameter, in the
-    reduced dtype (its own, or e.g. float16 under a compression hook)."""
-    return tensor_bytes(trainable(model), dtype)
-
-
 def bus_bytes(payload_bytes: float, world_size: int) -> float:
     """Bytes each rank moves in a ring all-reduce of `payload_bytes`: 2(n-1)/n x payload
     (n-1 reduce-scatter steps and n-1 all-gather steps, each of payload/n)."""

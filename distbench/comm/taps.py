@@ -1,48 +1,113 @@
-"""DDP comm hooks (torch's own), the bytes per step each is expected to send, and the taps that count
-what they really send into a CommMeter. Only the DDP engine uses them; `distbench.checks` asks the
-registry for valid names."""
+"""How the meter sees what really goes to a collective: one `Tap` mechanism for every engine, and DDP's comm
+hooks (torch's own).
+
+A Tap wraps named collective functions of a namespace (`torch.distributed` for DDP and FSDP2,
+`deepspeed.comm` for DeepSpeed) while installed, and counts the bytes of each call's input tensor(s) into a
+CommMeter before the call goes on: counting at launch, on the host, costs no synchronisation. A wrapper that
+calls another wrapped function (DeepSpeed's do) is counted once. What counts as payload is declared per
+function, or, where an engine sends gradients and other traffic through the same function (DeepSpeed),
+decided by reduction points: methods the engine marks, inside which a call is payload.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
-from distbench.comm.meter import CommMeter, expected_bytes
-from distbench.model.counts import trainable
+from distbench.comm.meter import CommMeter
+from distbench.model.counts import tensor_bytes
 from distbench.registry import Registry
 
 
-class AllReduceTap:
-    """While installed, every torch.distributed.all_reduce is counted as payload of the open step.
+@dataclass(frozen=True)
+class Counted:
+    """How a tapped function is counted: as collective `op`, by its input `arg` (keyword name, or position
+    `pos`). `payload`: True or False, or None for "while a reduction point is open". `bucket`: the call is
+    one gradient-reduction call (None: any payload call is; False: the engine counts its buckets itself)."""
 
-    Comm hooks are counted by what they really send: the fp16 hook's half-size copy, PowerSGD's
-    uncompressed tensors, P and Q. PowerSGD launches its second all-reduce from a future callback, after
-    the hook has returned, so wrapping the hook call alone would miss it; wrapping the collective does not.
-    With `forward_sync_buffers=False` DDP issues no other collective inside a step, and collectives outside
-    a bracketed step (evaluation, statistics) are ignored by the meter.
-    """
+    op: str
+    arg: str
+    pos: int
+    payload: bool | None = True
+    bucket: bool | None = None
 
-    def __init__(self, meter: CommMeter) -> None:
-        self.meter = meter
-        self.original: Callable | None = None
 
-    def install(self) -> None:
-        original = self.original = dist.all_reduce
+def _input_bytes(arg: Any) -> int:
+    if isinstance(arg, torch.Tensor):
+        return tensor_bytes([arg])
+    if isinstance(arg, list | tuple):
+        return tensor_bytes([t for t in arg if isinstance(t, torch.Tensor)])
+    return 0
 
-        def all_reduce(tensor, *args, **kwargs):
-            self.meter.count("all_reduce", tensor, bucket=False)  # DDP's hook wrapper counts the buckets
-            return original(tensor, *args, **kwargs)
 
-        dist.all_reduce = all_reduce
+class Tap:
+    """While installed, the functions of `namespace` named in `table` are counted into `meter`."""
+
+    def __init__(self, meter: CommMeter, namespace: str, table: dict[str, Counted]) -> None:
+        self.meter, self.namespace, self.table = meter, namespace, table
+        self.depth = 0  # nested tapped calls (one wrapper calling another) are counted once
+        self.reducing = 0  # open reduction points
+        self.saved: dict[str, Callable] = {}
+
+    def install(self) -> Tap:
+        module = importlib.import_module(self.namespace)
+        for name, counted in self.table.items():
+            original = getattr(module, name, None)
+            if original is not None:  # a function this version of the namespace lacks is not sent through
+                self.saved[name] = original
+                setattr(module, name, self._wrap(original, counted))
+        return self
 
     def uninstall(self) -> None:
-        if self.original is not None:
-            dist.all_reduce, self.original = self.original, None
+        module = importlib.import_module(self.namespace)
+        for name, original in self.saved.items():
+            setattr(module, name, original)
+        self.saved.clear()
+
+    def _wrap(self, fn: Callable, c: Counted) -> Callable:
+        @functools.wraps(fn)
+        def counted(*args, **kwargs):
+            if self.depth == 0:
+                arg = kwargs[c.arg] if c.arg in kwargs else (args[c.pos] if len(args) > c.pos else None)
+                size = _input_bytes(arg)
+                if size:
+                    payload = self.reducing > 0 if c.payload is None else c.payload
+                    self.meter.count_bytes(c.op, size, payload=payload, bucket=c.bucket)
+            self.depth += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+
+        return counted
+
+    def mark_reduction_points(self, obj: Any, names: tuple[str, ...]) -> None:
+        """Calls made inside the methods `names` of `obj` (where it has them) count as payload."""
+        for name in names:
+            method = getattr(obj, name, None)
+            if method is None:
+                continue
+
+            def marked(*args, _method=method, **kwargs):
+                self.reducing += 1
+                try:
+                    return _method(*args, **kwargs)
+                finally:
+                    self.reducing -= 1
+
+            setattr(obj, name, marked)
+
+
+# DDP: with `forward_sync_buffers=False` it issues no other collective inside a step. Comm hooks are counted by
+# what they really send (the fp16 hook's half-size copy; PowerSGD's uncompressed tensors, P and Q: it launches
+# its second all-reduce from a future callback, after the hook has returned, so wrapping the hook call alone
+# would miss it). `counting_buckets` counts the buckets.
+DDP_COLLECTIVES = {"all_reduce": Counted("all_reduce", "tensor", 0, payload=True, bucket=False)}
 
 
 def counting_buckets(meter: CommMeter, hook: Callable) -> Callable:
@@ -57,12 +122,13 @@ def counting_buckets(meter: CommMeter, hook: Callable) -> Callable:
     return counted
 
 
+# ------------------------------------------------------------------------------------------ DDP comm hooks
 @dataclass(frozen=True)
 class CommHook:
-    """A DDP comm hook (torch's own) and the bytes per step it is expected to send."""
+    """A DDP comm hook (torch's own): dist config -> (hook state, hook(state, bucket) -> Future). What it sends
+    is `distbench.comm.expected.hook_bytes`."""
 
-    make: Callable[[Any], tuple[Any, Callable]]  # dist config -> (hook state, hook(state, bucket) -> Future)
-    expected: Callable[[nn.Module, Any], int]  # (model, dist config) -> bytes per step
+    make: Callable[[Any], tuple[Any, Callable]]
 
 
 COMM_HOOKS: Registry = Registry("comm hook")
@@ -74,22 +140,6 @@ def _default_hooks():
     return default_hooks
 
 
-def powersgd_expected_bytes(model: nn.Module, rank: int) -> int:
-    """PowerSGD's bytes per step once compression has started (Vogels et al. 2019; torch's powerSGD_hook):
-    each gradient viewed as an n x m matrix (n = its first dimension) sends P (n x r) and Q (m x r) when
-    torch's own test says compression pays, else the whole tensor; r = min(n, m, rank). fp32 throughout."""
-    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _should_compress
-
-    total = 0
-    for p in trainable(model):
-        n = p.shape[0] if p.dim() else 1
-        m = p.numel() // n
-        r = min(n, m, rank)
-        compress, _, _ = _should_compress(n, m, r, 2)  # PowerSGDState's default min_compression_rate
-        total += ((n + m) * r if compress else p.numel()) * p.element_size()
-    return total
-
-
 def _powersgd(dc) -> tuple[Any, Callable]:
     from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
@@ -99,21 +149,7 @@ def _powersgd(dc) -> tuple[Any, Callable]:
     return state, psgd.powerSGD_hook
 
 
-COMM_HOOKS.register("allreduce")(
-    CommHook(make=lambda dc: (None, _default_hooks().allreduce_hook), expected=lambda model, dc: expected_bytes(model))
-)
-COMM_HOOKS.register("fp16")(
-    CommHook(
-        make=lambda dc: (None, _default_hooks().fp16_compress_hook),
-        expected=lambda model, dc: expected_bytes(model, torch.float16),
-    )
-)
-COMM_HOOKS.register("bf16")(
-    CommHook(
-        make=lambda dc: (None, _default_hooks().bf16_compress_hook),
-        expected=lambda model, dc: expected_bytes(model, torch.bfloat16),
-    )
-)
-COMM_HOOKS.register("powersgd")(
-    CommHook(make=_powersgd, expected=lambda model, dc: powersgd_expected_bytes(model, dc.powersgd_rank))
-)
+COMM_HOOKS.register("allreduce")(CommHook(make=lambda dc: (None, _default_hooks().allreduce_hook)))
+COMM_HOOKS.register("fp16")(CommHook(make=lambda dc: (None, _default_hooks().fp16_compress_hook)))
+COMM_HOOKS.register("bf16")(CommHook(make=lambda dc: (None, _default_hooks().bf16_compress_hook)))
+COMM_HOOKS.register("powersgd")(CommHook(make=_powersgd))

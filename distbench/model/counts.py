@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from distbench.model.contracts import HoldsFixedWeights
 from distbench.model.structure.freeze import conv_learned_fraction
 
 
@@ -26,7 +27,7 @@ def named_fixed_weights(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     parameters (a fixed head's projection, a split conv's fixed filters). Modules name them in a
     `fixed_weights` attribute; a name set to None (a conv without bias) is no weight."""
     for prefix, m in model.named_modules():
-        for name in getattr(m, "fixed_weights", ()):
+        for name in m.fixed_weights if isinstance(m, HoldsFixedWeights) else ():
             if (tensor := getattr(m, name)) is not None:
                 yield (f"{prefix}.{name}" if prefix else name), tensor
 

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from distbench.comm.taps import COMM_HOOKS
+from distbench.comm.expected import step_traffic
 from distbench.config import ConfigError, FreezeConfig, ModelConfig
 from distbench.model import build_model
 from distbench.model.counts import param_counts
@@ -54,7 +54,7 @@ def table(models: list[str], num_classes: int) -> str:
                 rows.append(f"| {name} | {label} | does not apply: {e} | | | |")
                 continue
             counts = param_counts(model)
-            sent = COMM_HOOKS.get("allreduce").expected(model, None)
+            sent = step_traffic(model, "ddp", 2, 1).payload_bytes  # DDP's all-reduce: the same at any n
             base = base or sent
             rows.append(
                 f"| {name} | {label} | {counts['trainable']:,} | {counts['conv_learned_fraction']:.3f} | "

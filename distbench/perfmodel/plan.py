@@ -13,7 +13,7 @@ of an interconnect preset (`distbench.perfmodel.nccl`):
     step       = compute + exposed
 
 From a model spec (`--model --num-classes --heads --freeze`) the model is built on the meta device (no
-memory, no training): bytes are `comm.expected_bytes`, compute is FLOPs (torch's FlopCounterMode, forward
+memory, no training): bytes are `comm.expected.step_traffic`, compute is FLOPs (torch's FlopCounterMode, forward
 and backward) x batch / (device peak x MFU), the window the backward pass (2/3 of the compute), the
 residual 0. The MFU is an assumption and is printed with the table.
 
@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from distbench.comm.meter import expected_bytes
+from distbench.comm.expected import step_traffic
 from distbench.config import ConfigError, FreezeConfig, ModelConfig
-from distbench.model.heads.sharded import expected_collective_bytes
 from distbench.perfmodel import nccl
 
 
@@ -100,9 +100,9 @@ class Workload:
 
 # -------------------------------------------------------------------------------------------- from specs
 @functools.cache
-def _measure(model: str, num_classes: int, head: str, freeze: str = "none") -> tuple[int, int, int, float]:
-    """(gradient bytes, the backbone's alone, feature width N, FLOPs per sample for forward + backward) of
-    a model built on the meta device: no memory, no weights."""
+def _measure(model: str, num_classes: int, head: str, freeze: str = "none") -> tuple[nn.Module, float]:
+    """The model built on the meta device (no memory, no weights) and its FLOPs per sample for forward +
+    backward."""
     from distbench.model import build_model
 
     logging.disable(logging.WARNING)  # the fixed heads' warning about shared rows, once per build
@@ -114,7 +114,7 @@ def _measure(model: str, num_classes: int, head: str, freeze: str = "none") -> t
                 F.cross_entropy(net(x), torch.zeros(1, dtype=torch.long)).backward()
     finally:
         logging.disable(logging.NOTSET)
-    return expected_bytes(net), expected_bytes(net.backbone), net.backbone.num_features, counter.get_total_flops()
+    return net, counter.get_total_flops()
 
 
 def _label(head: str, freeze: str) -> str:
@@ -124,11 +124,15 @@ def _label(head: str, freeze: str) -> str:
 def spec_workload(
     model: str, num_classes: int, head: str, batch_size: int, gpus: int, freeze: str = "none", bucket_cap_mb=25.0
 ) -> Workload:
-    """One head and freeze rule of a model spec on `gpus` GPUs (the sharded head's traffic depends on n)."""
-    gradient, backbone, features, flops = _measure(model, num_classes, head, freeze)
+    """One head and freeze rule of a model spec on `gpus` GPUs (the sharded head's traffic depends on n): its
+    gradient all-reduce and the sharded head's own collectives (in bf16, as on GPUs) from comm.expected."""
+    net, flops = _measure(model, num_classes, head, freeze)
+    traffic = step_traffic(net, "ddp", gpus, batch_size, activation_dtype=torch.bfloat16)
+    gradient = sum(c.bytes for c in traffic.collectives if c.what == "gradients")
     collectives = {}
-    if head == "sharded":  # the head's weight gradient stays on its rank; its activations travel instead
-        gradient, collectives = backbone, expected_collective_bytes(batch_size, features, gpus, torch.bfloat16)
+    for c in traffic.collectives:
+        if c.what != "gradients":
+            collectives[c.op] = collectives.get(c.op, 0) + c.bytes
     return Workload(
         label=_label(head, freeze),
         group=f"{model}, {num_classes:,} classes",

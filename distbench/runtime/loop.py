@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import torch
 
 from distbench import results
+from distbench.comm.expected import traffic_for
 from distbench.comm.meter import StepTraffic
-from distbench.comm.taps import COMM_HOOKS
 from distbench.config import RunConfig
 from distbench.model import build_model
 from distbench.model.counts import param_counts
@@ -408,26 +408,41 @@ def summary(record: dict[str, Any]) -> str:
     ) + "".join(f"\n  warning      {w}" for w in timing_warnings(record))
 
 
-def describe(cfg: RunConfig) -> str:
-    """Parameter and expected byte counts of the configured model, built on the CPU (`--dry-run`)."""
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
+def describe(cfg: RunConfig, world_size: int | None = None) -> str:
+    """Parameter counts and every collective a step would send (`--dry-run`), from the configured model built on
+    the meta device: seconds and no memory for any model and class count. What depends on the number of ranks
+    (FSDP's and ZeRO-3's padding, the sharded head's collectives) is given at `world_size` ranks: the job's
+    own under torchrun, else 8 (one node), and the line says which."""
+    import os
+
+    n = world_size or int(os.environ.get("WORLD_SIZE", "0")) or 8
+    logging.disable(logging.WARNING)  # the fixed heads' warning about shared rows: a dry run trains nothing
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, cfg.freeze, seed=cfg.train.seed)
+    finally:
+        logging.disable(logging.NOTSET)
     counts = param_counts(model)
-    sharded = getattr(model.head, "sharded", False)
-    replicated = model.backbone if sharded else model
-    expected = COMM_HOOKS.get(cfg.dist.comm_hook).expected(replicated, cfg.dist)
-    lines = [f"{cfg.model.model} + {cfg.model.head} head, {cfg.model.num_classes} classes"]
+    traffic = traffic_for(cfg, model, n)
+    lines = [
+        f"{cfg.model.model} + {cfg.model.head} head, {cfg.model.num_classes:,} classes, {cfg.dist.backend} "
+        f"({engine_label(cfg)})"
+    ]
     lines += [
         f"  params.{k:<21} {v:>14,}" if isinstance(v, int) else f"  params.{k:<21} {v:>14.4f}"
         for k, v in counts.items()
     ]
-    engine = cfg.dist.comm_hook if cfg.dist.backend == "ddp" else cfg.dist.backend
-    lines.append(f"  expected bytes/step          {expected:>14,} ({engine}{', the backbone' if sharded else ''})")
-    # What depends on the number of ranks, which a dry run does not know: say so rather than print a number.
-    if sharded:
-        lines.append(
-            "  + the sharded head's collectives per rank: 4(BN + 2B + 3nB + nBN) bytes in fp32 at n ranks, batch B"
-        )
-    if cfg.dist.backend == "fsdp" or (cfg.dist.backend == "deepspeed" and cfg.dist.zero_stage == 3):
-        lines.append("  (FSDP and ZeRO-3 pad each parameter to a multiple of the ranks: the record's count is exact)")
+    lines.append(f"  expected bytes/step          {traffic.payload_bytes:>14,} (payload, at {n} ranks of batch "
+                 f"{cfg.train.batch_size})")  # fmt: skip
+    lines += [
+        f"    {c.op:<24} {c.bytes:>14,}  {c.what}{'' if c.payload else ' (not payload)'}" for c in traffic.collectives
+    ]
+    if cfg.dist.backend == "deepspeed":
+        lines.append("    (ZeRO's parameter all-gathers are counted by a run, not predicted here)")
     return "\n".join(lines)
+
+
+def engine_label(cfg: RunConfig) -> str:
+    """The engine as a record's `comm.hook` names it."""
+    d = cfg.dist
+    return {"ddp": d.comm_hook, "fsdp": "fsdp2", "deepspeed": f"deepspeed-zero{d.zero_stage}"}[d.backend]

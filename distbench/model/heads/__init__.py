@@ -19,6 +19,7 @@ as a non-persistent buffer rebuilt from (C, N, seed); `fixed-fwht` and `fixed-sr
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -54,7 +55,7 @@ def orthogonal_block(rows: int, cols: int, seed: int, dtype: torch.dtype = torch
 class LearnedHead(nn.Linear):
     """The baseline: a learned N -> C linear layer with bias."""
 
-    def __init__(self, in_features: int, num_classes: int, bias: bool = True, **_: object) -> None:
+    def __init__(self, in_features: int, num_classes: int, bias: bool = True) -> None:
         super().__init__(in_features, num_classes, bias=bias)
 
 
@@ -151,7 +152,7 @@ def hadamard_proj(num_classes: int, bias: bool) -> dict:
 
 
 @HEADS.register("learned")
-def learned(in_features: int, num_classes: int, bias: bool = True, **_: object) -> nn.Module:
+def learned(in_features: int, num_classes: int, bias: bool = True) -> nn.Module:
     return LearnedHead(in_features, num_classes, bias=bias)
 
 
@@ -178,7 +179,6 @@ def fixed_hadamard(
     dtype: torch.dtype = torch.float32,
     fixed_scale: Scale = None,
     scale_init: str = "authors",
-    **_: object,
 ) -> nn.Module:
     warn_shared_rows("fixed", in_features, num_classes)
     weight = hadamard_block(num_classes, in_features, dtype)
@@ -196,7 +196,6 @@ def fixed_orthogonal(
     fixed_scale: Scale = None,
     row_norm: str = "authors",
     scale_init: str = "authors",
-    **_: object,
 ) -> nn.Module:
     """Proj's conventions. row_norm 'unit' rescales every row to length 1: for C > N Proj's rows have
     length about sqrt(N / C) (0.05 at 100K classes and N = 256), which caps every logit at 10 x that
@@ -207,7 +206,9 @@ def fixed_orthogonal(
     if row_norm == "unit":
         weight = F.normalize(weight, dim=1)
     conventions = {"scale_init": 10.0, "bias_bound": 0.0, "sign": 1.0, "eps": 0.0}
-    rows = weight.square().sum(1).mean().sqrt().item()  # RMS row norm: 1 for unit rows, sqrt(min(N, C) / C) else
+    # RMS row norm, exactly: unit rows; orthonormal rows (C <= N); orthonormal columns (C > N), whose squared
+    # Frobenius norm N spreads over C rows
+    rows = 1.0 if row_norm == "unit" else math.sqrt(min(in_features, num_classes) / num_classes)
     return FixedHead(weight.to(dtype), bias=bias, **with_scale(conventions, num_classes, rows, fixed_scale, scale_init))
 
 
@@ -335,7 +336,6 @@ def fixed_fwht(
     bias: bool = True,
     fixed_scale: Scale = None,
     scale_init: str = "authors",
-    **_: object,
 ) -> nn.Module:
     warn_shared_rows("fixed-fwht", in_features, num_classes)  # the same logits as `fixed`, the same cap
     conventions = with_scale(hadamard_proj(num_classes, bias), num_classes, math.sqrt(in_features), fixed_scale,
@@ -351,7 +351,6 @@ def fixed_srht(
     seed: int = 0,
     fixed_scale: Scale = None,
     scale_init: str = "authors",
-    **_: object,
 ) -> nn.Module:
     # A row is the first N entries of a row of H D_b, each +-1: its norm is sqrt(N), padding or not.
     conventions = with_scale(hadamard_proj(num_classes, bias), num_classes, math.sqrt(in_features), fixed_scale,
@@ -360,34 +359,26 @@ def fixed_srht(
 
 
 @HEADS.register("sharded")
-def sharded(in_features: int, num_classes: int, bias: bool = True, **_: object) -> nn.Module:
+def sharded(in_features: int, num_classes: int, bias: bool = True) -> nn.Module:
     from distbench.model.heads.sharded import ShardedHead
 
     return ShardedHead(in_features, num_classes, bias=bias)
 
 
-def build_head(
-    name: str,
-    in_features: int,
-    num_classes: int,
-    *,
-    bias: bool = True,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    fixed_scale: Scale = None,
-    row_norm: str = "authors",
-    scale_init: str = "authors",
-) -> nn.Module:
-    """`fixed_scale` holds alpha of the fixed heads (the authors' fixed_scale; "rule": the cosine-softmax
-    scale), `scale_init` sets where a learned one starts ("authors" or "rule"); `row_norm` applies to
-    fixed-orthogonal only."""
-    return HEADS.get(name)(
-        in_features,
-        num_classes,
-        bias=bias,
-        dtype=dtype,
-        seed=seed,
-        fixed_scale=fixed_scale,
-        row_norm=row_norm,
-        scale_init=scale_init,
-    )
+def head_options(name: str) -> frozenset[str]:
+    """The options head `name` takes, as its builder declares them (its keyword arguments): the checks refuse
+    a setting for a head that does not take it, and `build_head` hands each head only its own."""
+    params = inspect.signature(HEADS.get(name)).parameters
+    return frozenset(params) - {"in_features", "num_classes"}
+
+
+def heads_taking(option: str) -> list[str]:
+    return [name for name in HEADS.names() if option in head_options(name)]
+
+
+def build_head(name: str, in_features: int, num_classes: int, **options: object) -> nn.Module:
+    """Head `name` mapping N = `in_features` to C = `num_classes` logits. `options` may name any head's options
+    (bias, dtype, seed; the fixed heads' fixed_scale: alpha held, "rule" for the cosine-softmax scale, and
+    scale_init: where a learned alpha starts; fixed-orthogonal's row_norm): each head gets those it takes."""
+    own = head_options(name)
+    return HEADS.get(name)(in_features, num_classes, **{k: v for k, v in options.items() if k in own})

@@ -11,7 +11,8 @@ sampling; Megatron-LM's vocab-parallel cross-entropy for the loss). Rank r of n 
     backward  the head's weight gradient is local (every rank saw every sample): never communicated;
               the feature gradient is reduce-scattered back to the rank whose sample it is (nB x N in)
 
-so what it sends grows with B x N, not with C x N (`expected_collective_bytes`). The backbone stays
+so what it sends grows with B x N, not with C x N
+(`distbench.comm.expected.sharded_head_collectives`). The backbone stays
 replicated under DDP and sends its gradients as usual.
 
 No process group here: the engine hands the head a collectives object (`distbench.runtime.engines.collectives`),
@@ -163,19 +164,3 @@ class ShardedHead(nn.Module):
         best = index.gather(1, values.topk(kk, dim=1).indices)
         mine = slice(self.comm.rank * b, self.comm.rank * b + kept)
         return best[mine], losses[mine]
-
-
-def expected_collective_bytes(
-    batch_size: int, in_features: int, world_size: int, activation_dtype: torch.dtype = torch.float32
-) -> dict[str, int]:
-    """Bytes per step the sharded head hands to each collective (the input of each call, as the meter
-    counts them): features and labels gathered, three per-sample floats all-reduced, the feature gradient
-    reduce-scattered. None of it grows with the number of classes."""
-    b, n, size = batch_size, world_size, activation_dtype.itemsize
-    if n == 1:
-        return {}
-    return {
-        "all_gather": b * in_features * size + b * torch.int64.itemsize,
-        "all_reduce": 3 * n * b * torch.float32.itemsize,
-        "reduce_scatter": n * b * in_features * size,
-    }

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.config import ConfigError, FreezeConfig
+from distbench.model.contracts import CountsItsConvs
 from distbench.registry import Registry
 
 
@@ -295,7 +296,7 @@ def conv_learned_fraction(model: nn.Module) -> float:
     its split twin. Split and reparameterised convs report through their own `conv_counts()`."""
     learned = total = 0
     for m in model.modules():
-        if hasattr(m, "conv_counts"):
+        if isinstance(m, CountsItsConvs):
             n_learned, t = m.conv_counts()
         elif isinstance(m, nn.Conv2d):
             t = m.weight.numel()

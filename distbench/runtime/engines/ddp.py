@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from distbench.comm.expected import step_traffic
 from distbench.comm.meter import CommMeter
-from distbench.comm.taps import COMM_HOOKS, AllReduceTap, counting_buckets
+from distbench.comm.taps import COMM_HOOKS, DDP_COLLECTIVES, Tap, counting_buckets
+from distbench.model.contracts import is_sharded
 from distbench.model.counts import named_fixed_weights, tensor_bytes, trainable
-from distbench.model.heads.sharded import expected_collective_bytes
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.engines.collectives import Collectives
@@ -61,7 +62,7 @@ class DDPEngine(Engine):
         # A head sharded by classes (distbench.model.heads.sharded) is model parallel: only the backbone is replicated
         # and data parallel; the head talks through counted collectives of its own.
         head = getattr(model, "head", None)  # benchmarks hand in bare modules: no head, nothing sharded
-        self.head = head if getattr(head, "sharded", False) else None
+        self.head = head if is_sharded(head) else None
         if self.head is not None:
             self.head.shard(Collectives(self.meter))
         self.replicated = model.backbone if self.head is not None else model
@@ -70,15 +71,17 @@ class DDPEngine(Engine):
         self.hook_name = cfg.dist.comm_hook
         self.hook_state, fn = hook.make(cfg.dist)
         self.ddp.register_comm_hook(self.hook_state, counting_buckets(self.meter, fn))
-        self.tap = AllReduceTap(self.meter)
-        self.tap.install()
+        self.tap = Tap(self.meter, "torch.distributed", DDP_COLLECTIVES).install()
         self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
-        self.expected_bytes_per_step = hook.expected(self.replicated, cfg.dist)
-        if self.head is not None:
-            head = expected_collective_bytes(
-                cfg.train.batch_size, self.head.in_features, place.world_size, self.amp_dtype or torch.float32
-            )
-            self.expected_bytes_per_step += sum(head.values())
+        self.expected_bytes_per_step = step_traffic(
+            model,
+            "ddp",
+            place.world_size,
+            cfg.train.batch_size,
+            hook=cfg.dist.comm_hook,
+            powersgd_rank=cfg.dist.powersgd_rank,
+            activation_dtype=self.amp_dtype or torch.float32,
+        ).payload_bytes
         self.optimizer = build_optimizer(cfg.train, trainable(model))
         self.scaler = torch.amp.GradScaler(place.device.type, enabled=self.amp_dtype is torch.float16)
 

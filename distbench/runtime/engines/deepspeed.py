@@ -17,7 +17,6 @@ buffers, are never sent; a frozen Parameter would be, in every step's all-gather
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 from pathlib import Path
@@ -26,26 +25,32 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from distbench.comm.expected import step_traffic
 from distbench.comm.meter import CommMeter
-from distbench.model.counts import named_fixed_weights, tensor_bytes, trainable
+from distbench.comm.taps import Counted, Tap
+from distbench.model.counts import named_fixed_weights, trainable
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.optim import autocast_dtype, build_optimizer
 
-# deepspeed.comm function -> (collective, name of the input-tensor argument, its position)
-COLLECTIVES: dict[str, tuple[str, str, int]] = {
-    "all_reduce": ("all_reduce", "tensor", 0),
-    "inference_all_reduce": ("all_reduce", "tensor", 0),
-    "all_reduce_coalesced": ("all_reduce", "tensors", 0),
-    "reduce": ("reduce", "tensor", 0),
-    "reduce_scatter_tensor": ("reduce_scatter", "tensor", 1),
-    "reduce_scatter_fn": ("reduce_scatter", "tensor", 1),
-    "reduce_scatter": ("reduce_scatter", "input_list", 1),
-    "all_gather_into_tensor": ("all_gather", "tensor", 1),
-    "allgather_fn": ("all_gather", "input_tensor", 1),
-    "all_gather": ("all_gather", "tensor", 1),
-    "all_gather_coalesced": ("all_gather", "input_tensors", 1),
-    "broadcast": ("broadcast", "tensor", 0),
+# deepspeed.comm's functions: gradient reduction and other traffic go through the same ones, so payload is
+# what is sent inside a reduction point (below).
+DEEPSPEED_COLLECTIVES = {
+    name: Counted(op, arg, pos, payload=None)
+    for name, (op, arg, pos) in {
+        "all_reduce": ("all_reduce", "tensor", 0),
+        "inference_all_reduce": ("all_reduce", "tensor", 0),
+        "all_reduce_coalesced": ("all_reduce", "tensors", 0),
+        "reduce": ("reduce", "tensor", 0),
+        "reduce_scatter_tensor": ("reduce_scatter", "tensor", 1),
+        "reduce_scatter_fn": ("reduce_scatter", "tensor", 1),
+        "reduce_scatter": ("reduce_scatter", "input_list", 1),
+        "all_gather_into_tensor": ("all_gather", "tensor", 1),
+        "allgather_fn": ("all_gather", "input_tensor", 1),
+        "all_gather": ("all_gather", "tensor", 1),
+        "all_gather_coalesced": ("all_gather", "input_tensors", 1),
+        "broadcast": ("broadcast", "tensor", 0),
+    }.items()
 }
 REDUCTION_POINTS = {
     "engine": ("allreduce_bucket",),
@@ -59,92 +64,6 @@ REDUCTION_POINTS = {
         "_DeepSpeedZeroOptimizer_Stage3__avg_scatter_contiguous_grads",
     ),
 }
-
-
-def zero3_reduced_bytes(
-    numels: list[int], world_size: int, dtype: torch.dtype, reduce_scatter: bool = True, bucket: int = 0
-) -> int:
-    """Gradient bytes ZeRO-3 hands to its reduction per step, for trainable parameters of `numels` elements.
-
-    The reduce-scatter (runtime/comm/coalesced_collectives.py, reduce_scatter_coalesced) pads each gradient
-    to a multiple of the world size, ceil(numel / n) elements per rank, so every rank's slice of the
-    coalesced buffer lines up with its partition. With {"reduce_scatter": false} and contiguous gradients,
-    a bucket of at most `bucket` elements is all-reduced whole, unpadded; a gradient larger than the bucket
-    is reduced alone, through the padded reduce-scatter again (stage3.py, __reduce_and_partition_ipg_grads).
-    """
-
-    def reduced(numel: int) -> int:
-        if not reduce_scatter and numel <= bucket:
-            return numel
-        return -(-numel // world_size) * world_size
-
-    return sum(reduced(n) for n in numels) * dtype.itemsize
-
-
-def _input_bytes(arg: Any) -> int:
-    if isinstance(arg, torch.Tensor):
-        return tensor_bytes([arg])
-    if isinstance(arg, list | tuple):
-        return tensor_bytes([t for t in arg if isinstance(t, torch.Tensor)])
-    return 0
-
-
-class DeepSpeedMeter:
-    """Routes deepspeed.comm traffic into a CommMeter; `reducing` marks gradient-reduction points."""
-
-    def __init__(self, meter: CommMeter) -> None:
-        self.meter = meter
-        self.depth = 0  # nested collectives (one wrapper calling another) are counted once
-        self.reducing = 0
-        self.saved: dict[str, Any] = {}
-
-    def install(self) -> None:
-        import deepspeed.comm as dscomm
-
-        for name, (op, arg_name, pos) in COLLECTIVES.items():
-            original = getattr(dscomm, name, None)
-            if original is None:
-                continue
-            self.saved[name] = original
-            setattr(dscomm, name, self._wrap(original, op, arg_name, pos))
-
-    def uninstall(self) -> None:
-        import deepspeed.comm as dscomm
-
-        for name, original in self.saved.items():
-            setattr(dscomm, name, original)
-        self.saved.clear()
-
-    def _wrap(self, fn, op: str, arg_name: str, pos: int):
-        @functools.wraps(fn)
-        def counted(*args, **kwargs):
-            if self.depth == 0:
-                arg = kwargs[arg_name] if arg_name in kwargs else (args[pos] if len(args) > pos else None)
-                size = _input_bytes(arg)
-                if size:
-                    self.meter.count_bytes(op, size, payload=self.reducing > 0)
-            self.depth += 1
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.depth -= 1
-
-        return counted
-
-    def mark_reduction_points(self, obj: Any, names: tuple[str, ...]) -> None:
-        for name in names:
-            method = getattr(obj, name, None)
-            if method is None:
-                continue
-
-            def marked(*args, _method=method, **kwargs):
-                self.reducing += 1
-                try:
-                    return _method(*args, **kwargs)
-                finally:
-                    self.reducing -= 1
-
-            setattr(obj, name, marked)
 
 
 def deepspeed_config(cfg, place: Place) -> dict[str, Any]:
@@ -205,7 +124,7 @@ class DeepSpeedEngine(Engine):
         params = trainable(model)
         numels = [p.numel() for p in params]  # ZeRO-3 empties the parameters it partitions
         client_optimizer = None if "optimizer" in self.config else build_optimizer(cfg.train, params)
-        self.counter = DeepSpeedMeter(self.meter)
+        self.counter = Tap(self.meter, "deepspeed.comm", DEEPSPEED_COLLECTIVES)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=params,
@@ -222,17 +141,18 @@ class DeepSpeedEngine(Engine):
         self.settle_steps = 2 if self.stage == 3 else 1
         self.hook_name = f"deepspeed-zero{self.stage}"
         comm_dtype = self.engine.communication_data_type
-        if self.stage == 3:  # with the settings the stage-3 optimizer really runs with
-            z3 = self.engine.optimizer
-            self.expected_bytes_per_step = zero3_reduced_bytes(
-                numels,
-                place.world_size,
-                comm_dtype,
-                reduce_scatter=z3.reduce_scatter or not z3.contiguous_gradients,
-                bucket=z3.reduce_bucket_size,
-            )
-        else:
-            self.expected_bytes_per_step = tensor_bytes(params, comm_dtype)
+        z3 = self.engine.optimizer if self.stage == 3 else None  # with the settings ZeRO-3 really runs with
+        self.expected_bytes_per_step = step_traffic(
+            model,
+            "deepspeed",
+            place.world_size,
+            cfg.train.batch_size,
+            zero_stage=self.stage,
+            reduce_dtype=comm_dtype,
+            numels=numels,
+            zero3_reduce_scatter=z3 is None or z3.reduce_scatter or not z3.contiguous_gradients,
+            zero3_bucket=z3.reduce_bucket_size if z3 is not None else 0,
+        ).payload_bytes
         self.validate = cfg.dist.validate_comm
         self._logger = dscomm.comms_logger if self.validate else None
         self._fixed = {name for name, _ in named_fixed_weights(model)}

@@ -1,9 +1,9 @@
 """torch's FSDP2 (`torch.distributed.fsdp.fully_shard`), one shard group per block, with the meter and
 records of the other engines.
 
-Sharding. `shard_units(model)` lists the modules `fully_shard` wraps one by one, in forward order: each
-top-level child of the backbone that has parameters or, where that child is a container (nn.Sequential,
-nn.ModuleList, nn.ModuleDict), each of its children that has parameters; then the head. That is the tiny
+Sharding. `shard_units(model)` (distbench.comm.expected) lists the modules `fully_shard` wraps one by one, in
+forward order: each top-level child of the backbone that has parameters or, where that child is a container
+(nn.Sequential, nn.ModuleList, nn.ModuleDict), each of its children that has parameters; then the head. That is the tiny
 CNN's four conv-BN-ReLU stages, a ResNet's stem conv, stem BN and every BasicBlock/Bottleneck, a WRN's stem
 conv, its blocks and its last BN. The root is wrapped last and keeps whatever is left (parameters held by the
 backbone or the Classifier itself; none in distbench's models). Buffers (BatchNorm statistics, fixed heads'
@@ -13,8 +13,8 @@ Counting. FSDP2 sends through two torch.distributed functions, looked up on the 
 (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py, torch 2.14): `DefaultReduceScatter.__call__` ->
 `dist.reduce_scatter_single` (from `foreach_reduce`: one call per group in backward, holding the gradients
 of the group's parameters that have one) and `DefaultAllGather.__call__` -> `dist.all_gather_single` (from
-`foreach_all_gather`: one call per group each time it is unsharded). `FSDPTap` wraps both, as
-engines/hooks.AllReduceTap wraps all_reduce, and counts the input tensor of each call: the reduce-scatter's
+`foreach_all_gather`: one call per group each time it is unsharded). A `Tap` (distbench.comm.taps) wraps both
+and counts the input tensor of each call: the reduce-scatter's
 input (every rank's padded gradients) is the payload; the all-gather's input (this rank's padded shards)
 shows only in `comm.collectives`. `dist.all_reduce` is wrapped too (FSDP2 uses it only for HSDP; the fp16
 loss scaler agrees on overflow with it), never as payload.
@@ -22,43 +22,28 @@ loss scaler agrees on overflow with it), never as payload.
 Padding. FSDP2 shards dim 0 with torch.chunk and pads every rank's shard to the first (largest) one:
 `FSDPParam._init_sharded_param` (_fsdp_param.py) and `_get_dim0_padded_size` (_fsdp_common.py), so a
 parameter with d0 rows costs ceil(d0 / n) * n rows in the reduce-scatter and ceil(d0 / n) rows in each
-rank's all-gather input. `fsdp_expected_bytes` and `fsdp_all_gather_bytes` reproduce that.
+rank's all-gather input. `distbench.comm.expected` reproduces that; `shard_units` lives there too, as what is
+sharded decides what is sent.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from distbench.comm.expected import shard_rows, shard_units, step_traffic, unit_param_dtype
 from distbench.comm.meter import CommMeter
+from distbench.comm.taps import Counted, Tap
+from distbench.model.contracts import MasksFilters
 from distbench.model.counts import named_fixed_weights, trainable
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.optim import autocast, autocast_dtype, build_optimizer
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-# ------------------------------------------------------------------------------------------ pure functions
-def _has_params(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters())
-
-
-def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The modules that get their own `fully_shard` group, in forward order (see the module docstring)."""
-    backbone, head = getattr(model, "backbone", model), getattr(model, "head", None)
-    units = []
-    for child in backbone.children():
-        units += [m for m in child.children() if _has_params(m)] if isinstance(child, CONTAINERS) else [child]
-    if head is not None:
-        units.append(head)
-    return [m for m in units if _has_params(m)]
 
 
 def mixed_precision(device: torch.device, amp_dtype: torch.dtype | None) -> tuple[torch.dtype | None, ...]:
@@ -70,99 +55,15 @@ def mixed_precision(device: torch.device, amp_dtype: torch.dtype | None) -> tupl
     return None, None
 
 
-def unit_param_dtype(unit: nn.Module, param_dtype: torch.dtype | None) -> torch.dtype | None:
-    """The dtype `unit`'s parameters are gathered in. A unit holding a BatchNorm keeps them in fp32: the
-    policy casts a whole group, and batch_norm takes bf16 weights only beside bf16 running statistics (the CPU
-    kernel refuses the mix: "expected scalar type BFloat16 but found Float"), which stay fp32 as under DDP.
-    Autocast still runs the unit's convolutions in bf16."""
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in unit.modules()):
-        return None
-    return param_dtype
-
-
-def _shard_rows(p: torch.Tensor, world_size: int) -> int:
-    """Rows of dim 0 in each rank's padded shard: ceil(d0 / n) (torch.chunk's first chunk)."""
-    return math.ceil(p.shape[0] / world_size)
-
-
-def _shard_bytes(p: torch.Tensor, world_size: int, dtype: torch.dtype | None) -> int:
-    return _shard_rows(p, world_size) * math.prod(p.shape[1:]) * (dtype or p.dtype).itemsize
-
-
-def fsdp_expected_bytes(model: nn.Module, world_size: int, reduce_dtype: torch.dtype | None = None) -> int:
-    """Gradient bytes FSDP2 reduce-scatters per step: every trainable parameter, dim 0 padded to a multiple of
-    the world size, in `reduce_dtype` (default: the parameter's own). A world of one sends nothing:
-    `foreach_reduce` copies the gradient instead of reducing it."""
-    if world_size == 1:
-        return 0
-    return sum(world_size * _shard_bytes(p, world_size, reduce_dtype) for p in trainable(model))
-
-
-def fsdp_all_gather_bytes(model: nn.Module, world_size: int, param_dtype: torch.dtype | None = None) -> int:
-    """All-gather input bytes per step on each rank (its padded shards, in `param_dtype` where mixed precision
-    casts them: `unit_param_dtype`), for the groups `shard_units` makes, with fully_shard's default resharding:
-
-    - forward: every group is gathered once (frozen parameters too: the forward needs them);
-    - backward: the root group is never resharded after forward (fully_shard's default for the root,
-      `FSDPState._lazy_init`), so only the unit groups are gathered again: each one that gradient reaches
-      (its forward output requires grad: it or a unit before it has a trainable parameter) and, before the
-      first of those, the one before it, which that first one's pre-backward prefetches
-      (`FSDPParamGroup._backward_prefetch`, _fsdp_param_group.py).
-
-    Assumes the units run in the order `shard_units` lists them, each feeding the next, and that the root's
-    own parameters (if any) are used before them. A world of one gathers nothing (`FSDPParamGroup.unshard`)."""
-    if world_size == 1:
-        return 0
-
-    def gathered(params, dtype: torch.dtype | None) -> int:
-        return sum(_shard_bytes(p, world_size, dtype if p.is_floating_point() else None) for p in params)
-
-    def unit(u: nn.Module) -> int:
-        return gathered(u.parameters(), unit_param_dtype(u, param_dtype))
-
-    units = shard_units(model)
-    in_units = {id(p) for u in units for p in u.parameters()}
-    root = [p for p in model.parameters() if id(p) not in in_units]
-    learns = [any(p.requires_grad for p in u.parameters()) for u in units]
-    first = 0 if any(p.requires_grad for p in root) else next((i for i, t in enumerate(learns) if t), len(units))
-    again = units[max(first - 1, 0) :] if first < len(units) else []
-    return gathered(root, param_dtype) + sum(unit(u) for u in [*units, *again])
-
-
 # ----------------------------------------------------------------------------------------------- the tap
 # torch.distributed function -> (collective, input argument's name, its position, payload)
-COLLECTIVES: dict[str, tuple[str, str, int, bool]] = {
-    "reduce_scatter_single": ("reduce_scatter", "input", 1, True),
-    "all_gather_single": ("all_gather", "input_tensor", 1, False),
-    "all_reduce": ("all_reduce", "tensor", 0, False),
+# torch.distributed's functions FSDP2 sends through: the reduce-scatter's input (every rank's padded gradients)
+# is the payload; the all-gather's (this rank's padded shards) and the all-reduce's are not.
+FSDP_COLLECTIVES = {
+    "reduce_scatter_single": Counted("reduce_scatter", "input", 1, payload=True),
+    "all_gather_single": Counted("all_gather", "input_tensor", 1, payload=False),
+    "all_reduce": Counted("all_reduce", "tensor", 0, payload=False),
 }
-
-
-class FSDPTap:
-    """While installed, FSDP2's collectives are counted into `meter` (inside a bracketed step only: the meter
-    ignores the rest, e.g. evaluation's all-gathers)."""
-
-    def __init__(self, meter: CommMeter) -> None:
-        self.meter = meter
-        self.saved: dict[str, object] = {}
-
-    def install(self) -> None:
-        for name, (op, arg, pos, payload) in COLLECTIVES.items():
-            original = self.saved[name] = getattr(dist, name)
-            setattr(dist, name, self._wrap(original, op, arg, pos, payload))
-
-    def _wrap(self, fn, op: str, arg: str, pos: int, payload: bool):
-        @functools.wraps(fn)
-        def counted(*args, **kwargs):
-            self.meter.count(op, kwargs[arg] if arg in kwargs else args[pos], payload=payload)
-            return fn(*args, **kwargs)
-
-        return counted
-
-    def uninstall(self) -> None:
-        for name, original in self.saved.items():
-            setattr(dist, name, original)
-        self.saved.clear()
 
 
 # ---------------------------------------------------------------------------------------------- the engine
@@ -176,7 +77,7 @@ def _masked_convs(model: nn.Module) -> list[tuple[nn.Module, str, int]]:
     same bytes, as every row is still sent). A gradient hook of any other kind is refused."""
     masked = []
     for m in model.modules():
-        if hasattr(m, "learned_filters"):
+        if isinstance(m, MasksFilters):
             masked += [(m, name, m.learned_filters) for name in ("weight", "bias") if getattr(m, name) is not None]
     known = {id(getattr(m, name)) for m, name, _ in masked}
     for name, p in model.named_parameters():
@@ -209,8 +110,11 @@ class FSDPEngine(Engine):
         self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
         self.param_dtype, self.reduce_dtype = mixed_precision(place.device, self.amp_dtype)
         n = place.world_size
-        self.expected_bytes_per_step = fsdp_expected_bytes(model, n, self.reduce_dtype)
-        self.expected_all_gather_bytes_per_step = fsdp_all_gather_bytes(model, n, self.param_dtype)
+        traffic = step_traffic(
+            model, "fsdp", n, cfg.train.batch_size, reduce_dtype=self.reduce_dtype, param_dtype=self.param_dtype
+        )
+        self.expected_bytes_per_step = traffic.payload_bytes
+        self.expected_all_gather_bytes_per_step = traffic.by_op.get("all_gather", 0)
         masked = _masked_convs(model)
         # No channels-last here (unlike DDP): FSDP2 shards contiguous parameters only (_fsdp_param.py).
         model.to(place.device)
@@ -224,8 +128,7 @@ class FSDPEngine(Engine):
         self.optimizer = build_optimizer(cfg.train, trainable(model))
         # The sharded scaler agrees on overflow across ranks: each rank checks only its own shard.
         self.scaler = ShardedGradScaler(place.device.type, enabled=self.amp_dtype is torch.float16)
-        self.tap = FSDPTap(self.meter)
-        self.tap.install()
+        self.tap = Tap(self.meter, "torch.distributed", FSDP_COLLECTIVES).install()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -243,7 +146,7 @@ class FSDPEngine(Engine):
             if p.grad is None:
                 continue
             # This rank's shard starts at row rank x ceil(d0 / n) (FSDP2's torch.chunk layout).
-            start = self.place.rank * _shard_rows(p, self.place.world_size)
+            start = self.place.rank * shard_rows(p, self.place.world_size)
             local = p.grad.to_local()
             local[min(max(rows - start, 0), local.shape[0]) :].zero_()
 
