@@ -57,7 +57,9 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     # Each head takes the options its builder declares: a setting for a head that does not take it is refused.
     for field, option, unset in HEAD_OPTION_FIELDS:
         if getattr(m, field) != unset and option not in head_options(m.head):
-            raise ConfigError(f"model.{field}", f"applies only to the heads that take it: {', '.join(heads_taking(option))}")
+            raise ConfigError(
+                f"model.{field}", f"applies only to the heads that take it: {', '.join(heads_taking(option))}"
+            )
     if m.head == "sharded" and cfg.dist.backend != "ddp":
         raise ConfigError(
             "model.head", "sharded runs under --backend ddp (the DDP engine shards it and counts its collectives)"
