@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distbench.runtime.engines import StopVote, build_engine, close_distributed
-from distbench.runtime.loop import make_progress, run_steps
+from distbench.runtime.loop import Progress, run_steps
 from distbench.runtime.optim import autocast_dtype
 from distbench.runtime.timing import StepTimer
 
@@ -82,7 +82,9 @@ def main() -> None:
             timer.mark()
         return timer.times_ms()
 
-    with make_progress(place, (warmup + args.blocks * args.block_steps) * 2) as progress:
+    with Progress(
+        place, (warmup + args.blocks * args.block_steps) * 2, cfg.train.batch_size * place.world_size
+    ) as progress:
         variants = {
             "distbench": lambda n: run_steps(engine, distbench_batches, n, progress, lambda: vote(False))[0],
             "plain": plain_steps,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distbench.results import SchemaError
+from distbench.results.blocks import replace_block
 
 from records import latest_records
 
@@ -293,14 +294,8 @@ def short_table(records: dict[str, dict[str, Any]]) -> str:
 
 
 def replace_table(text: str, table: str, where: str = "the file") -> str:
-    """`text` with what lies between the one START and the one END marker replaced by `table`."""
-    if text.count(START) != 1 or text.count(END) != 1:
-        raise ValueError(f"{where} needs exactly one {START} and one {END}")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    if END in head:
-        raise ValueError(f"{where}: {END} comes before {START}")
-    return f"{head}{START}\n{table}\n{END}{tail}"
+    """`text` with its bench-table block replaced by `table` (distbench.results.blocks: the one block writer)."""
+    return replace_block(text, "bench-table", table, where)
 
 
 def main(argv: list[str] | None = None) -> int:

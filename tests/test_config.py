@@ -70,41 +70,23 @@ def test_unknown_toml_key(tmp_path):
     assert e.value.field == "train.stepz"
 
 
-def test_readme_flag_table_is_the_parser():
-    """The README's flag table names every flag the parser takes, and no other (each with a help text)."""
+def test_cli_reference_names_every_flag_the_parser_takes():
+    """docs/cli.md (generated from the config) names every flag the parser takes, and no other, each with a
+    help text; tests/test_docs.py holds the committed file equal to what the code generates."""
     import re
 
-    from conftest import ROOT
+    from distbench.config import markdown
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| flag | default | meaning |") :].split("\n\n")[0]
-    documented = {f for row in table.splitlines()[2:] for f in re.findall(r"`(--[a-z0-9-]+)", row.split("|")[1])}
+    documented = set(re.findall(r"^\| `(--[a-z0-9-]+)`", markdown(), flags=re.M))
     parser = build_parser()
     taken = {o for a in parser._actions for o in a.option_strings if a.help not in (None, "==SUPPRESS==")}
-    taken -= {"-h", "--help"}
+    taken -= {"-h", "--help", "--config"}
 
     def plain(flags):  # --no-head-bias and --head-bias are one boolean flag
         return {f.replace("--no-", "--") for f in flags}
 
     assert plain(documented) == plain(taken)
     assert all(a.help for a in parser._actions if a.option_strings)
-
-
-def test_linked_sweep_axis_sets_fields_together(tmp_path):
-    from distbench.sweep import expand
-
-    grid = tmp_path / "g.toml"
-    grid.write_text(
-        '[axes]\n"model.head" = ["learned", "fixed-srht"]\n'
-        'budget = [{"model.num_classes" = 10, "train.steps" = 3}, {"model.num_classes" = 20, "train.steps" = 5}]\n'
-    )
-    lines, warnings = expand(grid)
-    assert not warnings
-    got = sorted(
-        (x["config"]["model"]["head"], x["config"]["model"]["num_classes"], x["config"]["train"]["steps"])
-        for x in lines
-    )
-    assert got == [("fixed-srht", 10, 3), ("fixed-srht", 20, 5), ("learned", 10, 3), ("learned", 20, 5)]
 
 
 def test_config_is_a_leaf():
@@ -164,3 +146,15 @@ def test_added_fields_at_their_default_keep_sweep_ids():
     assert trimmed["model"]["head"] == "learned"  # a field that was always there stays
     changed = RunConfig(model=type(RunConfig().model)(width=64)).to_dict()
     assert added_at_default(changed)["model"]["width"] == 64
+
+
+def test_misspelt_toml_table_and_key_get_a_did_you_mean(tmp_path):
+    table, key = tmp_path / "table.toml", tmp_path / "key.toml"
+    table.write_text('[modle]\nhead = "fixed"\n')
+    key.write_text('[model]\nhaed = "fixed"\n')
+    with pytest.raises(ConfigError, match=r"unknown table \[modle\] \(did you mean \[model\]\?\)") as e:
+        parse_and_check(["--config", str(table)])
+    assert e.value.flag == "--config"  # not --modle: the table is no flag
+    with pytest.raises(ConfigError, match=r"\(did you mean head\?\)") as e:
+        parse_and_check(["--config", str(key)])
+    assert e.value.field == "model.haed"

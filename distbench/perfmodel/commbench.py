@@ -385,3 +385,46 @@ def parse_args(argv: Sequence[str] | None = None) -> CommbenchArgs:
         out=a.out,
         run_id=a.run_id,
     )
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def main(argv: list[str] | None = None, prog: str = "commbench.py") -> int:
+    """The benchmark from the command line: launch/commbench.py and `distbench commbench`, under torchrun."""
+    import logging
+    import os
+
+    from distbench import config, results
+
+    log = logging.getLogger("distbench")
+    rank0 = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(message)s")
+    try:
+        args = parse_args(argv)
+    except ArgsError as e:
+        return config.fail(e, prog=prog, quiet=not rank0)
+
+    from distbench.runtime.engines import close_distributed, init_distributed
+
+    def write(record: dict) -> None:
+        results.append(args.out, record, check=validate_commbench)
+        log.info(table_row(record))
+
+    try:
+        place = init_distributed(args.dist_backend)
+        if place.rank == 0:
+            log.info("# %d ranks, %s on %s\n%s", place.world_size, place.backend, place.device, table_header())
+        records = run_commbench(
+            place,
+            args.ops,
+            args.sizes,
+            args.iters,
+            args.warmup,
+            repeats=args.repeats,
+            run_id=args.run_id,
+            on_record=write if place.rank == 0 else None,
+        )
+    finally:
+        close_distributed()
+    if place.rank == 0:
+        log.info("# %d records appended to %s (run_id %s)", len(records), args.out, records[0]["run_id"])
+    return 0

@@ -19,26 +19,20 @@ then extrapolates in n. That extrapolation is the model's, not a measurement: re
 trees or hierarchical rings at scale (NCCL does), where the latency term grows like log n, not n, so the
 ring's latency term is a pessimistic bound for large n and small messages.
 
-For GPU clusters this machine does not have, `distbench.perfmodel.nccl` models NCCL itself (ring and tree, NVLink
-inside a node, one NIC per GPU across nodes) from public figures; its presets and `collective_time` are
-re-exported here.
+For GPU clusters this machine does not have, `distbench.perfmodel.nccl` models NCCL itself (ring and tree,
+NVLink inside a node, one NIC per GPU across nodes) from public figures; `fit_interconnect` here fits its
+`measured` preset to this machine.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from distbench.perfmodel.nccl import PRESETS as PRESETS
-from distbench.perfmodel.nccl import Interconnect as Interconnect
-from distbench.perfmodel.nccl import collective_time as collective_time
-
-DEFAULT_WORKERS: tuple[int, ...] = tuple(2**k for k in range(3, 13))  # 8, 16, ..., 4096
 
 # Coefficients of (alpha, S/beta) in the ring's time at world size n, per collective.
 _RING_TERMS = {
@@ -58,14 +52,6 @@ def ring_allreduce_time(payload_bytes: float | np.ndarray, n: int, alpha: float,
 
 
 @dataclass(frozen=True)
-class StepPrediction:
-    allreduce_s: float  # the whole all-reduce of the step's payload, hidden or not
-    exposed_s: float  # the part the step waits for: max(0, allreduce_s - overlap_s)
-    step_s: float  # compute_s + exposed_s
-    comm_share: float  # allreduce_s / step_s: how much of a step the reduction spans
-
-
-@dataclass(frozen=True)
 class CostModel:
     alpha: float  # seconds per ring step (latency)
     beta: float  # bytes/s per link (bus bandwidth); inf when the fit found no size-dependent term
@@ -74,21 +60,6 @@ class CostModel:
 
     def allreduce_time(self, payload_bytes: float | np.ndarray, n: int) -> float | np.ndarray:
         return ring_allreduce_time(payload_bytes, n, self.alpha, self.beta)
-
-    def predict_step(self, compute_s: float, payload_bytes: float, n: int, overlap_s: float = 0.0) -> StepPrediction:
-        """One data-parallel step at `n` workers.
-
-        compute_s is the step without gradient synchronisation (distbench's no-sync steps). overlap_s is
-        the window in which the all-reduce can hide behind compute (DDP reduces buckets during the
-        backward pass); it is measured, not modelled, and 0 (no overlap) is the conservative default.
-        The exposed time is what the all-reduce does not hide: max(0, T(S, n) - overlap_s).
-        """
-        if not 0 <= overlap_s <= compute_s:
-            raise ValueError(f"overlap_s must lie in [0, compute_s={compute_s}], got {overlap_s}")
-        comm = float(self.allreduce_time(payload_bytes, n))
-        exposed = max(0.0, comm - overlap_s)
-        step = compute_s + exposed
-        return StepPrediction(comm, exposed, step, comm / step if step > 0 else float("nan"))
 
 
 def _rows(data: Any) -> list[dict[str, Any]]:
@@ -233,44 +204,6 @@ def fit_interconnect(
         shared_exposed=float(theta),
         source=source or f"{len(rows)} {backends[0]} all_reduce records at {sorted({int(w) for w in n})} ranks",
     )
-
-
-def project(
-    model: CostModel,
-    compute_s: float,
-    payload_bytes: float,
-    workers: Iterable[int] = DEFAULT_WORKERS,
-    link_bandwidths: Sequence[float] | None = None,
-    overlap_s: float = 0.0,
-    batch_size: int | None = None,
-):
-    """Predicted step time and communication share at each worker count, as a pandas DataFrame.
-
-    Columns: workers, link_bytes_per_s, allreduce_s, exposed_s, step_s, comm_share, samples_per_s.
-    link_bandwidths: what-if links (bytes/s). Each replaces the fitted beta while the fitted alpha is kept,
-    i.e. "this machine's per-step latency on a faster or slower network"; None projects the measured link.
-    batch_size: samples per rank per step (as --batch-size); samples_per_s = batch_size x workers / step_s,
-    and NaN without it (the column is always there, so tables from different calls line up).
-    """
-    import pandas as pd
-
-    rows = []
-    for bandwidth in link_bandwidths if link_bandwidths is not None else [model.beta]:
-        what_if = CostModel(model.alpha, float(bandwidth), model.world_size, model.backend)
-        for n in workers:
-            p = what_if.predict_step(compute_s, payload_bytes, int(n), overlap_s)
-            rows.append(
-                {
-                    "workers": int(n),
-                    "link_bytes_per_s": float(bandwidth),
-                    "allreduce_s": p.allreduce_s,
-                    "exposed_s": p.exposed_s,
-                    "step_s": p.step_s,
-                    "comm_share": p.comm_share,
-                    "samples_per_s": batch_size * n / p.step_s if batch_size else float("nan"),
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 def preset_source(interconnect) -> str:

@@ -187,13 +187,3 @@ def engine_table(df: pd.DataFrame) -> str:
             f"| {r['perf.step_time_ms.p50']:,.0f} | {r['perf.peak_memory_bytes'] / mb:,.0f} |"
         )
     return "\n".join(rows)
-
-
-def replace_block(text: str, name: str, block: str) -> str:
-    """`text` with the lines between `<!-- name:start -->` and `<!-- name:end -->` replaced by `block`."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    if start not in text or end not in text:
-        raise ValueError(f"no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{block}\n{end}{tail}"

@@ -1,9 +1,8 @@
 """Figures and a table from a results directory, without Jupyter. The notebooks in analysis/ draw the
 same figures with these functions.
 
-    python -m distbench.results.report analysis/data --out report/
-    python -m distbench.results.report --readme README.md     # the engines table, from analysis/data/engines.jsonl
-    python -m distbench.results.report --plan-figure analysis/figures/planner.png
+    distbench report analysis/data --out report/
+    distbench report --plan-figure analysis/figures/planner.png
 """
 
 from __future__ import annotations
@@ -17,9 +16,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
 import pandas as pd
 
-from distbench.results.analysis import engine_table, load_runs, replace_block, summary_table, to_markdown
+from distbench.results.analysis import engine_table, load_runs, summary_table, to_markdown
 
-MiB = 2**20
+MB = 1e6
 
 
 def _empty(ax, what: str) -> None:
@@ -39,10 +38,10 @@ def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
         _empty(ax, "ok runs")
         return fig
     y = range(len(d))
-    ax.barh(y, d["comm.payload_bytes_per_step"] / MiB, color="tab:blue", label="payload (measured)")
-    ax.scatter(d["comm.expected_bytes_per_step"] / MiB, y, color="black", marker="|", s=200, label="expected")
+    ax.barh(y, d["comm.payload_bytes_per_step"] / MB, color="tab:blue", label="payload (measured)")
+    ax.scatter(d["comm.expected_bytes_per_step"] / MB, y, color="black", marker="|", s=200, label="expected")
     ax.set_yticks(list(y), _label(d))
-    ax.set_xlabel("gradient bytes per step (MiB)")
+    ax.set_xlabel("gradient bytes per step (MB)")
     ax.set_title("What each step sends")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -272,21 +271,18 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
 ENGINES_RECORDS = Path(__file__).resolve().parents[2] / "analysis" / "data" / "engines.jsonl"
 
 
-def readme_engine_table(readme: str | os.PathLike, records: str | os.PathLike = ENGINES_RECORDS) -> bool:
-    """Rewrite the README's engines table from the committed records; True if it changed."""
-    path = Path(readme)
-    text = path.read_text()
-    new = replace_block(text, "engines-table", engine_table(load_runs(records)))
-    if new != text:
-        path.write_text(new)
-    return new != text
+ENGINES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "engines.md"
+
+
+def engines_block(records: str | os.PathLike = ENGINES_RECORDS) -> str:
+    """docs/engines.md's "What each engine sends" table, from the committed records."""
+    return engine_table(load_runs(records))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distbench.results.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="distbench report", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="?", help="a results .jsonl file or a directory of them")
     p.add_argument("--out", help="directory for the PNGs and summary.md")
-    p.add_argument("--readme", help="rewrite this README's engines table from analysis/data/engines.jsonl")
     p.add_argument("--plan-figure", metavar="PNG", help="draw the planner's ResNet-50 figure (no results needed)")
     args = p.parse_args(argv)
     if args.plan_figure:
@@ -294,13 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         fig.savefig(args.plan_figure, dpi=110)
         print(args.plan_figure)
         return 0
-    if args.readme:
-        print(f"{args.readme}: {'updated' if readme_engine_table(args.readme) else 'up to date'}")
-        return 0
     if not args.results or not args.out:
-        p.exit(2, "python -m distbench.results.report: error: give RESULTS and --out (or --readme README.md)\n")
+        p.exit(2, "distbench report: error: give RESULTS and --out\n")
     if not Path(args.results).exists():
-        p.exit(2, f"python -m distbench.results.report: error: no such results file or directory: {args.results}\n")
+        p.exit(2, f"distbench report: error: no such results file or directory: {args.results}\n")
     for path in write_report(args.results, args.out):
         print(path)
     return 0

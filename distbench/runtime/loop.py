@@ -14,6 +14,7 @@ import resource
 import socket
 import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -199,11 +200,46 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def make_progress(place: Place, total: int):
-    from tqdm import tqdm
+class Progress:
+    """Rank 0's progress through the steps: tqdm's bar on a terminal; elsewhere (a Slurm log, CI) one line every
+    `every_s` seconds, step, samples/s and time left, so a log shows a run is alive before it ends."""
 
-    # Rank 0 only, and only on a terminal: logs from Slurm or CI stay clean.
-    return tqdm(total=total, disable=place.rank != 0 or not sys.stderr.isatty(), desc="steps", leave=False)
+    def __init__(self, place: Place, total: int, samples_per_step: int, every_s: float = 30.0) -> None:
+        self.total, self.samples_per_step, self.every_s = total, samples_per_step, every_s
+        self.quiet = place.rank != 0
+        self.bar = None
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="steps", leave=False)
+        self.step, self.started, self.last = 0, time.monotonic(), time.monotonic()
+        self.first_step = 0
+
+    def update(self, n: int = 1) -> None:
+        self.step += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if self.quiet or now - self.last < self.every_s:
+            return
+        self.last = now
+        done = self.step - self.first_step
+        rate = done / (now - self.started) if now > self.started else 0.0
+        left = f"{(self.total - self.step) / rate / 60:,.1f} min left" if rate > 0 else "time left unknown"
+        log.info("step %d of %d, %.1f samples/s, %s", self.step, self.total, rate * self.samples_per_step, left)
+
+    def resume_at(self, step: int) -> None:
+        """Start counting at `step` (a resumed run): its rate is of this process's steps only."""
+        self.update(step)
+        self.first_step = step
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = None) -> dict[str, Any]:
@@ -271,8 +307,8 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
 
     # --eval-every K samples per class: a step shows every class B x W / C times on average.
     eval_steps = max(1, round(tc.eval_every / seen_per_step)) if tc.eval_every else 0
-    with make_progress(place, total + tc.nosync_steps) as progress:
-        progress.update(state.step)
+    with Progress(place, total + tc.nosync_steps, tc.batch_size * place.world_size) as progress:
+        progress.resume_at(state.step)
         train_steps(
             engine,
             batches,
@@ -392,15 +428,25 @@ def timing_warnings(record: dict[str, Any]) -> list[str]:
     return warnings
 
 
+def mb(nbytes: float) -> str:
+    """Bytes for people: decimal MB or GB (the exact count stays beside it where exactness matters)."""
+    return f"{nbytes / 1e9:,.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:,.2f} MB"
+
+
 def summary(record: dict[str, Any]) -> str:
     c, p, a = record["comm"], record["perf"], record["accuracy"]
     match = "==" if c["payload_bytes_per_step"] == c["expected_bytes_per_step"] else "!="
     exposed = "n/a" if p["exposed_comm_ms"] is None else f"{p['exposed_comm_ms']:.1f} ms"
     oracle = "" if a.get("oracle_top1") is None else f" (oracle {a['oracle_top1']:.3f})"
+    cfg, env = record["config"], record["env"]
+    m, freeze = cfg["model"], cfg["freeze"]["freeze"]
+    buckets = c["buckets_per_step"]
     return (
-        f"{record['status']}: {record['run_id']}\n"
+        f"{record['status']}: {record['run_id']}: {m['model']}, {m['num_classes']:,} classes, {m['head']} head"
+        f"{'' if freeze == 'none' else f', freeze {freeze}'}, {cfg['dist']['backend']} on {env['world_size']} "
+        f"{'rank' if env['world_size'] == 1 else 'ranks'} ({env['device']})\n"
         f"  bytes/step   payload {c['payload_bytes_per_step']:,} {match} expected {c['expected_bytes_per_step']:,}"
-        f" in {c['buckets_per_step']} buckets ({c['hook']})\n"
+        f" ({mb(c['payload_bytes_per_step'])}) in {buckets:g} bucket{'' if buckets == 1 else 's'} ({c['hook']})\n"
         f"  throughput   {p['samples_per_s']:,.1f} samples/s; step p50 {p['step_time_ms']['p50']:.1f} ms,"
         f" p90 {p['step_time_ms']['p90']:.1f} ms; exposed comm {exposed}\n"
         f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f}{oracle} on {a['eval_samples']} held-out"

@@ -96,6 +96,8 @@ class StopRequest:
         self.on_stop_at_once: Callable[[str], None] | None = None
 
     def install(self) -> StopRequest:
+        if self._previous:  # installed already
+            return self
         for s in SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
         if threading.current_thread() is threading.main_thread() and self._wakeup is None:

@@ -19,6 +19,20 @@ import torch.distributed as dist
 from distbench.comm.meter import CommMeter
 from distbench.registry import Registry
 
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "Place",
+    "StopVote",
+    "all_reduce",
+    "barrier",
+    "build_engine",
+    "close_distributed",
+    "gather_objects",
+    "init_distributed",
+    "replicas_identical",
+]
+
 ENGINES: Registry = Registry("backend")
 
 
