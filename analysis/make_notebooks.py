@@ -107,6 +107,24 @@ NOTEBOOKS = {
             "big[[c for c in cols if c in big]].sort_values(cols[:2])"
         ),
         new_code_cell("report.fig_large_classes(df);"),
+        new_markdown_cell(
+            "## The price of fixing the head (issue 24's study)\n\n"
+            "Learned against fixed heads over C / N at two feature widths N and two bodies, the same samples per "
+            "class for every head at a class count (`analysis/head_scaling.toml`). `gap` is the learned head's "
+            "top-1 minus this head's, in points; `capacity` is C x N over the backbone's parameters (what a learned "
+            "head holds that a fixed one asks the backbone to absorb); `spc_to_90` the samples per class at which "
+            "the curve first reaches 90% of the learned head's final top-1 (NaN: not within the budget); `flat`: "
+            "the last two curve points within 2 points. Only this study's records are drawn."
+        ),
+        new_code_cell(
+            "import os\n\n"
+            'own = os.path.join(RESULTS, "head_scaling.jsonl") if os.path.isdir(RESULTS) else RESULTS\n'
+            "hs = analysis.load_runs(own) if os.path.exists(own) else df.iloc[0:0]\n"
+            'table = analysis.head_scaling(hs) if "accuracy.curve" in hs else hs\n'
+            'print(f"{len(table)} head-scaling runs in {own}" if len(table) else f"no head-scaling runs in {own}")\n'
+            "table"
+        ),
+        new_code_cell("report.fig_price_of_fixing(hs);"),
         new_code_cell("analysis.summary_table(df)"),
     ],
     "scaling": [

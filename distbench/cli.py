@@ -114,7 +114,12 @@ def write_docs(check: bool = False) -> list[Path]:
             stale.append(path)
             if not check:
                 path.write_text(text)
-    blocks = [(ROOT / "docs" / "engines.md", "engines-table", engines_block())]
+    from distbench.perfmodel.counts import COUNTS_MODELS, table
+
+    blocks = [
+        (ROOT / "docs" / "engines.md", "engines-table", engines_block()),
+        (ROOT / "docs" / "structure.md", "counts-table", table(list(COUNTS_MODELS), 1000)),
+    ]
     tables = ROOT / "benchmarks" / "tables.py"
     if tables.exists():
         import importlib.util

@@ -56,6 +56,12 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+def defaults() -> dict[str, dict[str, Any]]:
+    """Every field's default, {section: {field: default}}: the one place readers of configs (sweep ids,
+    analysis labels) take them from."""
+    return RunConfig().to_dict()
+
+
 def added_at_default(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """`config` (as `RunConfig.to_dict` gives it) without the `added` fields that hold their default."""
     out = {}

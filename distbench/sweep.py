@@ -38,7 +38,7 @@ from typing import Any
 
 from distbench import results
 from distbench.checks import check
-from distbench.config import SECTIONS, ConfigError, added_at_default, flag, from_dict
+from distbench.config import SECTIONS, ConfigError, added_at_default, defaults, flag, from_dict
 from distbench.model.structure.freeze import parse_rule
 from distbench.model.structure.freeze import slug as freeze_slug
 from distbench.registry import UnknownName
@@ -71,16 +71,17 @@ def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
     what = added_at_default(config)
     what["output"] = {k: v for k, v in what.get("output", {}).items() if k not in ("out", "run_id")}
     digest = hashlib.sha1(json.dumps([what, launch], sort_keys=True).encode()).hexdigest()[:10]
-    m, f, d = config.get("model", {}), config.get("freeze", {}), config.get("dist", {})
-    parts = [m.get("model", "tiny"), m.get("head", "learned"), f"c{m.get('num_classes', 100)}"]
+    base = defaults()
+    m, f, d = ({**base[s], **config.get(s, {})} for s in ("model", "freeze", "dist"))
+    parts = [m["model"], m["head"], f"c{m['num_classes']}"]
     try:
-        rule = parse_rule(f.get("freeze", "none"))
+        rule = parse_rule(f["freeze"])
         if rule.kind != "none":
-            parts += [freeze_slug(rule, f.get("freeze_dim", "out")), f.get("freeze_mode", "split")]
+            parts += [freeze_slug(rule, f["freeze_dim"]), f["freeze_mode"]]
     except (ConfigError, UnknownName):  # a line kept to record its own failure
         parts.append("badfreeze")
-    if d.get("backend", "ddp") != "ddp":
-        parts.append(f"{d['backend']}{d.get('zero_stage', 0)}")
+    if d["backend"] != "ddp":
+        parts.append(f"{d['backend']}{d['zero_stage']}")
     return "-".join([*parts, digest])
 
 

@@ -112,3 +112,36 @@ def test_weight_structure_study_is_committed_learns_and_is_drawn():
     labels = [t.get_text() for t in ax.texts]
     assert len(labels) == len(wanted)
     assert {"fraction:0.1 along in", "spatial-triangular", "wrn-16-1: channel-average"} <= set(labels)
+
+
+def test_head_scaling_reads_the_price_of_fixing_from_records():
+    """Learned and fixed runs at one body, N and C: the gap, the capacity ratio, and where each curve first
+    reaches 90% of the learned head's top-1 (or does not)."""
+    from test_results import record
+
+    from distbench.results.analysis import head_scaling
+
+    def run(run_id, head, init, top1s):
+        curve = [{"step": 10 * i, "samples_per_class": 8.0 * i, "top1": t, "top5": t, "eval_loss": 1.0}
+                 for i, t in enumerate(top1s, 1)]  # fmt: skip
+        r = record(run_id=run_id, accuracy={**record()["accuracy"], "top1": top1s[-1], "curve": curve})
+        r["config"] = {"model": {"model": "tiny", "num_classes": 1024, "head": head, "head_scale_init": init}}
+        r["params"] = {**r["params"], "total": 1_200_000, "head_total": 1_000, "head_in_features": 128}
+        return r
+
+    rows = [
+        run("l", "learned", "authors", [0.5, 0.99, 1.0]),
+        run("a", "fixed-srht", "authors", [0.2, 0.6, 0.95]),
+        run("r", "fixed-srht", "rule", [0.1, 0.3, 0.5]),
+    ]
+    df = pd.json_normalize(rows, sep=".")
+    table = head_scaling(df).set_index("run_id")
+    assert table.loc["l", "gap"] == 0 and table.loc["a", "gap"] == pytest.approx(5.0)
+    assert table.loc["r", "gap"] == pytest.approx(50.0)
+    assert table.loc["a", "capacity"] == pytest.approx(1024 * 128 / (1_200_000 - 1_000))
+    assert table.loc["a", "c_over_n"] == 8
+    assert table.loc["l", "spc_to_90"] == 16.0 and table.loc["a", "spc_to_90"] == 24.0
+    assert math.isnan(table.loc["r", "spc_to_90"])  # never within 90% of the learned head: not within budget
+    assert table.loc["a", "head_label"] == "fixed-srht, authors' alpha"
+    assert table.loc["r", "head_label"] == "fixed-srht, alpha from the rule"
+    assert not table.loc["a", "flat"] and table.loc["l", "flat"]

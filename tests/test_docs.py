@@ -44,3 +44,13 @@ def test_readme_is_short_and_links_every_topic_page():
     assert len(pages) >= 6
     for page in pages:
         assert f"(docs/{page})" in readme, page
+
+
+def test_committed_records_carry_no_path_of_the_machine_they_ran_on():
+    from distbench.results import read_records
+
+    for path in sorted((ROOT / "analysis" / "data").glob("*.jsonl")):
+        for record in read_records(path):
+            output = (record.get("config") or {}).get("output", {})
+            for key in ("out", "checkpoint_dir"):
+                assert not str(output.get(key) or "").startswith("/"), (path.name, record["run_id"], key)

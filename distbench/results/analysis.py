@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from distbench import results
+from distbench.config import defaults
 from distbench.model.structure.freeze import parse_rule
 
 # Settings that define a variant rather than the experiment: they may differ from the baseline.
@@ -39,28 +40,38 @@ def learns_everything(freeze: str) -> bool:
     return parse_rule(freeze).learns_everything
 
 
+def _setting(row: pd.Series, column: str):
+    """A run's config value, or the field's default where the record predates it (distbench.config owns
+    the defaults)."""
+    value = row.get(column)
+    if value is None or (not isinstance(value, str | list | dict) and pd.isna(value)):
+        section, name = column.split(".")[1:]
+        return defaults()[section][name]
+    return value
+
+
 def variant(row: pd.Series) -> str:
     """A short label: 'fixed head, fraction:0.1 (mask)'."""
-    parts = [f"{row.get('config.model.head', 'learned')} head"]
+    parts = [f"{_setting(row, 'config.model.head')} head"]
     scale = row.get("config.model.head_scale")
     if isinstance(scale, str):
         parts[0] += f" (alpha fixed at the {scale})"  # "rule": the cosine-softmax scale
     elif scale is not None and not pd.isna(scale):
         parts[0] += f" (alpha fixed at {scale:g})"
-    if row.get("config.model.head_scale_init", "authors") == "rule":
+    if _setting(row, "config.model.head_scale_init") == "rule":
         parts[0] += " (alpha from the rule)"
-    if row.get("config.model.head_rows", "authors") != "authors":
+    if _setting(row, "config.model.head_rows") != "authors":
         parts[0] += f" ({row['config.model.head_rows']} rows)"
-    freeze = row.get("config.freeze.freeze", "none")
+    freeze = _setting(row, "config.freeze.freeze")
     if not learns_everything(freeze):
-        mode = row.get("config.freeze.freeze_mode", "split")
-        dim = row.get("config.freeze.freeze_dim", "out")
+        mode = _setting(row, "config.freeze.freeze_mode")
+        dim = _setting(row, "config.freeze.freeze_dim")
         dim = "out" if dim is None or pd.isna(dim) else dim  # records from before --freeze-dim
         parts.append(freeze + (f" along {dim}" if dim != "out" else "") + (" (mask)" if mode == "mask" else ""))
-    if row.get("config.model.param", "none") != "none":
+    if _setting(row, "config.model.param") != "none":
         parts.append(row["config.model.param"])
-    if row.get("config.dist.backend", "ddp") == "deepspeed":
-        parts.append(f"DeepSpeed ZeRO-{int(row.get('config.dist.zero_stage', 0))}")
+    if _setting(row, "config.dist.backend") == "deepspeed":
+        parts.append(f"DeepSpeed ZeRO-{int(_setting(row, 'config.dist.zero_stage'))}")
     return ", ".join(parts)
 
 
@@ -187,3 +198,64 @@ def engine_table(df: pd.DataFrame) -> str:
             f"| {r['perf.step_time_ms.p50']:,.0f} | {r['perf.peak_memory_bytes'] / mb:,.0f} |"
         )
     return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------- head scaling
+FIXED_LABELS = {
+    ("fixed-srht", "authors"): "fixed-srht, authors' alpha",
+    ("fixed-srht", "rule"): "fixed-srht, alpha from the rule",
+    ("fixed-orthogonal", "rule"): "fixed-orthogonal (unit rows), alpha from the rule",
+}
+
+
+def head_label(row: pd.Series) -> str:
+    head = row["config.model.head"]
+    if head == "learned":
+        return "learned"
+    key = (head, _setting(row, "config.model.head_scale_init"))
+    return FIXED_LABELS.get(key, str(row.get("variant", head)))
+
+
+def curve_reach(curve: list, target: float) -> float:
+    """Samples per class at the first curve point whose top-1 reaches `target`; NaN if none does."""
+    for point in curve or []:
+        if point["top1"] >= target:
+            return point["samples_per_class"]
+    return float("nan")
+
+
+def flattened(curve: list, points: float = 0.02) -> bool:
+    """Whether the curve's last two points are within `points` of top-1 (the study's plateau test)."""
+    return len(curve or []) >= 2 and abs(curve[-1]["top1"] - curve[-2]["top1"]) <= points
+
+
+def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
+    """The price of fixing the head, one row per ok run of the head-scaling study: its top-1 next to the learned
+    head's at the same body, feature width N and class count C, and
+
+    - `gap`: learned top-1 minus this run's (points; 0 for the learned run),
+    - `c_over_n`: C / N, and `capacity`: C x N / the backbone's parameters (what a learned head holds that a
+      fixed one asks the backbone to absorb),
+    - `spc_to_90`: samples per class at the first curve point reaching 90% of the learned head's final top-1
+      (NaN: not within the budget), and `spc`: the budget,
+    - `flat`: its last two curve points within 2 points of top-1."""
+    d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
+    if d.empty:
+        return d
+    d["head_label"] = d.apply(head_label, axis=1)
+    d["N"] = d["params.head_in_features"].astype(int)
+    d["C"] = d["config.model.num_classes"].astype(int)
+    d["body"] = d["config.model.model"]
+    d["c_over_n"] = d["C"] / d["N"]
+    d["backbone_params"] = d["params.total"] - d["params.head_total"]
+    d["capacity"] = d["C"] * d["N"] / d["backbone_params"]
+    keys = ["body", "N", "C"]
+    learned = d[d["config.model.head"] == "learned"].set_index(keys)["accuracy.top1"]
+    d["learned_top1"] = [learned.get(tuple(k), float("nan")) for k in d[keys].itertuples(index=False)]
+    d["gap"] = 100 * (d["learned_top1"] - d["accuracy.top1"])
+    d["spc"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]
+    d["spc_to_90"] = [curve_reach(c, 0.9 * t) for c, t in zip(d["accuracy.curve"], d["learned_top1"], strict=True)]
+    d["flat"] = [flattened(c) for c in d["accuracy.curve"]]
+    cols = [*keys, "head_label", "c_over_n", "capacity", "accuracy.top1", "learned_top1", "gap", "spc",
+            "spc_to_90", "flat", "run_id"]  # fmt: skip
+    return d[cols].sort_values([*keys, "head_label"]).reset_index(drop=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
 import pandas as pd
 
-from distbench.results.analysis import engine_table, load_runs, summary_table, to_markdown
+from distbench.results.analysis import engine_table, head_scaling, load_runs, summary_table, to_markdown
 
 MB = 1e6
 
@@ -169,6 +169,35 @@ def fig_large_classes(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
+    """The price of fixing the head (issue 24's study): learned minus best fixed top-1, in points, against C / N
+    (left) and against C x N / backbone parameters (right), one line per body and feature width N. Only runs of
+    the head-scaling study should be passed in (`distbench report` gives it head_scaling.jsonl alone)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    table = head_scaling(df) if not df.empty and "accuracy.curve" in df else pd.DataFrame()
+    fixed = table[table["head_label"] != "learned"] if not table.empty else table
+    if fixed.empty:
+        for ax in (left, right):
+            _empty(ax, "learned and fixed runs of the head-scaling study")
+        return fig
+    best = fixed.loc[fixed.groupby(["body", "N", "C"])["accuracy.top1"].idxmax()]
+    for i, ((body, n), g) in enumerate(best.groupby(["body", "N"])):
+        g = g.sort_values("C")
+        style = {"color": f"C{i % 10}", "marker": "o" if body == "tiny" else "s"}
+        left.plot(g["c_over_n"], g["gap"], label=f"{body}, N = {n}", **style)
+        right.plot(g["capacity"], g["gap"], linestyle="none", **style)
+    for ax, xlabel in ((left, "C / N (classes per feature)"), (right, "C x N / backbone parameters")):
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.grid(alpha=0.3)
+    left.set_ylabel("learned minus best fixed head, top-1 (points)")
+    left.legend(fontsize=7, title="best fixed head per C", title_fontsize=7)
+    fig.suptitle("The price of fixing the head: synthetic task, same samples per class per C, one seed")
+    fig.tight_layout()
+    return fig
+
+
 # The README's planner figure: one panel per model and class count, the heads that matter there.
 PLAN_SPECS: tuple[tuple[str, int], ...] = (("resnet50", 1_000), ("resnet50", 100_000), ("resnet50", 1_000_000))
 PLAN_HEADS: tuple[str, ...] = ("learned", "fixed", "sharded")
@@ -246,14 +275,23 @@ FIGURES = {
     "throughput": fig_throughput,
     "accuracy": fig_accuracy,
     "large_classes": fig_large_classes,
+    "head_scaling": fig_price_of_fixing,
 }
+# A figure that shows one study draws that study's records alone (the file its grid writes), where the results
+# directory has it: runs of other studies at the same class counts (short timing runs) would read as results.
+STUDIES = {"accuracy": "fashion_mnist.jsonl", "large_classes": "large_classes.jsonl", "head_scaling": "head_scaling.jsonl"}
 
 
 def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = load_runs(results_dir)
-    makers = {name: functools.partial(draw, df) for name, draw in FIGURES.items()}
+
+    def records_of(name: str) -> pd.DataFrame:
+        own = Path(results_dir) / STUDIES.get(name, "")
+        return load_runs(own) if name in STUDIES and Path(results_dir).is_dir() and own.is_file() else df
+
+    makers = {name: functools.partial(draw, records_of(name)) for name, draw in FIGURES.items()}
     makers["scaling"] = functools.partial(fig_plan_records, results_dir)  # the planner on these runs
     written = []
     for name, make in makers.items():
