@@ -21,7 +21,7 @@ from distbench.results import analysis, report
 
 pd.set_option("display.width", 200)
 df = analysis.load_runs(RESULTS)
-print(f"{len(df)} ok runs from {RESULTS}")"""
+print(f"{len(df)} ok runs from {RESULTS}" if len(df) else f"no ok runs in {RESULTS}: the tables below are empty")"""
 
 NOTEBOOKS = {
     "comm_savings": [
@@ -37,32 +37,71 @@ NOTEBOOKS = {
         new_code_cell(
             'cols = ["config.model.model", "config.model.num_classes", "variant", "params.trainable",\n'
             '        "comm.payload_bytes_per_step", "comm.expected_bytes_per_step", "bytes_saved_frac"]\n'
-            "table = df[cols].sort_values(cols[:3])\n"
+            "table = df.reindex(columns=cols).sort_values(cols[:3])\n"
             'mismatch = table[table["comm.payload_bytes_per_step"] != table["comm.expected_bytes_per_step"]]\n'
             'print("runs where payload != expected:", len(mismatch))\n'
             "table"
         ),
         new_code_cell("report.fig_comm_savings(df);"),
-        new_markdown_cell("Bytes per step by head, freeze rule and parameterisation, for each model and class count:"),
-        new_code_cell(
-            'df.pivot_table(index=["config.model.model", "config.model.num_classes"], columns="variant",\n'
-            '               values="comm.payload_bytes_per_step", aggfunc="last")'
+        new_markdown_cell(
+            "Bytes per step by variant (head, freeze rule, parameterisation, engine, hook, precision; world size where "
+            "several), for each data set, model and class count. A cell holds one configuration: bytes depend on "
+            "nothing else, so repeats agree."
         ),
+        new_code_cell(
+            'index = ["config.data.dataset", "config.model.model", "config.model.num_classes"]\n'
+            'df.reindex(columns=[*index, "variant", "comm.payload_bytes_per_step"]).pivot_table(\n'
+            '    index=index, columns="variant", values="comm.payload_bytes_per_step", aggfunc="max")'
+        ),
+        new_markdown_cell(
+            "## Bytes per bucket\n\n"
+            "`comm.buckets`: each DDP bucket (each reduce-scatter group under FSDP, each reduction under DeepSpeed) "
+            "in the order it is sent, with its bytes, dtype and first and last parameter; the entries sum to the "
+            "payload."
+        ),
+        new_code_cell("report.fig_buckets(df);"),
     ],
     "throughput": [
         new_markdown_cell(
             "# Throughput: learned against fixed heads\n\n"
-            "Samples/s over all ranks, p50 step time, and exposed communication (p50 step time minus the p50 of the "
-            "same steps with gradient sync off; null under DeepSpeed). `speedup` is samples/s over the baseline's."
+            "Samples/s over all ranks, p50 step time, and exposed communication measured two ways: "
+            "`exposed_comm_ms`, p50 step time minus the p50 of the same steps with gradient sync off (null under "
+            "FSDP and DeepSpeed), and `exposed_comm_ms_direct`, the median over steps of the wait of the rank that "
+            "computed longest (`perf.ranks`). `speedup` is samples/s over the baseline's. Each study (one results "
+            "file) is drawn alone: runs of different studies ran on a machine under different loads."
         ),
         new_code_cell(PARAMS),
         new_code_cell(SETUP),
         new_code_cell(
             'cols = ["config.model.model", "config.model.num_classes", "variant", "perf.samples_per_s",\n'
-            '        "perf.step_time_ms.p50", "perf.step_time_ms.p90", "perf.exposed_comm_ms", "speedup"]\n'
-            "df[cols].sort_values(cols[:3])"
+            '        "perf.step_time_ms.p50", "perf.step_time_ms.p90", "perf.exposed_comm_ms",\n'
+            '        "perf.exposed_comm_ms_direct", "speedup"]\n'
+            "df.reindex(columns=cols).sort_values(cols[:3])"
         ),
-        new_code_cell("report.fig_throughput(df);"),
+        new_code_cell(
+            "found = analysis.studies(RESULTS)\n"
+            'print(f"{len(found)} studies: {sorted(found)}" if found else f"no studies with ok runs in {RESULTS}")\n'
+            "for study, runs in found.items():\n"
+            "    report.fig_throughput(runs, study)"
+        ),
+        new_markdown_cell(
+            "## Inside a step: per-rank traces\n\n"
+            "A run with `--profile-dir DIR` writes one torch.profiler trace per rank, `DIR/rank-<r>.json.gz`: open "
+            "one in Perfetto (ui.perfetto.dev, Open trace file). On GPU runs, Holistic Trace Analysis gives the "
+            "overlap of communication with compute per rank (`pip install holistictraceanalysis`); it reads GPU "
+            "kernels only, so a CPU run's traces give none, and the cell says so. `DISTBENCH_TRACES` names the "
+            "directory; by default, the last profiled run's in `RESULTS`."
+        ),
+        new_code_cell(
+            "from distbench.results import traces\n\n"
+            'TRACES = os.environ.get("DISTBENCH_TRACES") or analysis.last_profile_dir(df)\n'
+            "if TRACES is None:\n"
+            '    print(f"no profiled run in {RESULTS}: run with --profile-dir DIR, or set DISTBENCH_TRACES")\n'
+            "else:\n"
+            "    overlap, why_not = traces.comm_comp_overlap(TRACES)\n"
+            "    print(why_not or overlap)\n"
+            "    display(pd.DataFrame(traces.summary(TRACES)))"
+        ),
     ],
     "accuracy": [
         new_markdown_cell(
@@ -83,7 +122,7 @@ NOTEBOOKS = {
             '    "accuracy.top5",\n'
             '    "top1_delta",\n'
             "]\n"
-            'df[cols].sort_values(["config.model.model", "params.conv_learned_fraction"])'
+            'df.reindex(columns=cols).sort_values(["config.model.model", "params.conv_learned_fraction"])'
         ),
         new_code_cell("report.fig_accuracy(df);"),
         new_markdown_cell(
@@ -93,7 +132,7 @@ NOTEBOOKS = {
             "task is, the gap to it is the network's. Each head at a class count sees the same samples."
         ),
         new_code_cell(
-            'big = df[df["config.data.dataset"] == "synthetic"]\n'
+            'big = df[df["config.data.dataset"] == "synthetic"] if len(df) else df\n'
             "cols = [\n"
             '    "config.model.num_classes",\n'
             '    "config.model.head",\n'
@@ -104,7 +143,7 @@ NOTEBOOKS = {
             '    "perf.samples_per_s",\n'
             '    "perf.peak_memory_bytes",\n'
             "]\n"
-            "big[[c for c in cols if c in big]].sort_values(cols[:2])"
+            "big.reindex(columns=cols).sort_values(cols[:2])"
         ),
         new_code_cell("report.fig_large_classes(df);"),
         new_markdown_cell(
@@ -168,11 +207,14 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "bench = report.load_commbench(RESULTS)\n"
-            'ar = bench[bench["op"] == "all_reduce"].copy()\n'
-            'pairs = zip(ar["bytes"], ar["world_size"], strict=True)\n'
-            'ar["predicted_us"] = [nccl.collective_time("all_reduce", b, n, "measured") * 1e6 for b, n in pairs]\n'
-            'ar["ratio"] = ar["predicted_us"] / ar["time_us_min"]\n'
-            'ar[["world_size", "bytes", "time_us_min", "predicted_us", "ratio"]]'
+            "if bench.empty:\n"
+            '    print(f"no commbench records in {RESULTS}: run launch/commbench.py to compare the preset with them")\n'
+            "else:\n"
+            '    ar = bench[bench["op"] == "all_reduce"].copy()\n'
+            '    pairs = zip(ar["bytes"], ar["world_size"], strict=True)\n'
+            '    ar["predicted_us"] = [nccl.collective_time("all_reduce", b, n, "measured") * 1e6 for b, n in pairs]\n'
+            '    ar["ratio"] = ar["predicted_us"] / ar["time_us_min"]\n'
+            '    display(ar[["world_size", "bytes", "time_us_min", "predicted_us", "ratio"]])'
         ),
     ],
 }

@@ -2,7 +2,7 @@
 
 Two ranks, the default tiny CNN (learned head, 100 classes), batch 32 per rank, SGD with momentum at
 distbench's default lr, synthetic data drawn from `build_dataset`'s train iterator inside each step:
-- distbench: `build_engine` (DDP + counting comm hook + AllReduceTap, GradScaler, autocast) driven by
+- distbench: `build_engine` (DDP + counting comm hook + the all-reduce Tap, GradScaler, autocast) driven by
   `run_steps` (meter bracketing, batch fetch, StepTimer, progress, and between steps the stop vote: one
   asynchronous 4-byte all-reduce on its own gloo group, outside the step's time), i.e. what launch/run.py
   times;

@@ -3,7 +3,7 @@
 Three DDP instances over identical copies of the default tiny CNN (learned head, 100 classes, batch 32 per
 rank), in one process group of 2 ranks:
 - meter: distbench's DDPEngine, i.e. torch's `allreduce` comm hook wrapped by `counting_buckets`, the
-  AllReduceTap installed, and every step bracketed by `meter.start_step()` / `meter.end_step()`;
+  all-reduce Tap installed, and every step bracketed by `meter.start_step()` / `meter.end_step()`;
 - default: the same DDP settings with no comm hook registered (DDP's built-in C++ all-reduce), no tap;
 - torch_hook: the same with torch's own Python `allreduce_hook` registered and nothing counted, so that
   what any Python comm hook costs is told apart from what counting adds.

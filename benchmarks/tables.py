@@ -183,7 +183,7 @@ BENCHES = (
     Bench(
         "meter_overhead",
         "DDP step of the default tiny CNN (100 classes, batch 32 per rank, 2 ranks) with distbench's counting "
-        "meter (torch's `allreduce` hook wrapped by `counting_buckets`, the AllReduceTap, per-step bracketing) / "
+        "meter (torch's `allreduce` hook wrapped by `counting_buckets`, the all-reduce Tap, per-step bracketing) / "
         "the same DDP with no hook (DDP's built-in C++ all-reduce); a third variant registers torch's own Python "
         "`allreduce_hook` and counts nothing. The trio is also timed on a 16 -> 16 linear layer, whose step is "
         "almost all host overhead",

@@ -307,9 +307,17 @@ class OutputConfig:
         None, "save here at the end, every --checkpoint-every steps and on SIGTERM/SIGUSR1; resume from it"
     )
     checkpoint_every: int = opt(0, "also save every N optimizer steps (0: only at the end and on a signal)")
+    profile_dir: str | None = opt(
+        None,
+        "write a torch.profiler trace of --profile-steps extra steps per rank here (DIR/rank-<r>.json.gz, for "
+        "Perfetto and HTA), after the timed window, which profiling never touches",
+        added=True,
+    )
+    profile_steps: int = opt(3, "steps traced with --profile-dir (after one of warm-up)", added=True)
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "output.out", "must be a file path")
+        _check(self.profile_steps >= 1, "output.profile_steps", f"must be >= 1, got {self.profile_steps}")
         _check(self.checkpoint_every >= 0, "output.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _check(
             self.checkpoint_dir is not None or self.checkpoint_every == 0,

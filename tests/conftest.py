@@ -53,16 +53,22 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 
-def run_cmd(cmd: list[str], timeout: int = 180, gpu: bool = False) -> subprocess.CompletedProcess:
-    """`cmd` from the repo root in the job environment (`_env`), output captured, never raising on failure."""
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(gpu), cwd=ROOT, check=False)
+def run_cmd(
+    cmd: list[str], timeout: int = 180, gpu: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`cmd` from the repo root in the job environment (`_env`, plus `env`), output captured, never raising on
+    failure."""
+    env = _env(gpu) | (env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
 
 
-def torchrun(args: list[str], out: Path, nproc: int = 2, timeout: int = 180, gpu: bool = False) -> Result:
-    """launch/run.py under a real torchrun with `nproc` gloo ranks on this machine."""
+def torchrun(
+    args: list[str], out: Path, nproc: int = 2, timeout: int = 180, gpu: bool = False, env: dict | None = None
+) -> Result:
+    """launch/run.py under a real torchrun with `nproc` gloo ranks on this machine (`env`: added variables)."""
     # --standalone: a c10d rendezvous on a free local port, so concurrent jobs never collide.
     cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(RUN), "--out", str(out), *args]
-    p = run_cmd(cmd, timeout, gpu)
+    p = run_cmd(cmd, timeout, gpu, env)
     return Result(p.returncode, p.stdout, p.stderr, _records(out))
 
 

@@ -70,6 +70,36 @@ def test_derived_columns_on_a_hand_made_frame():
     assert md.count("\n") == 7 + 1 and "| 0.800 |" in md
 
 
+def test_every_setting_that_changes_a_step_is_in_the_label_and_the_baseline_match():
+    """An FSDP, DeepSpeed, hook, precision or world-size run never reads as, nor is compared with, a DDP run:
+    each fixed head is matched with the learned head of its own engine, hook, precision and world size."""
+    settings = {
+        "ddp": {},
+        "fsdp": {"config.dist.backend": "fsdp"},
+        "zero3": {"config.dist.backend": "deepspeed", "config.dist.zero_stage": 3},
+        "fp16": {"config.dist.comm_hook": "fp16"},
+        "powersgd": {"config.dist.comm_hook": "powersgd", "config.dist.powersgd_rank": 4},
+        "bf16": {"config.train.precision": "bf16"},
+        "8 ranks": {"env.world_size": 8},
+    }
+    rows = []
+    for name, extra in settings.items():
+        rows += [row(f"{name}/base", payload=1000) | extra, row(f"{name}/fixed", head="fixed", payload=10) | extra]
+    out = with_baselines(pd.DataFrame(rows)).set_index("run_id")
+    labels = out["variant"]
+    assert labels.nunique() == len(labels), labels.to_dict()
+    for name in settings:
+        assert out.loc[f"{name}/fixed", "baseline_run_id"] == f"{name}/base"
+    assert labels["fsdp/fixed"] == "fixed head, FSDP2, 2 ranks"
+    assert labels["zero3/base"] == "learned head, DeepSpeed ZeRO-3, 2 ranks"
+    assert labels["powersgd/fixed"] == "fixed head, PowerSGD rank 4, 2 ranks"
+    assert labels["8 ranks/fixed"] == "fixed head, 8 ranks"
+    # one world size in the frame: no rank count in the labels
+    assert with_baselines(pd.DataFrame(rows[:4]))["variant"].tolist() == [
+        "learned head", "fixed head", "learned head, FSDP2", "fixed head, FSDP2"
+    ]  # fmt: skip
+
+
 def test_fraction_one_is_no_freeze():
     assert learns_everything("none") and learns_everything("fraction:1.0") and not learns_everything("bn")
     assert not learns_everything("fraction:0.4")

@@ -37,6 +37,9 @@ def test_measured_equals_expected_for_each_hook(records, hook, args, ratio):
     c = rec["comm"]
     assert rec["status"] == "ok" and c["hook"] == hook
     assert c["payload_bytes_per_step"] == c["expected_bytes_per_step"]
+    # each bucket's entries say what the hook really sent: the compressed dtype, summing to the payload
+    assert sum(b["bytes"] for b in c["buckets"]) == c["payload_bytes_per_step"]
+    assert {b["dtype"] for b in c["buckets"]} == {{"fp16": "float16", "bf16": "bfloat16"}.get(hook, "float32")}
     if ratio is not None:
         assert c["payload_bytes_per_step"] == plain_payload * ratio
     else:  # P and Q of rank 2 instead of whole matrices

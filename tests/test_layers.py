@@ -19,9 +19,9 @@ LAYERS = {
     "distbench.results.schema": 0,
     "distbench.results.store": 0,
     "distbench.results.blocks": 0,
+    "distbench.runtime.timing": 0,  # a leaf: torch only
     "distbench.model": 1,
     "distbench.comm": 2,
-    "distbench.runtime.timing": 3,
     "distbench.runtime.optim": 3,
     "distbench.runtime.data": 3,
     "distbench.runtime.checkpoint": 3,
@@ -32,6 +32,7 @@ LAYERS = {
     "distbench.runtime.main": 4,
     "distbench.results.analysis": 5,
     "distbench.results.report": 5,
+    "distbench.results.traces": 5,
     "distbench.perfmodel": 5,
     "distbench.sweep": 5,
     "distbench.cli": 6,

@@ -1,5 +1,6 @@
 """Every analysis notebook runs headless against results that real runs produce here."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ def results_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("results")
     variants = [
         ["--head", "learned"],
-        ["--head", "fixed"],
+        ["--head", "fixed", "--profile-dir", str(d / "traces")],
         ["--head", "fixed", "--freeze", "fraction:0.5"],
         ["--head", "learned", "--freeze", "fraction:0.5"],
         ["--head", "learned", "--num-classes", "20"],  # a second class count: the large-class figure's line
@@ -69,9 +70,22 @@ def test_notebooks_are_stored_without_outputs():
                 assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path, results_dir, monkeypatch):
-    monkeypatch.setenv("DISTBENCH_RESULTS", str(results_dir))
+@pytest.fixture(scope="module")
+def sparse_dirs(results_dir, tmp_path_factory) -> dict[str, Path]:
+    """Results as the tools also leave them: one fixed-head run with no baseline and no collective benchmark
+    beside a failed record and a torn line; and no ok run at all."""
+    runs = (results_dir / "runs.jsonl").read_text().splitlines()
+    fixed = next(line for line in runs if '"head": "fixed"' in line and '"freeze": "none"' in line)
+    failed = json.dumps(json.loads(fixed) | {"status": "failed", "error": "killed"})
+    d = {name: tmp_path_factory.mktemp(name) for name in ("sparse", "empty")}
+    (d["sparse"] / "runs.jsonl").write_text(f"{fixed}\n{failed}\n{{\"torn\": \n")
+    (d["empty"] / "runs.jsonl").write_text(f"{failed}\n")
+    return d
+
+
+def execute(path: Path, results: Path, monkeypatch) -> list[dict]:
+    """Run the notebook at `path` on `results`; its outputs, every cell's. Raises if any cell fails."""
+    monkeypatch.setenv("DISTBENCH_RESULTS", str(results))
     # the kernel must be this environment's Python, whatever PATH says
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     nb = nbformat.read(path, as_version=4)
@@ -79,15 +93,39 @@ def test_notebook_executes(path, results_dir, monkeypatch):
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ANALYSIS)}}
     )
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def text(outputs: list[dict]) -> str:
+    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, results_dir, monkeypatch):
+    outputs = execute(path, results_dir, monkeypatch)
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+    if path.stem == "throughput":  # the profiled run's CPU traces: Perfetto yes, HTA's overlap no, and why
+        assert "hold no GPU kernels" in text(outputs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_says_what_is_missing_instead_of_failing(path, sparse_dirs, monkeypatch):
+    said = text(execute(path, sparse_dirs["sparse"], monkeypatch))
+    assert "1 ok runs" in said
+    if path.stem == "scaling":
+        assert "no commbench records" in said
+    said = text(execute(path, sparse_dirs["empty"], monkeypatch))
+    assert "no ok runs in" in said
 
 
 def test_report_writes_pngs_and_a_table(results_dir, tmp_path):
+    from distbench.results import report
     from distbench.results.report import write_report
 
     written = write_report(results_dir, tmp_path / "report")
     pngs = [p for p in written if p.suffix == ".png"]
-    assert len(pngs) == 5 and all(p.stat().st_size > 5000 for p in pngs)
+    # five figures, the planner on these runs, and throughput for each study (here one: runs.jsonl)
+    assert sorted(p.stem for p in pngs) == sorted([*report.FIGURES, "scaling", "throughput-runs"])
+    assert all(p.stat().st_size > 5000 for p in pngs)
     table = (tmp_path / "report" / "summary.md").read_text()
     assert "fixed head, fraction:0.5" in table and table.count("\n") >= 6

@@ -45,6 +45,13 @@ def _input_bytes(arg: Any) -> int:
     return 0
 
 
+def _dtype(arg: Any) -> torch.dtype | None:
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype
+    first = next((t for t in arg if isinstance(t, torch.Tensor)), None) if isinstance(arg, list | tuple) else None
+    return first.dtype if first is not None else None
+
+
 class Tap:
     """While installed, the functions of `namespace` named in `table` are counted into `meter`."""
 
@@ -77,7 +84,7 @@ class Tap:
                 size = _input_bytes(arg)
                 if size:
                     payload = self.reducing > 0 if c.payload is None else c.payload
-                    self.meter.count_bytes(c.op, size, payload=payload, bucket=c.bucket)
+                    self.meter.count_bytes(c.op, size, payload=payload, bucket=c.bucket, dtype=_dtype(arg))
             self.depth += 1
             try:
                 return fn(*args, **kwargs)
@@ -110,14 +117,22 @@ class Tap:
 DDP_COLLECTIVES = {"all_reduce": Counted("all_reduce", "tensor", 0, payload=True, bucket=False)}
 
 
-def counting_buckets(meter: CommMeter, hook: Callable) -> Callable:
-    """`hook`, also counting its calls (one per DDP bucket)."""
+def counting_buckets(meter: CommMeter, hook: Callable, names: dict[int, str] | None = None) -> Callable:
+    """`hook`, also counting its calls (one per DDP bucket) and naming each bucket's parameters (`names`:
+    id of a parameter -> its name), so that what the hook sends is attributed to its bucket. In a profiled
+    run each bucket's collectives are a range of their own in the trace."""
+    from distbench.runtime.timing import region
 
     # DDP inspects the hook's signature: `bucket` must be unannotated or dist.GradBucket itself, which
     # `from __future__ import annotations` would turn into a string.
     def counted(state, bucket):
-        meter.count_bucket()
-        return hook(state, bucket)
+        params = [names.get(id(p), "?") for p in bucket.parameters()] if names else None
+        index = meter.count_bucket(params)
+        try:
+            with region(f"bucket {index} reduction"):
+                return hook(state, bucket)
+        finally:
+            meter.bucket_done()
 
     return counted
 

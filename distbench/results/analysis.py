@@ -10,6 +10,7 @@ has the same other settings (model, class count, data, batch, engine, world size
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,9 +71,38 @@ def variant(row: pd.Series) -> str:
         parts.append(freeze + (f" along {dim}" if dim != "out" else "") + (" (mask)" if mode == "mask" else ""))
     if _setting(row, "config.model.param") != "none":
         parts.append(row["config.model.param"])
-    if _setting(row, "config.dist.backend") == "deepspeed":
-        parts.append(f"DeepSpeed ZeRO-{int(_setting(row, 'config.dist.zero_stage'))}")
+    parts += cost_labels(row)
     return ", ".join(parts)
+
+
+def cost_labels(row: pd.Series) -> list[str]:
+    """The settings, other than the model's, that change what a step sends or costs, where not the default:
+    the engine (and its ZeRO stage), the DDP comm hook and the precision. Each is also part of the baseline
+    match (`setting_columns`): a run is compared with a learned head under the same engine, hook and
+    precision."""
+    parts = []
+    backend = _setting(row, "config.dist.backend")
+    if backend == "deepspeed":
+        parts.append(f"DeepSpeed ZeRO-{int(_setting(row, 'config.dist.zero_stage'))}")
+    elif backend == "fsdp":
+        parts.append("FSDP2")
+    hook = _setting(row, "config.dist.comm_hook")
+    if hook == "powersgd":
+        parts.append(f"PowerSGD rank {int(_setting(row, 'config.dist.powersgd_rank'))}")
+    elif hook != "allreduce":
+        parts.append(f"{hook} hook")
+    precision = _setting(row, "config.train.precision")
+    if precision != "auto":
+        parts.append(precision)
+    return parts
+
+
+def with_world_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the world size in each variant's label where the frame holds runs at several: the same
+    variant on 2 and 8 ranks is two rows of every table and figure, never one."""
+    if "env.world_size" in df and df["env.world_size"].nunique() > 1:
+        df = df.assign(variant=df["variant"] + ", " + df["env.world_size"].astype(int).astype(str) + " ranks")
+    return df
 
 
 def setting_columns(df: pd.DataFrame) -> list[str]:
@@ -91,6 +121,7 @@ def with_baselines(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
     df["variant"] = df.apply(variant, axis=1)
+    df = with_world_sizes(df)
     is_base = (
         (df["config.model.head"] == "learned")
         & df["config.freeze.freeze"].map(learns_everything)
@@ -104,8 +135,10 @@ def with_baselines(df: pd.DataFrame) -> pd.DataFrame:
         "perf.samples_per_s": "base_samples_per_s",
         "accuracy.top1": "base_top1",
         "run_id": "baseline_run_id",
+        "perf.step_time_ms.p50": "base_step_p50",
+        "perf.step_time_ms.p90": "base_step_p90",
     }
-    joined = base[list(metrics)].rename(columns=metrics)
+    joined = base[[m for m in metrics if m in base]].rename(columns=metrics)
     df = df.assign(_key=key).merge(joined, left_on="_key", right_index=True, how="left").drop(columns="_key")
     df["bytes_saved_frac"] = 1 - df["comm.payload_bytes_per_step"] / df["base_payload"]
     df["speedup"] = df["perf.samples_per_s"] / df["base_samples_per_s"]
@@ -133,6 +166,29 @@ def load_runs(path: str | os.PathLike) -> pd.DataFrame:
     """results.load + config defaults + baselines + derived columns: the frame every notebook starts from."""
     df = results.load(path)
     return with_baselines(with_config_defaults(df)) if not df.empty else df
+
+
+def last_profile_dir(df: pd.DataFrame) -> str | None:
+    """The trace directory of the last run in `df` that was profiled (--profile-dir), or None."""
+    if "perf.profile.dir" not in df:
+        return None
+    profiled = df[df["perf.profile.dir"].notna()].sort_values("finished_at")
+    return str(profiled["perf.profile.dir"].iloc[-1]) if len(profiled) else None
+
+
+def studies(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The ok runs of each study under `path`, by study: one per results file (a grid writes its own), named
+    by its path without `.jsonl`; a file alone is one study. Files with no runs (a collective benchmark's
+    records) are left out. Each study is compared within itself: its runs against baselines of the same
+    file, never against another study's, which ran on a machine under another load."""
+    path = Path(path)
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    found = {}
+    for file in files:
+        runs = load_runs(file)
+        if not runs.empty:
+            found[str(file.relative_to(path) if path.is_dir() else file.name).removesuffix(".jsonl")] = runs
+    return found
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -250,7 +306,10 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     d["backbone_params"] = d["params.total"] - d["params.head_total"]
     d["capacity"] = d["C"] * d["N"] / d["backbone_params"]
     keys = ["body", "N", "C"]
-    learned = d[d["config.model.head"] == "learned"].set_index(keys)["accuracy.top1"]
+    # the baseline: a learned head that learns everything else (the last such run, where there are several)
+    freeze = d["config.freeze.freeze"] if "config.freeze.freeze" in d else pd.Series("none", index=d.index)
+    base = d[(d["config.model.head"] == "learned") & freeze.fillna("none").map(learns_everything)]
+    learned = base.sort_values("finished_at").drop_duplicates(keys, keep="last").set_index(keys)["accuracy.top1"]
     d["learned_top1"] = [learned.get(tuple(k), float("nan")) for k in d[keys].itertuples(index=False)]
     d["gap"] = 100 * (d["learned_top1"] - d["accuracy.top1"])
     d["spc"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]

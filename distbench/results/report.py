@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
 import pandas as pd
 
-from distbench.results.analysis import engine_table, head_scaling, load_runs, summary_table, to_markdown
+from distbench.results.analysis import engine_table, head_scaling, load_runs, studies, summary_table, to_markdown
 
 MB = 1e6
 
@@ -31,8 +31,16 @@ def _label(df: pd.DataFrame) -> pd.Series:
 
 
 def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
-    """Payload (measured in the comm hook) against expected bytes per step, one bar per run."""
-    d = df.sort_values(["config.model.model", "config.model.num_classes", "comm.payload_bytes_per_step"])
+    """Payload (measured in the comm hook) against expected bytes per step, one bar per model, class count,
+    data set and variant (bytes depend on nothing else: repeats of a configuration in several studies are one
+    bar). A log axis: a fixed head's 0.25 MB and a learned head's 200 MB are both read off it."""
+    keys = ["config.data.dataset", "config.model.model", "config.model.num_classes", "variant"]
+    d = df.drop_duplicates([k for k in keys if k in df], keep="last") if not df.empty else df
+    d = (
+        d.sort_values(["config.model.model", "config.model.num_classes", "comm.payload_bytes_per_step"])
+        if len(d)
+        else d
+    )
     fig, ax = plt.subplots(figsize=(9, 0.35 * max(len(d), 4) + 1.2))
     if d.empty:
         _empty(ax, "ok runs")
@@ -40,35 +48,109 @@ def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
     y = range(len(d))
     ax.barh(y, d["comm.payload_bytes_per_step"] / MB, color="tab:blue", label="payload (measured)")
     ax.scatter(d["comm.expected_bytes_per_step"] / MB, y, color="black", marker="|", s=200, label="expected")
-    ax.set_yticks(list(y), _label(d))
-    ax.set_xlabel("gradient bytes per step (MB)")
+    labels = _label(d)
+    if d["config.data.dataset"].nunique() > 1:
+        labels = d["config.data.dataset"] + " " + labels
+    ax.set_yticks(list(y), labels)
+    ax.set_xscale("log")
+    ax.set_xlabel("gradient bytes per step (MB, log scale)")
     ax.set_title("What each step sends")
     ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3, which="both")
     fig.tight_layout()
     return fig
 
 
-def fig_throughput(df: pd.DataFrame) -> plt.Figure:
-    """Samples/s and the step-time split (hidden vs exposed communication) per run."""
-    d = df.sort_values(["config.model.model", "config.model.num_classes", "perf.samples_per_s"])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.35 * max(len(d), 4) + 1.2), sharey=True)
+RANK_PARTS = (("compute_ms", "tab:gray", "compute (forward, backward to its last bucket)"),
+              ("wait_ms", "tab:red", "wait for the collectives"),
+              ("optimizer_ms", "tab:olive", "optimizer"))  # fmt: skip
+
+
+def fig_throughput(df: pd.DataFrame, study: str = "") -> plt.Figure:
+    """One study's runs (pass one results file's: `analysis.studies`): each variant's speed-up over its own
+    baseline from the same study (samples/s over the learned head's with the same settings; whisker: the same
+    ratio from the variant's p90 step against the baseline's p50, to its p50 against the baseline's p90), and
+    where each rank's step goes (p50 over the timed steps of compute, wait and optimizer, `perf.ranks`; runs
+    recorded before it: the step without sync and the exposed communication)."""
+    d = df.sort_values(["config.model.model", "config.model.num_classes", "variant"]) if not df.empty else df
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 0.45 * max(len(d), 4) + 1.6), sharey=True)
     if d.empty:
         _empty(a, "ok runs")
         _empty(b, "ok runs")
         return fig
     y = list(range(len(d)))
-    a.barh(y, d["perf.samples_per_s"], color="tab:green")
+    speedup = d["speedup"]
+    known = speedup.notna()
+    lo = d["base_step_p50"] / d["perf.step_time_ms.p90"]
+    hi = d["base_step_p90"] / d["perf.step_time_ms.p50"]
+    a.barh([v for v, k in zip(y, known, strict=True) if k], speedup[known], color="tab:green")
+    a.errorbar(speedup[known], [v for v, k in zip(y, known, strict=True) if k], fmt="none", ecolor="black",
+               xerr=[(speedup - lo).clip(lower=0)[known], (hi - speedup).clip(lower=0)[known]], capsize=2)  # fmt: skip
+    for v in (v for v, k in zip(y, known, strict=True) if not k):
+        a.text(0.02, v, "no baseline in this study", va="center", fontsize=7, transform=a.get_yaxis_transform())
+    a.axvline(1, color="black", linewidth=0.8)
     a.set_yticks(y, _label(d))
-    a.set_xlabel("samples/s (all ranks)")
-    a.set_title("Throughput")
-    p50 = d["perf.step_time_ms.p50"]
-    exposed = d["perf.exposed_comm_ms"].fillna(0).clip(lower=0)
-    b.barh(y, p50 - exposed, color="tab:gray", label="step without sync")
-    b.barh(y, exposed, left=p50 - exposed, color="tab:red", label="exposed communication")
-    b.set_xlim(0, 1.05 * p50.max())  # barh with `left` does not always widen the autoscaled limits
-    b.set_xlabel("p50 step time (ms)")
-    b.set_title("Where the step goes")
-    b.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08 - 1.2 / (len(d) + 4)), ncol=2)
+    a.set_xlabel("speed-up over the learned head (samples/s ratio)")
+    a.set_title("Speed-up, same study, same settings")
+    handles = {}
+    for v, (_, run) in zip(y, d.iterrows(), strict=True):
+        ranks = run.get("perf.ranks")
+        if isinstance(ranks, list) and ranks and ranks[0].get("compute_ms") is not None:
+            height = 0.8 / len(ranks)
+            for i, r in enumerate(ranks):
+                left, at = 0.0, v - 0.4 + height * (i + 0.5)
+                for key, color, label in RANK_PARTS:
+                    value = r.get(key) or 0.0
+                    handles[label] = b.barh(at, value, height=height * 0.9, left=left, color=color)
+                    left += value
+        else:
+            p50 = run["perf.step_time_ms.p50"]
+            exposed = max(run.get("perf.exposed_comm_ms") or 0.0, 0.0)
+            handles["step without sync (older records)"] = b.barh(v, p50 - exposed, color="silver")
+            handles["exposed communication (p50 minus no-sync p50)"] = b.barh(v, exposed, left=p50 - exposed,
+                                                                               color="salmon")  # fmt: skip
+    b.set_xlabel("ms per step (p50 over the timed steps; one bar per rank)")
+    b.set_title("Where each rank's step goes")
+    b.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.1 - 1.2 / (len(d) + 4)),
+             ncol=2, fontsize=7)  # fmt: skip
+    fig.suptitle(f"Throughput: {study}" if study else "Throughput")
+    fig.tight_layout()
+    return fig
+
+
+def fig_buckets(df: pd.DataFrame) -> plt.Figure:
+    """Bytes per bucket (`comm.buckets`, in the order they are sent), learned against the other heads: the
+    largest model and class count whose results hold a learned head and another variant with buckets. Bars
+    name each bucket's first and last parameter; a log axis, since a head's bucket can be 1000x a conv's."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    d = (
+        df[df["comm.buckets"].map(lambda b: isinstance(b, list) and len(b) > 0)]
+        if "comm.buckets" in df
+        else df.iloc[0:0]
+    )
+    keys = ["config.model.model", "config.model.num_classes"]
+    pairs = (
+        d.groupby(keys).filter(lambda g: (g["config.model.head"] == "learned").any() and len(g) > 1) if len(d) else d
+    )
+    if pairs.empty:
+        _empty(ax, "learned and fixed runs with comm.buckets")
+        return fig
+    (model, classes), g = max(pairs.groupby(keys), key=lambda kv: (kv[0][1], kv[0][0]))
+    g = g.drop_duplicates("variant", keep="last").sort_values("comm.payload_bytes_per_step", ascending=False)
+    rows, labels, colors = [], [], []
+    for i, (_, run) in enumerate(g.head(4).iterrows()):
+        for j, bucket in enumerate(run["comm.buckets"]):
+            rows.append(bucket["bytes"] / MB)
+            names = f"{bucket['first']} .. {bucket['last']}" if bucket.get("first") else bucket["op"]
+            labels.append(f"{run['variant']}  #{j}: {names}")
+            colors.append(f"C{i}")
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, rows, color=colors)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per step (MB, log scale)")
+    ax.set_title(f"What each bucket sends: {model}, C={classes:,}")
+    ax.grid(axis="x", alpha=0.3, which="both")
     fig.tight_layout()
     return fig
 
@@ -181,8 +263,8 @@ def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
             _empty(ax, "learned and fixed runs of the head-scaling study")
         return fig
     best = fixed.loc[fixed.groupby(["body", "N", "C"])["accuracy.top1"].idxmax()]
-    for i, ((body, n), g) in enumerate(best.groupby(["body", "N"])):
-        g = g.sort_values("C")
+    for i, ((body, n), group) in enumerate(best.groupby(["body", "N"])):
+        g = group.sort_values("C")
         style = {"color": f"C{i % 10}", "marker": "o" if body == "tiny" else "s"}
         left.plot(g["c_over_n"], g["gap"], label=f"{body}, N = {n}", **style)
         right.plot(g["capacity"], g["gap"], linestyle="none", **style)
@@ -260,7 +342,9 @@ def fig_plan_records(df_path: str | os.PathLike, cluster: str = "h100-ib-ndr", g
     from distbench.perfmodel.plan import plan_records
 
     rows, _ = plan_records(df_path, list(gpus), cluster)
-    return fig_plan(rows, f"runs from {df_path}: measured compute, all-reduce on {cluster} (distbench.perfmodel.plan --records)")
+    return fig_plan(
+        rows, f"runs from {df_path}: measured compute, all-reduce on {cluster} (distbench.perfmodel.plan --records)"
+    )
 
 
 def load_commbench(path: str | os.PathLike) -> pd.DataFrame:
@@ -272,14 +356,18 @@ def load_commbench(path: str | os.PathLike) -> pd.DataFrame:
 
 FIGURES = {
     "comm_savings": fig_comm_savings,
-    "throughput": fig_throughput,
+    "buckets": fig_buckets,
     "accuracy": fig_accuracy,
     "large_classes": fig_large_classes,
     "head_scaling": fig_price_of_fixing,
 }
 # A figure that shows one study draws that study's records alone (the file its grid writes), where the results
 # directory has it: runs of other studies at the same class counts (short timing runs) would read as results.
-STUDIES = {"accuracy": "fashion_mnist.jsonl", "large_classes": "large_classes.jsonl", "head_scaling": "head_scaling.jsonl"}
+STUDIES = {
+    "accuracy": "fashion_mnist.jsonl",
+    "large_classes": "large_classes.jsonl",
+    "head_scaling": "head_scaling.jsonl",
+}
 
 
 def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
@@ -292,6 +380,9 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
         return load_runs(own) if name in STUDIES and Path(results_dir).is_dir() and own.is_file() else df
 
     makers = {name: functools.partial(draw, records_of(name)) for name, draw in FIGURES.items()}
+    # Throughput compares runs of one study with each other alone (one figure per results file).
+    for study, runs in studies(results_dir).items():
+        makers[f"throughput-{study.replace('/', '-')}"] = functools.partial(fig_throughput, runs, study)
     makers["scaling"] = functools.partial(fig_plan_records, results_dir)  # the planner on these runs
     written = []
     for name, make in makers.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import resource
 import socket
 import statistics
@@ -62,9 +63,12 @@ def run_steps(
     up shows in the throughput, as it would in training. `stop()` is asked after each step, outside its
     time; True ends the run of steps early (fewer times come back)."""
     timer, loss, traffic, logged = StepTimer(engine.place.device), torch.tensor(float("nan")), [], []
+    slow = slow_rank_seconds()
     timer.mark()
     for _ in range(n):
         engine.meter.start_step()
+        if slow:
+            time.sleep(slow)  # tests only: this rank computes longer (DISTBENCH_SLOW_RANK)
         x, y = next(batches)
         loss = engine.step(x, y)
         traffic.append(engine.meter.end_step())
@@ -75,7 +79,19 @@ def run_steps(
             if stop():
                 break
             timer.restart()
-    return Steps(timer.times_ms(), loss, traffic, logged)
+    times = timer.times_ms()
+    engine.meter.resolve()  # after the timer's own synchronisation: no second one
+    return Steps(times, loss, traffic, logged)
+
+
+def slow_rank_seconds() -> float:
+    """Tests only, by environment: DISTBENCH_SLOW_RANK="<rank>:<seconds>" makes that rank spend the seconds
+    in every step before its forward, as a slower rank would; 0 otherwise (always, outside tests)."""
+    spec = os.environ.get("DISTBENCH_SLOW_RANK")
+    if not spec:
+        return 0.0
+    rank, _, seconds = spec.partition(":")
+    return float(seconds) if rank == os.environ.get("RANK", "0") else 0.0
 
 
 def train_steps(
@@ -132,6 +148,59 @@ def train_steps(
             if request is not None:
                 request.enter("training" if state.step >= tc.warmup_steps else "warm-up")
             save(f"every {every} steps")
+
+
+def rank_times(every: list[list[tuple]]) -> tuple[list[dict[str, Any]], float | None]:
+    """Where each rank's timed steps went, from `every` (per rank, per step: compute, wait, optimizer ms), as
+    p50s per rank (perf.ranks), and exposed communication measured directly: per step, the wait of the rank
+    that computed longest (it waits for the collectives alone; the others also wait for it), median over
+    steps (perf.exposed_comm_ms_direct). None where a split is unknown (steps from an older checkpoint)."""
+
+    def p50(values: list) -> float | None:
+        known = [v for v in values if v is not None]
+        return quantile(known, 0.5) if known else None
+
+    ranks = [
+        {"rank": r, **{k: p50([s[i] for s in steps]) for i, k in enumerate(("compute_ms", "wait_ms", "optimizer_ms"))}}
+        for r, steps in enumerate(every)
+    ]
+    waits = []
+    for step in zip(*every, strict=False):
+        if all(s[0] is not None and s[1] is not None for s in step):
+            waits.append(max(step, key=lambda s: s[0])[1])
+    return ranks, (quantile(waits, 0.5) if waits else None)
+
+
+def profile_steps(engine: Engine, batches: Iterator[Batch], steps: int, directory: Path) -> dict[str, Any]:
+    """`steps` extra steps (after one of warm-up) under torch.profiler, each a ProfilerStep#N with ranges for
+    forward, backward, optimizer and each bucket's reduction; written per rank as a Chrome trace,
+    `directory/rank-<r>.json.gz`, which carries `distributedInfo` (rank, world size) for HTA."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from distbench.runtime import timing
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine.place.device.type == "cuda" else [])
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"rank-{engine.place.rank}.json.gz"
+
+    def export(prof) -> None:  # at the end of the active window: events of earlier cycles are gone by exit
+        prof.export_chrome_trace(str(path))
+
+    timing.PROFILING = True
+    try:
+        with profile(
+            activities=activities, schedule=schedule(wait=0, warmup=1, active=steps), on_trace_ready=export
+        ) as prof:
+            for _ in range(steps + 1):
+                engine.meter.start_step()
+                x, y = next(batches)
+                engine.step(x, y)
+                engine.meter.end_step()
+                prof.step()
+    finally:
+        timing.PROFILING = False
+    engine.meter.resolve()
+    return {"dir": str(directory), "steps": steps}
 
 
 def agreed_batches(
@@ -346,6 +415,10 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             if len(done.times_ms) < tc.nosync_steps:
                 raise stopped("no-sync timing", end)
             nosync_ms = done.times_ms
+        profile = None
+        if cfg.output.profile_dir:
+            request.enter("profiling")
+            profile = profile_steps(engine, batches, cfg.output.profile_steps, Path(cfg.output.profile_dir))
     # Complete: from here on a signal no longer changes how the run ends.
     request.enter("record")
     engine.close()
@@ -357,7 +430,8 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
 
     step_ms = {"p50": quantile(timed_ms, 0.5), "p90": quantile(timed_ms, 0.9), "mean": statistics.fmean(timed_ms)}
     exposed = step_ms["p50"] - quantile(nosync_ms, 0.5) if nosync_ms else None
-    comm = engine.meter.summary(state.traffic, place.world_size)
+    comm = engine.meter.summary(state.traffic, place.world_size, engine.reduction_layout())
+    ranks, direct = rank_times(gather_objects([(t.compute_ms, t.wait_ms, t.optimizer_ms) for t in state.traffic]))
     comm = {
         "payload_bytes_per_step": comm.pop("payload_bytes_per_step"),
         "expected_bytes_per_step": engine.expected_bytes_per_step,
@@ -390,6 +464,9 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             "samples_per_s": tc.batch_size * place.world_size * len(timed_ms) / (sum(timed_ms) / 1e3),
             "step_time_ms": step_ms,
             "exposed_comm_ms": exposed,
+            "exposed_comm_ms_direct": direct,
+            "ranks": ranks,
+            "profile": profile,
             "peak_memory_bytes": int(peak),
             "timed_steps": len(timed_ms),
             "warmup_steps": tc.warmup_steps,

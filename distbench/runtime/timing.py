@@ -10,17 +10,31 @@ the launch. Two honest ways, both here (nanoGPT's bench.py and timm's benchmark.
   time.
 `quantile` is the linear interpolation numpy.quantile uses by default (p50 / p90 of step times).
 
-No process group here: a window that must start on all ranks together takes its barrier as an argument.
+No process group here: a window that must start on all ranks together takes its barrier as an argument. A leaf
+(it imports nothing of distbench), so that the taps in comm/ may name their ranges with `region`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+
+# Set by the loop while it profiles (--profile-dir): only then do engines and hooks open named ranges, so an
+# unprofiled run pays nothing for them.
+PROFILING = False
+
+
+def region(name: str) -> AbstractContextManager:
+    """A named range in a profiler trace (torch.profiler.record_function) while profiling; nothing otherwise."""
+    if PROFILING:
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
 
 
 def synchronize(device: torch.device) -> None:

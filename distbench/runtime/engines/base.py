@@ -171,6 +171,11 @@ class Engine:
         cannot take optimizer steps without it."""
         return None
 
+    def reduction_layout(self) -> list[list[str]] | None:
+        """The parameters of each payload call of a step in launch order, where the engine knows them and its
+        hooks do not say (FSDP2's groups); None: unknown, or named by the hooks themselves (DDP)."""
+        return None
+
     def logged_bytes(self) -> int | None:
         """Bytes the engine's own communication logger has seen so far (None: no such logger)."""
         return None

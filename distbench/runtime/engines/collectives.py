@@ -3,7 +3,7 @@
 Modules never import torch.distributed: the engine hands them one of these. Each call counts the bytes of
 its input tensor (as the meter counts every collective) and then runs on the default process group. The
 underlying c10d functions are called directly, not through `torch.distributed.all_reduce`, which the DDP
-engine's AllReduceTap wraps: a call is counted here once.
+engine's Tap wraps: a call is counted here once.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.engines.collectives import Collectives
 from distbench.runtime.optim import autocast, autocast_dtype, build_optimizer
+from distbench.runtime.timing import region
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def wrap(model: torch.nn.Module, place: Place, bucket_cap_mb: float) -> DDP:
 @ENGINES.register("ddp")
 class DDPEngine(Engine):
     def __init__(self, cfg, model: torch.nn.Module, place: Place) -> None:
-        self.place, self.module, self.meter = place, model, CommMeter()
+        self.place, self.module, self.meter = place, model, CommMeter(place.device)
         self.channels_last = place.device.type == "cuda"
         model.to(place.device)
         if self.channels_last:
@@ -70,7 +71,8 @@ class DDPEngine(Engine):
         hook = COMM_HOOKS.get(cfg.dist.comm_hook)
         self.hook_name = cfg.dist.comm_hook
         self.hook_state, fn = hook.make(cfg.dist)
-        self.ddp.register_comm_hook(self.hook_state, counting_buckets(self.meter, fn))
+        names = {id(p): n for n, p in self.replicated.named_parameters()}
+        self.ddp.register_comm_hook(self.hook_state, counting_buckets(self.meter, fn, names))
         self.tap = Tap(self.meter, "torch.distributed", DDP_COLLECTIVES).install()
         self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
         self.expected_bytes_per_step = step_traffic(
@@ -89,14 +91,17 @@ class DDPEngine(Engine):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.place.device, self.amp_dtype):
+        with region("forward"), autocast(self.place.device, self.amp_dtype):
             if self.head is not None:
                 loss = self.head.loss(self.ddp(x), y)
             else:
                 loss = F.cross_entropy(self.ddp(x), y)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        with region("backward"):
+            self.scaler.scale(loss).backward()  # returns once DDP has waited for every bucket's reduction
+        self.meter.backward_done()
+        with region("optimizer"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return loss.detach()
 
     def no_sync(self) -> ContextManager:

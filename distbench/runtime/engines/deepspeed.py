@@ -32,6 +32,7 @@ from distbench.model.counts import named_fixed_weights, trainable
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.optim import autocast_dtype, build_optimizer
+from distbench.runtime.timing import region
 
 # deepspeed.comm's functions: gradient reduction and other traffic go through the same ones, so payload is
 # what is sent inside a reduction point (below).
@@ -119,7 +120,7 @@ class DeepSpeedEngine(Engine):
         if place.device.type == "cpu":
             # Else every CPU start JIT-builds the shared-memory comm op (about a minute).
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        self.place, self.module, self.meter = place, model, CommMeter()
+        self.place, self.module, self.meter = place, model, CommMeter(place.device)
         self.config = deepspeed_config(cfg, place)
         params = trainable(model)
         numels = [p.numel() for p in params]  # ZeRO-3 empties the parameters it partitions
@@ -160,9 +161,13 @@ class DeepSpeedEngine(Engine):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Under bf16/fp16 the engine holds the weights in that dtype; inputs follow.
         x = x.to(next(self.engine.module.parameters()).dtype)
-        loss = F.cross_entropy(self.engine(x).float(), y)
-        self.engine.backward(loss)
-        self.engine.step()
+        with region("forward"):
+            loss = F.cross_entropy(self.engine(x).float(), y)
+        with region("backward"):
+            self.engine.backward(loss)
+        self.meter.backward_done()
+        with region("optimizer"):
+            self.engine.step()
         return loss.detach()
 
     def no_sync(self):

@@ -42,6 +42,7 @@ from distbench.model.counts import named_fixed_weights, trainable
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.optim import autocast, autocast_dtype, build_optimizer
+from distbench.runtime.timing import region
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -106,7 +107,7 @@ class FSDPEngine(Engine):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-        self.place, self.module, self.meter = place, model, CommMeter()
+        self.place, self.module, self.meter = place, model, CommMeter(place.device)
         self.amp_dtype = autocast_dtype(cfg.train.precision, place.device)
         self.param_dtype, self.reduce_dtype = mixed_precision(place.device, self.amp_dtype)
         n = place.world_size
@@ -118,7 +119,8 @@ class FSDPEngine(Engine):
         masked = _masked_convs(model)
         # No channels-last here (unlike DDP): FSDP2 shards contiguous parameters only (_fsdp_param.py).
         model.to(place.device)
-        for unit in shard_units(model):
+        self.units = shard_units(model)
+        for unit in self.units:
             policy = MixedPrecisionPolicy(
                 param_dtype=unit_param_dtype(unit, self.param_dtype), reduce_dtype=self.reduce_dtype
             )
@@ -132,13 +134,24 @@ class FSDPEngine(Engine):
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.place.device, self.amp_dtype):
+        with region("forward"), autocast(self.place.device, self.amp_dtype):
             loss = F.cross_entropy(self.module(x), y)
-        self.scaler.scale(loss).backward()
-        self._mask_gradients()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        with region("backward"):
+            self.scaler.scale(loss).backward()
+        self.meter.backward_done()
+        with region("optimizer"):
+            self._mask_gradients()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return loss.detach()
+
+    def reduction_layout(self) -> list[list[str]]:
+        """The parameters of each reduce-scatter of a step, in launch order: one per group with a trainable
+        parameter, last unit first (backward runs the groups in reverse); the root's own group, if it has
+        one, last."""
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        groups = [[names[id(p)] for p in u.parameters() if p.requires_grad] for u in self.units]
+        return [g for g in reversed(groups) if g]
 
     @torch.no_grad()
     def _mask_gradients(self) -> None:
