@@ -54,3 +54,21 @@ def test_committed_records_carry_no_path_of_the_machine_they_ran_on():
             output = (record.get("config") or {}).get("output", {})
             for key in ("out", "checkpoint_dir"):
                 assert not str(output.get(key) or "").startswith("/"), (path.name, record["run_id"], key)
+
+
+def test_every_relative_link_and_image_in_the_docs_resolves():
+    """A renamed figure or a page moved into docs/ must not leave a link that leads nowhere."""
+    import re
+
+    from conftest import ROOT
+
+    pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#")[0]
+            if not path or "://" in path or path.startswith("mailto:"):
+                continue
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken

@@ -296,8 +296,10 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
       (NaN: not within the budget), and `spc`: the budget,
     - `flat`: its last two curve points within 2 points of top-1."""
     d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
-    if d.empty:
-        return d
+    if "params.head_in_features" in d:
+        d = d[d["params.head_in_features"].notna()]  # records from before the field: N unknown
+    if d.empty or "params.head_in_features" not in d:
+        return d.iloc[0:0]
     d["head_label"] = d.apply(head_label, axis=1)
     d["N"] = d["params.head_in_features"].astype(int)
     d["C"] = d["config.model.num_classes"].astype(int)

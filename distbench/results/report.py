@@ -27,14 +27,19 @@ def _empty(ax, what: str) -> None:
 
 
 def _label(df: pd.DataFrame) -> pd.Series:
-    return df["config.model.model"] + " C=" + df["config.model.num_classes"].map("{:,}".format) + ": " + df["variant"]
+    """'tiny C=100,000: fixed head'; a tiny CNN built at another feature width says so ('tiny N=128 ...')."""
+    model = df["config.model.model"]
+    if "config.model.width" in df:
+        width = df["config.model.width"]
+        model = model + width.map(lambda w: "" if w is None or pd.isna(w) else f" N={int(w)}")
+    return model + " C=" + df["config.model.num_classes"].map("{:,}".format) + ": " + df["variant"]
 
 
 def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
     """Payload (measured in the comm hook) against expected bytes per step, one bar per model, class count,
     data set and variant (bytes depend on nothing else: repeats of a configuration in several studies are one
     bar). A log axis: a fixed head's 0.25 MB and a learned head's 200 MB are both read off it."""
-    keys = ["config.data.dataset", "config.model.model", "config.model.num_classes", "variant"]
+    keys = ["config.data.dataset", "config.model.model", "config.model.width", "config.model.num_classes", "variant"]
     d = df.drop_duplicates([k for k in keys if k in df], keep="last") if not df.empty else df
     d = (
         d.sort_values(["config.model.model", "config.model.num_classes", "comm.payload_bytes_per_step"])
@@ -53,10 +58,12 @@ def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
         labels = d["config.data.dataset"] + " " + labels
     ax.set_yticks(list(y), labels)
     ax.set_xscale("log")
+    ax.set_xlim(d["comm.payload_bytes_per_step"].min() / MB / 10, d["comm.payload_bytes_per_step"].max() / MB * 3)
     ax.set_xlabel("gradient bytes per step (MB, log scale)")
     ax.set_title("What each step sends")
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3, which="both")
+    ax.set_axisbelow(True)
     fig.tight_layout()
     return fig
 
@@ -92,7 +99,7 @@ def fig_throughput(df: pd.DataFrame, study: str = "") -> plt.Figure:
     a.set_yticks(y, _label(d))
     a.set_xlabel("speed-up over the learned head (samples/s ratio)")
     a.set_title("Speed-up, same study, same settings")
-    handles = {}
+    handles, right = {}, 0.0
     for v, (_, run) in zip(y, d.iterrows(), strict=True):
         ranks = run.get("perf.ranks")
         if isinstance(ranks, list) and ranks and ranks[0].get("compute_ms") is not None:
@@ -103,18 +110,22 @@ def fig_throughput(df: pd.DataFrame, study: str = "") -> plt.Figure:
                     value = r.get(key) or 0.0
                     handles[label] = b.barh(at, value, height=height * 0.9, left=left, color=color)
                     left += value
+                right = max(right, left)
         else:
             p50 = run["perf.step_time_ms.p50"]
-            exposed = max(run.get("perf.exposed_comm_ms") or 0.0, 0.0)
-            handles["step without sync (older records)"] = b.barh(v, p50 - exposed, color="silver")
-            handles["exposed communication (p50 minus no-sync p50)"] = b.barh(v, exposed, left=p50 - exposed,
-                                                                               color="salmon")  # fmt: skip
+            exposed = run.get("perf.exposed_comm_ms")
+            exposed = max(exposed, 0.0) if exposed is not None and not pd.isna(exposed) else 0.0
+            handles["step without sync (records before perf.ranks)"] = b.barh(v, p50 - exposed, color="silver")
+            handles["exposed communication (p50 minus no-sync p50)"] = b.barh(
+                v, exposed, left=p50 - exposed, color="salmon"
+            )
+            right = max(right, p50)
+    b.set_xlim(0, 1.05 * right)  # barh with `left` does not always widen the autoscaled limits
     b.set_xlabel("ms per step (p50 over the timed steps; one bar per rank)")
     b.set_title("Where each rank's step goes")
-    b.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.1 - 1.2 / (len(d) + 4)),
-             ncol=2, fontsize=7)  # fmt: skip
     fig.suptitle(f"Throughput: {study}" if study else "Throughput")
-    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=3, fontsize=7)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
@@ -146,11 +157,15 @@ def fig_buckets(df: pd.DataFrame) -> plt.Figure:
             colors.append(f"C{i}")
     y = list(range(len(rows)))[::-1]
     ax.barh(y, rows, color=colors)
+    for v, size in zip(y, rows, strict=True):
+        ax.annotate(f"{size:,.3g} MB", (size, v), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xscale("log")
+    ax.set_xlim(min(rows) / 10, max(rows) * 5)  # a log axis has no zero: start a decade below the smallest
     ax.set_xlabel("bytes per step (MB, log scale)")
     ax.set_title(f"What each bucket sends: {model}, C={classes:,}")
     ax.grid(axis="x", alpha=0.3, which="both")
+    ax.set_axisbelow(True)
     fig.tight_layout()
     return fig
 
@@ -375,9 +390,16 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
     out.mkdir(parents=True, exist_ok=True)
     df = load_runs(results_dir)
 
+    here = Path(results_dir)
+    holds_studies = here.is_dir() and any((here / f).is_file() for f in STUDIES.values())
+
     def records_of(name: str) -> pd.DataFrame:
-        own = Path(results_dir) / STUDIES.get(name, "")
-        return load_runs(own) if name in STUDIES and Path(results_dir).is_dir() and own.is_file() else df
+        """A study's figure draws its own file; where a directory of studies lacks it (not run yet), nothing;
+        an ad-hoc directory or file (no study files) is drawn whole."""
+        if name not in STUDIES or not holds_studies:
+            return df
+        own = here / STUDIES[name]
+        return load_runs(own) if own.is_file() else df.iloc[0:0]
 
     makers = {name: functools.partial(draw, records_of(name)) for name, draw in FIGURES.items()}
     # Throughput compares runs of one study with each other alone (one figure per results file).
