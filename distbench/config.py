@@ -5,7 +5,7 @@ TOML key is `[section] field`. A bad value raises ConfigError naming both.
 
 This module is a leaf: it imports nothing of distbench, so anything may import it. It checks values
 (ranges, choices written here); whether names exist in the registries and whether the freeze rule and
-parameterisation fit the model is `distbench.checks.check`, the one explicit step that run.py and the
+parameterisation fit the model is `distbench.runtime.checks.check`, the one explicit step that run.py and the
 sweep take before any process group exists.
 """
 
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import sys
 import time
 import tomllib
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 
 def flag(name: str, negated: bool = False) -> str:
@@ -512,3 +513,48 @@ def markdown() -> str:
             lines.append(f"| `{flag(f.name)}` | {default} | {f.metadata['help']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- registries
+# Name -> builder registries with helpful misses (after timm's register_model/create_model): every name a
+# config holds (model, head, dataset, engine, hook, rule) resolves through one, so a miss lists the choices.
+T = TypeVar("T", bound=Callable)
+
+
+class UnknownName(KeyError):
+    """A name that is not in a registry; its message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(fn: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = fn
+            return fn
+
+        return add
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownName(self.miss_message(name, self.names())) from None
+
+    def miss_message(self, name: str, valid: list[str]) -> str:
+        hint = difflib.get_close_matches(name, valid, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"unknown {self.kind} {name!r}{did_you_mean}; choose from: {', '.join(valid)}"

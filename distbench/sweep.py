@@ -37,12 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from distbench import results
-from distbench.checks import check
-from distbench.config import SECTIONS, ConfigError, added_at_default, defaults, flag, from_dict
+from distbench.config import (
+    SECTIONS,
+    ConfigError,
+    UnknownName,
+    added_at_default,
+    defaults,
+    flag,
+    from_dict,
+)
 from distbench.model.structure.freeze import parse_rule
 from distbench.model.structure.freeze import slug as freeze_slug
-from distbench.registry import UnknownName
 from distbench.runtime import checkpoint, stop
+from distbench.runtime.checks import check
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DEFAULTS = {"nproc_per_node": None, "nnodes": 1}  # None: GPUs on the node, else 1

@@ -12,10 +12,10 @@ import pytest
 from conftest import SHORT, flags, python_run
 from test_data import make_imagefolder
 
-from distbench.checks import parse_and_check
 from distbench.config import ConfigError
 from distbench.results import validate
 from distbench.runtime.checkpoint import read_latest
+from distbench.runtime.checks import parse_and_check
 
 KEPT = '{"earlier": "record"}\n'  # must survive every refused run untouched
 

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from distbench.checks import parse_and_check
 from distbench.config import ConfigError, RunConfig, build_parser, parse_args
+from distbench.runtime.checks import parse_and_check
 
 
 def test_defaults_are_the_cpu_minute_run():
@@ -100,7 +100,7 @@ def test_config_is_a_leaf():
 
 
 def test_name_checks_are_one_explicit_step():
-    from distbench.checks import check
+    from distbench.runtime.checks import check
 
     cfg = parse_args(["--head", "fxied", "--freeze", "bogus:1"])  # values alone: fine
     with pytest.raises(ConfigError) as e:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from distbench.checks import parse_and_check
 from distbench.config import ConfigError, DataConfig
+from distbench.runtime.checks import parse_and_check
 from distbench.runtime.data import Shard, SyntheticTask, build_dataset
 
 CPU = torch.device("cpu")

@@ -9,10 +9,10 @@ import sys
 import pytest
 from conftest import RUN, _records, finish, flags, run_cmd, start_torchrun, torchrun, wait_for
 
-from distbench.checks import parse_and_check
 from distbench.config import parse_args
 from distbench.model import build_model
 from distbench.results import validate
+from distbench.runtime.checks import parse_and_check
 
 pytest.importorskip("deepspeed")
 

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.checks import check_structure
 from distbench.comm.expected import expected_bytes
 from distbench.config import ConfigError, FreezeConfig, ModelConfig, parse_args
 from distbench.model import build_model
@@ -22,6 +21,7 @@ from distbench.model.structure.freeze import (
     parse_rule,
 )
 from distbench.model.structure.symmetric import SymmetricConv2d
+from distbench.runtime.checks import check_structure
 
 
 def backbone_pair(spec, seed=0, **kw):

@@ -21,12 +21,12 @@ from conftest import TORCHRUN, _records, finish, flags, run_cmd, start_torchrun,
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from distbench.checks import parse_and_check
 from distbench.comm.expected import fsdp_all_gather_bytes, fsdp_expected_bytes, shard_units
 from distbench.config import ConfigError, parse_args
 from distbench.model import build_model
 from distbench.results import validate
 from distbench.runtime.checkpoint import read_latest
+from distbench.runtime.checks import parse_and_check
 from distbench.runtime.engines.fsdp import mixed_precision
 from distbench.runtime.optim import autocast_dtype
 

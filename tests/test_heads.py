@@ -4,10 +4,10 @@ import pytest
 import scipy.linalg
 import torch
 
+from distbench.config import UnknownName
 from distbench.model.counts import param_counts, trainable
 from distbench.model.heads import HEADS, build_head, cosine_scale, orthogonal_block
 from distbench.model.heads.hadamard import hadamard_block
-from distbench.registry import UnknownName
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (3, 5), (8, 8), (10, 4), (16, 32), (100, 64), (33, 17)])

@@ -3,9 +3,9 @@
 import pytest
 from conftest import SHORT, flags, torchrun_many
 
-from distbench.checks import parse_and_check
 from distbench.config import ConfigError
 from distbench.results import validate
+from distbench.runtime.checks import parse_and_check
 
 SMALL = flags(steps=3, warmup_steps=3, nosync_steps=0, batch_size=8, eval_samples=16)
 

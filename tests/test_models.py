@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from distbench.config import UnknownName
 from distbench.model.backbones import build_backbone, check_model_name
-from distbench.registry import UnknownName
 
 
 @pytest.mark.parametrize(
@@ -49,8 +49,8 @@ def test_tiny_wide_is_a_wider_body_at_the_same_width():
 
 
 def test_width_is_refused_where_the_model_has_none():
-    from distbench.checks import parse_and_check
     from distbench.config import ConfigError
+    from distbench.runtime.checks import parse_and_check
 
     with pytest.raises(ConfigError, match="applies only to: tiny, tiny-wide") as e:
         parse_and_check(["--model", "resnet18", "--width", "64"])

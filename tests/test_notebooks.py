@@ -78,7 +78,7 @@ def sparse_dirs(results_dir, tmp_path_factory) -> dict[str, Path]:
     fixed = next(line for line in runs if '"head": "fixed"' in line and '"freeze": "none"' in line)
     failed = json.dumps(json.loads(fixed) | {"status": "failed", "error": "killed"})
     d = {name: tmp_path_factory.mktemp(name) for name in ("sparse", "empty")}
-    (d["sparse"] / "runs.jsonl").write_text(f"{fixed}\n{failed}\n{{\"torn\": \n")
+    (d["sparse"] / "runs.jsonl").write_text(f'{fixed}\n{failed}\n{{"torn": \n')
     (d["empty"] / "runs.jsonl").write_text(f"{failed}\n")
     return d
 

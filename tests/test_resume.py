@@ -84,10 +84,14 @@ def test_preempt_then_resume_ends_bit_identical(tmp_path, reference, sig):
             os.kill(worker(proc, rank), sig)
     code, log = finish(proc)
     latest = read_latest(ckpt)
-    assert latest["reason"] == sig.name, log[-3000:]
     stopped_at = latest["step"]
     assert 0 < stopped_at < 123
-    assert f"stopped by {sig.name} during training, after step {stopped_at} of 123" in log
+    # On a loaded machine the signal may land during the next periodic save: the run then stops on that
+    # checkpoint (saved for its period) instead of saving again one step later.
+    phase = "checkpoint save" if latest["reason"] == "every 4 steps" else "training"
+    if phase == "training":
+        assert latest["reason"] == sig.name, log[-3000:]
+    assert f"stopped by {sig.name} during {phase}, after step {stopped_at} of 123" in log, log[-3000:]
     assert code != 0
     if sig == signal.SIGUSR1:  # torchrun itself was not signalled: it reports its workers' exit code
         assert f"exitcode  : {EXIT_STOPPED}" in log, log[-3000:]

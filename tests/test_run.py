@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from conftest import FAST, python_run, torchrun, torchrun_many
 
-from distbench.checks import parse_and_check
 from distbench.config import ConfigError
 from distbench.results import validate
+from distbench.runtime.checks import parse_and_check
 
 HEADS = ["learned", "fixed", "fixed-orthogonal"]
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from distbench.comm.meter import CommMeter
+from distbench.config import Registry
 from distbench.model.counts import tensor_bytes
-from distbench.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from distbench.comm.meter import algbw, bus_bytes
-from distbench.registry import Registry
+from distbench.config import Registry
 from distbench.results import SPEC as RUN_SPEC
 from distbench.results import SchemaError, check_fields, environment, new_run_id, now
 from distbench.runtime.timing import Stopwatch

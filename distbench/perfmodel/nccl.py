@@ -222,7 +222,7 @@ def get_preset(preset: str | Interconnect) -> Interconnect:
     try:
         return PRESETS[preset]
     except KeyError:
-        from distbench.registry import UnknownName
+        from distbench.config import UnknownName
 
         hint = difflib.get_close_matches(str(preset), sorted(PRESETS), n=1)
         did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""

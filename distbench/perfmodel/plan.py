@@ -347,10 +347,10 @@ def parse_args(argv: list[str] | None):
 
 def _validate(args) -> None:
     """ConfigError naming the first bad flag."""
-    from distbench.checks import known
     from distbench.model.backbones import check_model_name
     from distbench.model.heads import HEADS
     from distbench.model.structure.freeze import parse_rule
+    from distbench.runtime.checks import known
 
     if args.cluster not in nccl.PRESETS:
         raise ConfigError("cluster", f"unknown cluster {args.cluster!r}; choose from: {', '.join(nccl.PRESETS)}")

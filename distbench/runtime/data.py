@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distbench.config import ConfigError, DataError
-from distbench.registry import Registry
+from distbench.config import ConfigError, DataError, Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 DATASETS: Registry = Registry("dataset")

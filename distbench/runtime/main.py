@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             cfg = config.parse_args(argv)
-            from distbench import checks  # imports torch
+            from distbench.runtime import checks  # imports torch
 
             checks.check(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
         except config.ConfigError as e:

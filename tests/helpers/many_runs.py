@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from distbench import checks, results
-from distbench.runtime import loop
+from distbench import results
+from distbench.runtime import checks, loop
 from distbench.runtime.engines import close_distributed
 from distbench.runtime.stop import StopRequest
 

@@ -10,8 +10,8 @@ import inspect
 
 from torch import nn
 
+from distbench.config import UnknownName
 from distbench.model.backbones.registry import BACKBONES, FAMILIES, _family
-from distbench.registry import UnknownName
 
 
 def widths_taken() -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from distbench.registry import Registry
+from distbench.config import Registry
 
 BACKBONES: Registry = Registry("model")
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distbench.config import Registry
 from distbench.model.heads.hadamard import fwht, hadamard_block, random_signs, srht
-from distbench.registry import Registry
 
 log = logging.getLogger(__name__)
 

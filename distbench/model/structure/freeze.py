@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distbench.config import ConfigError, FreezeConfig
+from distbench.config import ConfigError, FreezeConfig, Registry
 from distbench.model.contracts import CountsItsConvs
-from distbench.registry import Registry
 
 
 @dataclass(frozen=True)

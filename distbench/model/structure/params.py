@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from distbench.registry import Registry
+from distbench.config import Registry
 
 PARAMS: Registry = Registry("parameterisation")
 

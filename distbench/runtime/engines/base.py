@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from distbench.comm.meter import CommMeter
-from distbench.registry import Registry
+from distbench.config import Registry
 
 __all__ = [
     "ENGINES",

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from distbench.config import ConfigError, RunConfig, parse_args
-from distbench.registry import UnknownName
+from distbench.config import ConfigError, RunConfig, UnknownName, parse_args
 
 
 def known(field: str, lookup: Callable[[str], Any], name: str) -> None:
