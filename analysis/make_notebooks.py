@@ -149,11 +149,14 @@ NOTEBOOKS = {
         new_markdown_cell(
             "## The price of fixing the head (issue 24's study)\n\n"
             "Learned against fixed heads over C / N at two feature widths N and two bodies, the same samples per "
-            "class for every head at a class count (`analysis/head_scaling.toml`). `gap` is the learned head's "
-            "top-1 minus this head's, in points; `capacity` is C x N over the backbone's parameters (what a learned "
+            "class for every head at a class count (`analysis/head_scaling.toml`; longer lines in "
+            "`head_scaling_long.toml`, 100K classes in `head_scaling_100k.toml`). `learned_top1` is the learned "
+            "head's top-1 at this run's samples per class (`spc`), from its longest run's curve; `gap` that minus "
+            "this head's top-1, in points; `capacity` is C x N over the backbone's parameters (what a learned "
             "head holds that a fixed one asks the backbone to absorb); `spc_to_90` the samples per class at which "
             "the curve first reaches 90% of the learned head's final top-1 (NaN: not within the budget); `flat`: "
-            "the last two curve points within 2 points. Only this study's records are drawn."
+            "the last two curve points within 2 points (`learned_flat`: the baseline's). Only this study's records "
+            "are drawn."
         ),
         new_code_cell(
             "import os\n\n"

@@ -86,14 +86,14 @@ def _check(ok: bool, field: str, message: str) -> None:
 class ModelConfig:
     model: str = opt(
         "tiny",
-        "backbone: tiny, tiny-wide, wrn-<depth>-<width>, diracnet-<depth>-<width>, or any torchvision classification "
-        "model",
+        "backbone: tiny, tiny-wide, wrn-<depth>-<width>, diracnet-<depth>-<width>, any torchvision classification "
+        "model, or a language model: gpt-tiny, gpt2-small, gpt2-medium (C is then the vocabulary size V)",
     )
     num_classes: int = opt(100, "classes C; the head maps the backbone's N features to C logits")
     head: str = opt(
         "learned",
         "classifier head: learned, sharded (learned, split by classes over the ranks), fixed (Hadamard), "
-        "fixed-fwht, fixed-orthogonal, fixed-srht",
+        "fixed-fwht, fixed-orthogonal, fixed-srht; tied (language models: the token embedding, as GPT-2)",
     )
     head_bias: bool = opt(True, "learn a bias in the head (--no-head-bias drops it)")
     head_scale: float | str | None = opt(
@@ -111,9 +111,11 @@ class ModelConfig:
     head_rows: str = opt("authors", "fixed-orthogonal rows: authors (as nn.init.orthogonal leaves them) or unit")
     width: int | None = opt(
         None,
-        "feature width N of the tiny CNNs (tiny, tiny-wide; their hidden stages scale with it); default 256",
+        "feature width N of the tiny CNNs (tiny, tiny-wide; their hidden stages scale with it; default 256) and of "
+        "gpt-tiny (default 64)",
         added=True,
     )
+    seq_len: int | None = opt(None, "context length T of the language models (gpt-*); default 256", added=True)
     image_size: int | None = opt(None, "input height = width; default: the model's own (32 or 224)")
     param: str = opt(
         "none",
@@ -141,6 +143,7 @@ class ModelConfig:
         )
         _check(self.width is None or self.width >= 8, "model.width", f"must be >= 8, got {self.width}")
         _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2, got {self.num_classes}")
+        _check(self.seq_len is None or self.seq_len >= 1, "model.seq_len", f"must be >= 1, got {self.seq_len}")
         _check(
             self.image_size is None or self.image_size >= 8, "model.image_size", f"must be >= 8, got {self.image_size}"
         )
@@ -171,11 +174,20 @@ class FreezeConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = opt("synthetic", "data: synthetic, digits, fashion-mnist, imagefolder")
-    data_dir: str | None = opt(None, "imagefolder root (train/ and val/ class folders); fashion-mnist idx files")
+    dataset: str = opt(
+        "synthetic",
+        "data: synthetic, digits, fashion-mnist, imagefolder; for the language models synthetic-text or tokens",
+    )
+    data_dir: str | None = opt(
+        None, "imagefolder root (train/ and val/ class folders); fashion-mnist idx files; tokens: train.bin, val.bin"
+    )
     eval_samples: int = opt(2048, "held-out samples evaluated after training, all ranks together (0: all)")
     noise: float = opt(0.5, "synthetic task difficulty: code noise relative to the spread of class codes")
     code_dim: int = opt(64, "synthetic task: dimension d of the class codes (1 to 192)")
+    successors: int = opt(
+        16, "synthetic-text: how many tokens may follow each token (Zipf-weighted; at most V)", added=True
+    )
+    zipf: float = opt(1.0, "synthetic-text: the Zipf exponent s of the successors' probabilities", added=True)
     workers: int = opt(4, "data-loader worker processes per rank (imagefolder)")
     skip_bad_images: bool = opt(
         False, "imagefolder: skip unreadable images (counted in the record) instead of failing on the first", added=True
@@ -183,8 +195,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.eval_samples >= 0, "data.eval_samples", f"must be >= 0, got {self.eval_samples}")
+        _check(self.successors >= 1, "data.successors", f"must be >= 1, got {self.successors}")
+        _check(self.zipf >= 0 and math.isfinite(self.zipf), "data.zipf", f"must be >= 0, got {self.zipf}")
         _check(
-            self.dataset != "synthetic" or self.eval_samples > 0,
+            self.dataset not in ("synthetic", "synthetic-text") or self.eval_samples > 0,
             "data.eval_samples",
             "synthetic data has no natural end: give a positive count",
         )

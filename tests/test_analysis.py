@@ -151,8 +151,8 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
 
     from distbench.results.analysis import head_scaling
 
-    def run(run_id, head, init, top1s):
-        curve = [{"step": 10 * i, "samples_per_class": 8.0 * i, "top1": t, "top5": t, "eval_loss": 1.0}
+    def run(run_id, head, init, top1s, every=8.0):
+        curve = [{"step": 10 * i, "samples_per_class": every * i, "top1": t, "top5": t, "eval_loss": 1.0}
                  for i, t in enumerate(top1s, 1)]  # fmt: skip
         r = record(run_id=run_id, accuracy={**record()["accuracy"], "top1": top1s[-1], "curve": curve})
         r["config"] = {"model": {"model": "tiny", "num_classes": 1024, "head": head, "head_scale_init": init}}
@@ -163,6 +163,8 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
         run("l", "learned", "authors", [0.5, 0.99, 1.0]),
         run("a", "fixed-srht", "authors", [0.2, 0.6, 0.95]),
         run("r", "fixed-srht", "rule", [0.1, 0.3, 0.5]),
+        run("short", "fixed-srht", "rule", [0.1, 0.5], every=6.0),  # budget 12 per class: learned had 0.5 at 8
+        run("long", "fixed-srht", "rule", [0.5, 0.97], every=20.0),  # 40 per class: past the learned curve's end
     ]
     df = pd.json_normalize(rows, sep=".")
     table = head_scaling(df).set_index("run_id")
@@ -174,4 +176,8 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
     assert math.isnan(table.loc["r", "spc_to_90"])  # never within 90% of the learned head: not within budget
     assert table.loc["a", "head_label"] == "fixed-srht, authors' alpha"
     assert table.loc["r", "head_label"] == "fixed-srht, alpha from the rule"
-    assert not table.loc["a", "flat"] and table.loc["l", "flat"]
+    assert not table.loc["a", "flat"] and table.loc["l", "flat"] and table.loc["a", "learned_flat"]
+    # every run is held against the learned head at its own budget of samples per class
+    assert table.loc["short", "learned_top1"] == 0.5 and table.loc["short", "gap"] == pytest.approx(0.0)
+    assert table.loc["long", "learned_top1"] == 1.0 and table.loc["long", "gap"] == pytest.approx(3.0)
+    assert table.loc["long", "spc_to_90"] == 40.0  # 90% of the learned head's final top-1

@@ -13,17 +13,29 @@ from distbench.comm.expected import hook_bytes, step_traffic
 from distbench.comm.taps import COMM_HOOKS
 from distbench.config import DataConfig, FreezeConfig, ModelConfig
 from distbench.model import build_model
-from distbench.model.backbones import FAMILIES, build_backbone
+from distbench.model.backbones import FAMILIES, build_backbone, is_language_model
 from distbench.model.backbones.registry import BACKBONES
-from distbench.model.contracts import Backbone, HoldsFixedWeights, ModelParallelHead
+from distbench.model.contracts import (
+    Backbone,
+    HoldsFixedWeights,
+    LanguageModel,
+    ModelParallelHead,
+    example_input,
+    positions,
+)
 from distbench.model.counts import fixed_weights, param_counts, trainable
 from distbench.model.heads import HEADS, build_head, head_options
 from distbench.model.structure.freeze import RULES
 from distbench.model.structure.params import PARAMS
-from distbench.runtime.data import DATASETS, Shard, build_dataset
+from distbench.runtime.data import DATASETS, TEXT_DATASETS, Shard, build_dataset
 from distbench.runtime.engines import ENGINES, Engine
 
 N, C, B = 24, 50, 3
+
+
+def head(name: str, **options) -> torch.nn.Module:
+    """Head `name` at N -> C, with a token embedding at hand for the heads that reuse one (tied)."""
+    return build_head(name, N, C, embedding=torch.nn.Embedding(C, N), **options)
 
 
 # ----------------------------------------------------------------------------------------------- backbones
@@ -32,11 +44,13 @@ FAMILY_EXAMPLES = {"wrn-<depth>-<width>": "wrn-10-1", "diracnet-<depth>-<width>"
 
 @pytest.mark.parametrize("name", [*BACKBONES.names(), *(FAMILY_EXAMPLES[f.shown] for f in FAMILIES)])
 def test_every_backbone_maps_its_input_shape_to_n_features(name):
+    """Images (B, C, H, W) -> (B, N); a language model's token ids (B, T) -> (B x T, N), a row per position."""
     with torch.device("meta"):
-        backbone = build_backbone(name)
+        backbone = build_backbone(name, vocab_size=C)
         assert isinstance(backbone, Backbone)
-        out = backbone(torch.empty(B, *backbone.input_shape))
-    assert out.shape == (B, backbone.num_features)
+        out = backbone(example_input(backbone, B))
+    assert out.shape == (B * positions(backbone), backbone.num_features)
+    assert isinstance(backbone, LanguageModel) == is_language_model(name)
 
 
 def test_every_family_has_an_example():
@@ -46,24 +60,24 @@ def test_every_family_has_an_example():
 # --------------------------------------------------------------------------------------------------- heads
 @pytest.mark.parametrize("name", HEADS.names())
 def test_every_head_maps_features_to_logits_with_any_leading_dims(name):
-    head = build_head(name, N, C)
-    assert head(torch.randn(B, N)).shape == (B, C)
-    assert head(torch.randn(2, B, N)).shape == (2, B, C)  # a sequence model's (B, T, N)
+    h = head(name)
+    assert h(torch.randn(B, N)).shape == (B, C)
+    assert h(torch.randn(2, B, N)).shape == (2, B, C)  # a sequence model's (B, T, N)
 
 
 @pytest.mark.parametrize("name", HEADS.names())
 def test_every_head_declares_its_fixed_weights(name):
     """A C x N matrix held as a buffer is a weight never trained: it must be named in `fixed_weights`, or DDP
     broadcasts it and counts miss it (a head that forgets is what this test is for)."""
-    head = build_head(name, N, C)
-    declared = {id(t) for t in fixed_weights(head)}
-    for buf_name, buf in head.named_buffers():
+    h = head(name)
+    declared = {id(t) for t in fixed_weights(h)}
+    for buf_name, buf in h.named_buffers():
         if buf.numel() >= C * N // 2:
             assert id(buf) in declared, f"{name}: buffer {buf_name} of {tuple(buf.shape)} is not in fixed_weights"
-    counts = param_counts(head)
-    assert counts["total"] == sum(p.numel() for p in head.parameters()) + sum(t.numel() for t in fixed_weights(head))
-    if isinstance(head, HoldsFixedWeights) or name.startswith("fixed"):
-        assert {n for n, p in head.named_parameters()} <= {"scale", "bias"}  # the fixed heads learn alpha and b
+    counts = param_counts(h)
+    assert counts["total"] == sum(p.numel() for p in h.parameters()) + sum(t.numel() for t in fixed_weights(h))
+    if isinstance(h, HoldsFixedWeights) or name.startswith("fixed"):
+        assert {n for n, p in h.named_parameters()} <= {"scale", "bias"}  # the fixed heads learn alpha and b
 
 
 @pytest.mark.parametrize("name", HEADS.names())
@@ -73,16 +87,17 @@ def test_every_head_takes_exactly_the_options_it_declares(name):
     assert all(
         p.kind is not inspect.Parameter.VAR_KEYWORD for p in inspect.signature(HEADS.get(name)).parameters.values()
     )
-    head = build_head(name, N, C, bias=False, fixed_scale=2.0, row_norm="unit", scale_init="rule", seed=3)
+    h = head(name, bias=False, fixed_scale=2.0, row_norm="unit", scale_init="rule", seed=3)
     if "fixed_scale" in options:
-        assert float(head.scale) == 2.0 and not isinstance(head.scale, torch.nn.Parameter)
+        assert float(h.scale) == 2.0 and not isinstance(h.scale, torch.nn.Parameter)
+    assert [n for n, _ in h.named_parameters() if n.endswith("bias")] == []  # bias=False honoured
 
 
 @pytest.mark.parametrize("name", HEADS.names())
 def test_every_head_sends_what_the_model_says(name):
     """comm.expected's DDP traffic for a model with this head: its trainable parameters, and a sharded head's
     collectives in place of its weight."""
-    model = build_model(ModelConfig(model="tiny", width=32, num_classes=C, head=name))
+    model = build_model(ModelConfig(model="gpt-tiny" if name == "tied" else "tiny", width=32, num_classes=C, head=name))
     traffic = step_traffic(model, "ddp", 4, B)
     if isinstance(model.head, ModelParallelHead):
         assert traffic.payload_bytes > sum(4 * p.numel() for p in trainable(model.backbone))
@@ -146,8 +161,14 @@ def test_every_dataset_yields_batches_of_the_models_shape(name, tmp_path):
 
         if not all((__import__("pathlib").Path(FASHION_MNIST_DIR) / f).is_file() for f in FASHION_MNIST_FILES.values()):
             pytest.skip("Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
-    ds = build_dataset(DataConfig(**fields), classes, (3, 32, 32), 4, Shard(0, 1, torch.device("cpu")), 0)
+    if name == "tokens":
+        from test_lm import make_tokens
+
+        fields["data_dir"] = str(make_tokens(tmp_path, classes, 400))
+    shape, per_sample = ((16,), 16) if name in TEXT_DATASETS else ((3, 32, 32), 1)  # token data: T targets
+    ds = build_dataset(DataConfig(**fields), classes, shape, 4, Shard(0, 1, torch.device("cpu")), 0)
     x, y = next(ds.train())
-    assert x.shape == (4, 3, 32, 32) and y.shape == (4,) and 0 <= int(y.min()) and int(y.max()) < classes
+    assert x.shape == (4, *shape) and y.shape == (4 * per_sample,)
+    assert 0 <= int(y.min()) and int(y.max()) < classes
     held_out = sum(len(y) for _, y in ds.eval())
-    assert 0 < held_out <= max(ds.eval_size, 8)
+    assert 0 < held_out <= max(ds.eval_size, 8 * per_sample)

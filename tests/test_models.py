@@ -52,6 +52,6 @@ def test_width_is_refused_where_the_model_has_none():
     from distbench.config import ConfigError
     from distbench.runtime.checks import parse_and_check
 
-    with pytest.raises(ConfigError, match="applies only to: tiny, tiny-wide") as e:
+    with pytest.raises(ConfigError, match="applies only to: gpt-tiny, tiny, tiny-wide") as e:
         parse_and_check(["--model", "resnet18", "--width", "64"])
     assert e.value.field == "model.width"

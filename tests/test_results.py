@@ -73,6 +73,8 @@ def record(**over):
             "eval_samples": 64,
             "final_loss": 1.0,
             "eval_loss": 1.1,
+            "oracle_loss": None,
+            "perplexity": None,
             "curve": [{"step": 6, "samples_per_class": 0.5, "top1": 0.5, "top5": 0.9, "eval_loss": 1.1}],
         },
         "data": {"skipped_images": None, "skipped_files": []},

@@ -107,7 +107,7 @@ def test_bad_input_under_torchrun(tmp_path):
     assert ours == [
         (
             "run.py: error: --head (model.head): unknown head 'fxied' (did you mean 'fixed'?); "
-            "choose from: fixed, fixed-fwht, fixed-orthogonal, fixed-srht, learned, sharded"
+            "choose from: fixed, fixed-fwht, fixed-orthogonal, fixed-srht, learned, sharded, tied"
         )
     ]
     assert "exitcode  : 2" in r.stderr and "exitcode  : 1" not in r.stderr

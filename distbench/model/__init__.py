@@ -1,5 +1,5 @@
-"""The model: a backbone (images -> N features), a head (N -> C logits), and its structure (what is frozen,
-how convs are parameterised). Nothing here talks to a process group: wrapping for data parallelism is
+"""The model: a backbone (images, or token ids, -> N features), a head (N -> C logits), and its structure
+(what is frozen, how convs are parameterised). Nothing here talks to a process group: wrapping for data parallelism is
 `distbench.runtime.engines`, counting what a step sends is `distbench.comm`.
 
 - `backbones/`: the backbone registry and families;
@@ -25,21 +25,27 @@ class Classifier(nn.Module):
         self.head = head
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return self.backbone.input_shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
 
+def backbone_for(cfg) -> nn.Module:
+    """The backbone a `ModelConfig` names (a language model's vocabulary is its class count)."""
+    return build_backbone(cfg.model, cfg.image_size, cfg.width, vocab_size=cfg.num_classes, seq_len=cfg.seq_len)
+
+
 def build_model(cfg, freeze=None, seed: int = 0, head_dtype: torch.dtype = torch.float32) -> Classifier:
     """`cfg` is a `distbench.config.ModelConfig`, `freeze` a `FreezeConfig` (None: learn everything).
     Weights are drawn from the global RNG (seed it first); then the convs are reparameterised and frozen."""
+    from distbench.model.contracts import LanguageModel
     from distbench.model.heads import build_head
     from distbench.model.structure.freeze import FreezeSettings, apply_freeze
     from distbench.model.structure.params import apply_param
 
-    backbone = build_backbone(cfg.model, cfg.image_size, cfg.width)
+    backbone = backbone_for(cfg)
     apply_param(cfg.param, backbone)
     if freeze is not None:
         apply_freeze(backbone, FreezeSettings.from_config(freeze))
@@ -53,5 +59,6 @@ def build_model(cfg, freeze=None, seed: int = 0, head_dtype: torch.dtype = torch
         fixed_scale=cfg.head_scale,
         row_norm=cfg.head_rows,
         scale_init=cfg.head_scale_init,
+        embedding=backbone.token_embedding if isinstance(backbone, LanguageModel) else None,
     )
     return Classifier(backbone, head)

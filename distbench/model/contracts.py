@@ -17,7 +17,28 @@ class Backbone(Protocol):
     """Images (B, C, H, W) -> features (B, N): N = `num_features`, (C, H, W) = `input_shape`."""
 
     num_features: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """Token ids (B, T) -> features (B x T, N), one per position (each predicts the next token): T = `seq_len`,
+    `input_shape` = (T,); `token_embedding` is the V x N input embedding that a `tied` head reuses."""
+
+    num_features: int
+    seq_len: int
+    token_embedding: torch.nn.Embedding
+
+
+def positions(backbone: Any) -> int:
+    """Predictions per sample: T for a language model (every position), 1 for an image model."""
+    return backbone.seq_len if isinstance(backbone, LanguageModel) else 1
+
+
+def example_input(backbone: Any, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """A zero input batch of the backbone's shape and kind: token ids (long) or images (float)."""
+    dtype = torch.long if isinstance(backbone, LanguageModel) else torch.float32
+    return torch.zeros((batch, *backbone.input_shape), dtype=dtype, device=device)
 
 
 @runtime_checkable

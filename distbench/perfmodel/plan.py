@@ -104,14 +104,16 @@ def _measure(model: str, num_classes: int, head: str, freeze: str = "none") -> t
     """The model built on the meta device (no memory, no weights) and its FLOPs per sample for forward +
     backward."""
     from distbench.model import build_model
+    from distbench.model.contracts import example_input
 
     logging.disable(logging.WARNING)  # the fixed heads' warning about shared rows, once per build
     try:
         with torch.device("meta"):
             net = build_model(ModelConfig(model=model, num_classes=num_classes, head=head), FreezeConfig(freeze=freeze))
-            x = torch.empty(1, *net.input_shape)
-            with FlopCounterMode(display=False) as counter:
-                F.cross_entropy(net(x), torch.zeros(1, dtype=torch.long)).backward()
+            x = example_input(net.backbone, 1)
+            with FlopCounterMode(display=False) as counter:  # a sequence: FLOPs for all its positions
+                logits = net(x)
+                F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long)).backward()
     finally:
         logging.disable(logging.NOTSET)
     return net, counter.get_total_flops()

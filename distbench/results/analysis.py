@@ -280,6 +280,13 @@ def curve_reach(curve: list, target: float) -> float:
     return float("nan")
 
 
+def curve_at(curve: list, spc: float) -> float:
+    """Top-1 of the last curve point at or before `spc` samples per class; past the curve's end, its last
+    point (a longer run is compared with the converged value); NaN before its first point."""
+    seen = [p["top1"] for p in curve or [] if p["samples_per_class"] <= spc * (1 + 1e-9)]
+    return seen[-1] if seen else float("nan")
+
+
 def flattened(curve: list, points: float = 0.02) -> bool:
     """Whether the curve's last two points are within `points` of top-1 (the study's plateau test)."""
     return len(curve or []) >= 2 and abs(curve[-1]["top1"] - curve[-2]["top1"]) <= points
@@ -289,12 +296,14 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     """The price of fixing the head, one row per ok run of the head-scaling study: its top-1 next to the learned
     head's at the same body, feature width N and class count C, and
 
-    - `gap`: learned top-1 minus this run's (points; 0 for the learned run),
+    - `learned_top1`: the learned head's top-1 at this run's budget of samples per class (`spc`), read from
+      the curve of the longest learned run at the same body, N and C (its final top-1 past its end),
+    - `gap`: learned_top1 minus this run's top-1 (points; 0 for the longest learned run),
     - `c_over_n`: C / N, and `capacity`: C x N / the backbone's parameters (what a learned head holds that a
       fixed one asks the backbone to absorb),
-    - `spc_to_90`: samples per class at the first curve point reaching 90% of the learned head's final top-1
-      (NaN: not within the budget), and `spc`: the budget,
-    - `flat`: its last two curve points within 2 points of top-1."""
+    - `spc_to_90`: samples per class at the first curve point reaching 90% of the longest learned run's
+      final top-1 (NaN: not within the budget),
+    - `flat`: its last two curve points within 2 points of top-1; `learned_flat`: the same for the baseline."""
     d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
     if "params.head_in_features" in d:
         d = d[d["params.head_in_features"].notna()]  # records from before the field: N unknown
@@ -308,15 +317,20 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     d["backbone_params"] = d["params.total"] - d["params.head_total"]
     d["capacity"] = d["C"] * d["N"] / d["backbone_params"]
     keys = ["body", "N", "C"]
-    # the baseline: a learned head that learns everything else (the last such run, where there are several)
+    d["spc"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]
+    # the baseline: a learned head that learns everything else, its longest run (the last, among equals)
     freeze = d["config.freeze.freeze"] if "config.freeze.freeze" in d else pd.Series("none", index=d.index)
     base = d[(d["config.model.head"] == "learned") & freeze.fillna("none").map(learns_everything)]
-    learned = base.sort_values("finished_at").drop_duplicates(keys, keep="last").set_index(keys)["accuracy.top1"]
-    d["learned_top1"] = [learned.get(tuple(k), float("nan")) for k in d[keys].itertuples(index=False)]
+    base = base.sort_values(["spc", "finished_at"]).drop_duplicates(keys, keep="last").set_index(keys)
+    curves = {k: base.at[k, "accuracy.curve"] for k in base.index}
+    at = [tuple(k) for k in d[keys].itertuples(index=False)]
+    nan = float("nan")
+    d["learned_top1"] = [curve_at(curves[k], s) if k in curves else nan for k, s in zip(at, d["spc"], strict=True)]
+    final = [base.at[k, "accuracy.top1"] if k in curves else nan for k in at]
+    d["learned_flat"] = [flattened(curves.get(k)) for k in at]
     d["gap"] = 100 * (d["learned_top1"] - d["accuracy.top1"])
-    d["spc"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]
-    d["spc_to_90"] = [curve_reach(c, 0.9 * t) for c, t in zip(d["accuracy.curve"], d["learned_top1"], strict=True)]
+    d["spc_to_90"] = [curve_reach(c, 0.9 * t) for c, t in zip(d["accuracy.curve"], final, strict=True)]
     d["flat"] = [flattened(c) for c in d["accuracy.curve"]]
     cols = [*keys, "head_label", "c_over_n", "capacity", "accuracy.top1", "learned_top1", "gap", "spc",
-            "spc_to_90", "flat", "run_id"]  # fmt: skip
+            "spc_to_90", "flat", "learned_flat", "run_id"]  # fmt: skip
     return d[cols].sort_values([*keys, "head_label"]).reset_index(drop=True)

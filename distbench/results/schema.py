@@ -105,12 +105,19 @@ FIELDS: tuple[Field, ...] = (
           added=True),
     Field("perf.timed_window", str, "`continuous`, or `split` (its steps ran in more than one process)",
           added=True),
-    Field("accuracy.top1", Number, "top-1 on the held-out samples"),
+    Field("accuracy.top1", Number, "top-1 on the held-out samples (language models: next-token top-1 per "
+          "held-out token)"),
     Field("accuracy.top5", Number, "top-5 on the held-out samples"),
     Field("accuracy.oracle_top1", (int, float, Null), "the Bayes-optimal top-1 on the same samples (synthetic "
           "data); null for real data"),
-    Field("accuracy.eval_samples", int, "held-out samples evaluated, all ranks together"),
-    Field("accuracy.eval_loss", (int, float, Null), "mean cross-entropy on the held-out samples", added=True),
+    Field("accuracy.eval_samples", int, "held-out samples evaluated, all ranks together (tokens, for a language "
+          "model)"),
+    Field("accuracy.eval_loss", (int, float, Null), "mean cross-entropy on the held-out samples (nats per token "
+          "for a language model)", added=True),
+    Field("accuracy.oracle_loss", (int, float, Null), "the Bayes-optimal cross-entropy on the same tokens "
+          "(synthetic-text: its entropy rate, measured on them); null otherwise", added=True),
+    Field("accuracy.perplexity", (int, float, Null), "exp(eval_loss), for a language model; null for images",
+          added=True),
     Field("accuracy.final_loss", (int, float, Null), "the last timed step's training loss, mean over ranks; null "
           "when not finite"),
     Field("accuracy.curve", list, "the learning curve, one point per evaluation (--eval-every), the final one "

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from distbench.config import ConfigError, RunConfig, UnknownName, parse_args
+from distbench.model.contracts import positions
 
 
 def known(field: str, lookup: Callable[[str], Any], name: str) -> None:
@@ -36,7 +37,8 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     """Raise ConfigError for the first setting the code cannot honour; return `cfg` unchanged.
     `world_size`: the ranks that will run it, where known (a checkpoint to resume must be of as many)."""
     from distbench.comm.taps import COMM_HOOKS
-    from distbench.model.backbones import check_model_name
+    from distbench.model.backbones import check_model_name, is_language_model
+    from distbench.model.backbones.gpt import DEFAULT_SEQ_LEN
     from distbench.model.heads import HEADS, ROW_NORMS, head_options, heads_taking
     from distbench.model.structure.freeze import parse_rule
     from distbench.model.structure.params import PARAMS
@@ -63,11 +65,37 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(
             "model.head", "sharded runs under --backend ddp (the DDP engine shards it and counts its collectives)"
         )
-    check_data(cfg.data, m.num_classes)
+    check_language_model(cfg)
+    check_data(cfg.data, m.num_classes, (m.seq_len or DEFAULT_SEQ_LEN) if is_language_model(m.model) else None)
     backbone = check_structure(cfg)
     check_resources(cfg, backbone, world_size)
     check_writable(cfg, world_size)
     return cfg
+
+
+def check_language_model(cfg: RunConfig) -> None:
+    """A language model reads token data and an image model images; the options of one are refused for the
+    other, each naming its flag."""
+    from distbench.model.backbones import is_language_model
+    from distbench.runtime.data import TEXT_DATASETS
+
+    m, lm = cfg.model, is_language_model(cfg.model.model)
+    if lm and cfg.data.dataset not in TEXT_DATASETS:
+        raise ConfigError("data.dataset", f"{m.model} reads token ids: use {' or '.join(TEXT_DATASETS)}")
+    if not lm and cfg.data.dataset in TEXT_DATASETS:
+        raise ConfigError("data.dataset", f"{cfg.data.dataset} is token data, for the language models (gpt-*)")
+    if not lm and m.head == "tied":
+        raise ConfigError("model.head", "tied reuses a language model's token embedding: use --model gpt-*")
+    if not lm and m.seq_len is not None:
+        raise ConfigError("model.seq_len", "applies only to the language models (gpt-*)")
+    if lm and m.image_size is not None:
+        raise ConfigError("model.image_size", f"applies only to image models; {m.model} reads token ids")
+    if lm and m.head == "sharded":
+        raise ConfigError(
+            "model.head", "sharded is not yet built for the language models; use learned, tied or fixed-*"
+        )
+    if m.head == "tied" and cfg.dist.backend != "ddp":
+        raise ConfigError("model.head", "tied runs under --backend ddp for now (one parameter in two places)")
 
 
 def check_writable(cfg: RunConfig, world_size: int | None = None) -> None:
@@ -99,7 +127,8 @@ def _writable(field: str, directory: Path, file: Path | None = None) -> None:
 def check_structure(cfg: RunConfig) -> torch.nn.Module:
     """Freeze rules and parameterisations that do not fit the model fail here: the backbone is built on the
     meta device and the rule applied to it."""
-    from distbench.model.backbones import build_backbone, takes_width, widths_taken
+    from distbench.model import backbone_for
+    from distbench.model.backbones import takes_width, widths_taken
     from distbench.model.structure.freeze import FreezeSettings, apply_freeze
     from distbench.model.structure.params import apply_param
 
@@ -117,7 +146,7 @@ def check_structure(cfg: RunConfig) -> torch.nn.Module:
     if cfg.model.width is not None and not takes_width(cfg.model.model):
         raise ConfigError("model.width", f"applies only to: {', '.join(widths_taken())}")
     with torch.device("meta"):
-        backbone = build_backbone(cfg.model.model, cfg.model.image_size, cfg.model.width)
+        backbone = backbone_for(cfg.model)
         apply_param(cfg.model.param, backbone)
         apply_freeze(backbone, settings)
     return backbone
@@ -136,17 +165,18 @@ def memory_floor(cfg: RunConfig, backbone: torch.nn.Module, world_size: int = 1)
     from `train.batch_size`), and the per-step records (`train.steps`). Activations are left out; an engine
     that shards (FSDP, ZeRO) or a sharded head is taken to divide the whole model by the ranks."""
     n, c, b = backbone.num_features, cfg.model.num_classes, cfg.train.batch_size
+    t = positions(backbone)  # predictions per sample: T for a language model
     shards = world_size if cfg.dist.backend in ("fsdp", "deepspeed") else 1
     head_shards = world_size if cfg.model.head == "sharded" else shards
     params = sum(p.numel() for p in backbone.parameters())
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
-    head = c * n + c
+    head = c if cfg.model.head == "tied" else c * n + c  # a tied head's weight is the backbone's embedding
     head_trainable = head if cfg.model.head in ("learned", "sharded") else c  # a fixed head learns its bias
     states = 2 if cfg.train.optimizer == "sgd" else 3  # gradient + momentum, or + both Adam moments
     return {
         "model.num_classes": 4 * (head + states * head_trainable) // head_shards,
         "model.model": 4 * (params + states * trainable) // shards,
-        "train.batch_size": 4 * b * (INPUT_COPIES * math.prod(backbone.input_shape) + LOGIT_COPIES * c),
+        "train.batch_size": 4 * b * (INPUT_COPIES * math.prod(backbone.input_shape) + LOGIT_COPIES * t * c),
         "train.steps": STEP_RECORD_BYTES * (cfg.train.warmup_steps + cfg.train.steps),
     }
 

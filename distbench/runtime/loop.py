@@ -27,6 +27,7 @@ from distbench.comm.expected import traffic_for
 from distbench.comm.meter import StepTraffic
 from distbench.config import RunConfig
 from distbench.model import build_model
+from distbench.model.contracts import LanguageModel, example_input
 from distbench.model.counts import param_counts
 from distbench.results import SCHEMA, environment, new_run_id, now
 from distbench.runtime.checkpoint import Checkpoints, LoopState
@@ -204,13 +205,13 @@ def profile_steps(engine: Engine, batches: Iterator[Batch], steps: int, director
 
 
 def agreed_batches(
-    batches: Iterator[Batch], vote: StopVote, request: StopRequest, collective: bool, input_shape, device
+    batches: Iterator[Batch], vote: StopVote, request: StopRequest, collective: bool, backbone, device
 ) -> Iterator[Batch | None]:
     """This rank's held-out batches while any rank has one, agreed batch by batch with a stop request: every
     rank stops at the same batch when any was asked to (`Stopped` is raised by the caller). A rank that has
     run out yields empty batches where evaluation runs collectives (a sharded head, ZeRO-3: its peers wait
     for it in them), else None (nothing to compute)."""
-    x_empty = torch.empty((0, *input_shape), device=device)
+    x_empty = example_input(backbone, 0, device)
     y_empty = torch.empty(0, dtype=torch.long, device=device)
     while True:
         batch = next(batches, None)
@@ -233,7 +234,7 @@ def evaluate(engine: Engine, dataset, amp_dtype, vote: StopVote, request: StopRe
     model, device = engine.module, engine.place.device
     model.eval()
     stats = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, samples, loss sum
-    batches = agreed_batches(iter(dataset.eval()), vote, request, engine.collective_eval, model.input_shape, device)
+    batches = agreed_batches(iter(dataset.eval()), vote, request, engine.collective_eval, model.backbone, device)
     try:
         for batch in batches:
             if batch is None:
@@ -250,15 +251,18 @@ def evaluate(engine: Engine, dataset, amp_dtype, vote: StopVote, request: StopRe
         return None
     finally:
         model.train()
-    oracle = dataset.oracle_hits() if dataset.oracle_hits is not None else 0
-    stats = all_reduce(torch.cat([stats, torch.tensor([oracle], dtype=torch.float64)]).to(device)).cpu()
+    oracle = [f() if f is not None else 0 for f in (dataset.oracle_hits, dataset.oracle_loss_sum)]
+    stats = all_reduce(torch.cat([stats, torch.tensor(oracle, dtype=torch.float64)]).to(device)).cpu()
     n = max(stats[2].item(), 1)
+    text = isinstance(model.backbone, LanguageModel)
     return {
         "top1": stats[0].item() / n,
         "top5": stats[1].item() / n,
         "oracle_top1": stats[4].item() / n if dataset.oracle_hits is not None else None,
         "eval_samples": int(stats[2].item()),
         "eval_loss": stats[3].item() / n,
+        "oracle_loss": stats[5].item() / n if dataset.oracle_loss_sum is not None else None,
+        "perplexity": math.exp(min(stats[3].item() / n, 700.0)) if text else None,
     }
 
 
@@ -510,6 +514,14 @@ def mb(nbytes: float) -> str:
     return f"{nbytes / 1e9:,.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:,.2f} MB"
 
 
+def text_line(a: dict[str, Any]) -> str:
+    """A language model's held-out loss per token, its perplexity, and the Bayes-optimal loss where known."""
+    if a.get("perplexity") is None or a.get("eval_loss") is None:
+        return ""
+    oracle = "" if a.get("oracle_loss") is None else f" (oracle {a['oracle_loss']:.3f})"
+    return f"\n  text         held-out loss {a['eval_loss']:.3f} nats/token{oracle}, perplexity {a['perplexity']:,.1f}"
+
+
 def summary(record: dict[str, Any]) -> str:
     c, p, a = record["comm"], record["perf"], record["accuracy"]
     match = "==" if c["payload_bytes_per_step"] == c["expected_bytes_per_step"] else "!="
@@ -527,7 +539,8 @@ def summary(record: dict[str, Any]) -> str:
         f"  throughput   {p['samples_per_s']:,.1f} samples/s; step p50 {p['step_time_ms']['p50']:.1f} ms,"
         f" p90 {p['step_time_ms']['p90']:.1f} ms; exposed comm {exposed}\n"
         f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f}{oracle} on {a['eval_samples']} held-out"
-        f" samples; final loss {a['final_loss']:.4f}"
+        f" {'tokens' if a.get('perplexity') is not None else 'samples'}; final loss {a['final_loss']:.4f}"
+        + text_line(a)
     ) + "".join(f"\n  warning      {w}" for w in timing_warnings(record))
 
 

@@ -358,6 +358,32 @@ def fixed_srht(
     return SRHTHead(in_features, num_classes, seed=seed, **conventions)
 
 
+class TiedHead(nn.Module):
+    """A language model's output layer tied to its input embedding (GPT-2; Press & Wolf 2017): logits = x E^T
+    with E the V x N token embedding, one parameter used twice. Its gradient (both uses summed) is sent once,
+    so a tied head saves the V x N of an untied one, not the embedding's own."""
+
+    def __init__(self, embedding: nn.Embedding, bias: bool = True) -> None:
+        super().__init__()
+        self.embedding = embedding  # the backbone's: registered here too, counted once (parameters() dedups)
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.embedding.weight, self.bias)
+
+
+@HEADS.register("tied")
+def tied(in_features: int, num_classes: int, bias: bool = True, embedding: nn.Embedding | None = None) -> nn.Module:
+    """GPT-2's head is `tied` with --no-head-bias; the default learns a bias of V, as the other heads do."""
+    if embedding is None:
+        raise ValueError("a tied head reuses the token embedding of a language model (--model gpt-*)")
+    if tuple(embedding.weight.shape) != (num_classes, in_features):
+        raise ValueError(
+            f"the embedding is {tuple(embedding.weight.shape)}, the head needs ({num_classes}, {in_features})"
+        )
+    return TiedHead(embedding, bias)
+
+
 @HEADS.register("sharded")
 def sharded(in_features: int, num_classes: int, bias: bool = True) -> nn.Module:
     from distbench.model.heads.sharded import ShardedHead

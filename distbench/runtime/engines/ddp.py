@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from distbench.comm.expected import step_traffic
 from distbench.comm.meter import CommMeter
 from distbench.comm.taps import COMM_HOOKS, DDP_COLLECTIVES, Tap, counting_buckets
-from distbench.model.contracts import is_sharded
+from distbench.model.contracts import LanguageModel, is_sharded
 from distbench.model.counts import named_fixed_weights, tensor_bytes, trainable
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
@@ -45,7 +45,8 @@ def wrap(model: torch.nn.Module, place: Place, bucket_cap_mb: float) -> DDP:
 class DDPEngine(Engine):
     def __init__(self, cfg, model: torch.nn.Module, place: Place) -> None:
         self.place, self.module, self.meter = place, model, CommMeter(place.device)
-        self.channels_last = place.device.type == "cuda"
+        # channels_last: for convs on a GPU; a language model's inputs are token ids
+        self.channels_last = place.device.type == "cuda" and not isinstance(model.backbone, LanguageModel)
         model.to(place.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)

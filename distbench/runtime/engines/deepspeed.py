@@ -159,8 +159,9 @@ class DeepSpeedEngine(Engine):
         self._fixed = {name for name, _ in named_fixed_weights(model)}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Under bf16/fp16 the engine holds the weights in that dtype; inputs follow.
-        x = x.to(next(self.engine.module.parameters()).dtype)
+        # Under bf16/fp16 the engine holds the weights in that dtype; images follow (token ids stay ids).
+        if x.is_floating_point():
+            x = x.to(next(self.engine.module.parameters()).dtype)
         with region("forward"):
             loss = F.cross_entropy(self.engine(x).float(), y)
         with region("backward"):

@@ -1,9 +1,9 @@
-"""Data sets behind one interface: infinite per-rank training batches and a finite per-rank share of
-held-out batches, already on the training device.
+"""Image data sets (samples are (C, H, W) images, targets class ids):
 
 - `synthetic`: a learnable C-class task generated on the device (no loader in the step time), with a
   Bayes-optimal oracle for its held-out samples.
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (real, 10 classes, fixed split).
+- `fashion-mnist`: Debian's dataset-fashion-mnist idx files (real, 10 classes).
 - `imagefolder`: ImageNet-1K layout (DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*).
 """
 
@@ -13,63 +13,19 @@ import functools
 import math
 import os
 import signal
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from distbench.config import ConfigError, DataError, Registry
+from distbench.config import ConfigError, DataError
+from distbench.runtime.data.base import DATASETS, Batch, Dataset, Shard, _hash_uniform, eval_count, eval_share
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-DATASETS: Registry = Registry("dataset")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@dataclass
-class Shard:
-    """Where this process sits: the data it reads depends on it."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-
-@dataclass
-class Dataset:
-    num_classes: int
-    # infinite; train(start) begins at step `start`, exactly where a run that took `start` steps was (resume)
-    train: Callable[..., Iterator[Batch]]
-    eval: Callable[[], Iterator[Batch]]  # this rank's share of the held-out set, finite
-    eval_size: int  # held-out samples over all ranks
-    # Held-out samples of this rank that the Bayes-optimal classifier gets right (synthetic data only).
-    oracle_hits: Callable[[], int] | None = None
-    # Files this rank skipped as unreadable so far (imagefolder --skip-bad-images); None: it cannot skip.
-    skipped: Callable[[], set[str]] | None = None
-
-
-def eval_count(available: int, eval_samples: int) -> int:
-    """Held-out samples to evaluate: --eval-samples of those available, or all of them for 0."""
-    return available if eval_samples <= 0 else min(available, eval_samples)
-
-
-def eval_share(total: int, shard: Shard) -> range:
-    """Indices of `total` held-out samples that this rank evaluates (rank::world, no padding)."""
-    return range(shard.rank, total, shard.world_size)
-
-
 # ---------------------------------------------------------------------------------------------- synthetic
-def _hash_uniform(keys: torch.Tensor) -> torch.Tensor:
-    """Counter-based uniform(0, 1) from int64 keys: a 32-bit integer bijection (xorshift-multiply),
-    so distinct keys < 2^32 give distinct values. Products stay below 2^58: no int64 overflow."""
-    x = keys & 0xFFFFFFFF
-    for _ in range(3):
-        x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
-    x = (x >> 16) ^ x
-    return (x.to(torch.float64) + 0.5) / 2.0**32
-
-
 class SyntheticTask:
     """Class c has a code z_c in R^d drawn from N(0, I) by hashing (seed, c, k): no C x d table exists,
     so memory does not grow with C (1M classes cost nothing). A sample of class c is
@@ -464,30 +420,3 @@ def imagefolder(
         yield from to_device(DataLoader(share, shuffle=False, **{**loader_args, "persistent_workers": False}))
 
     return Dataset(num_classes, train, evaluate, eval_n, skipped=(lambda: skipped) if cfg.skip_bad_images else None)
-
-
-FIXED_CLASSES = {"digits": 10, "fashion-mnist": 10}
-
-
-def check_data(cfg, num_classes: int) -> None:
-    """Checks that need no data loaded, run while the config is validated (before any process group)."""
-    if cfg.dataset in FIXED_CLASSES and num_classes != FIXED_CLASSES[cfg.dataset]:
-        raise ConfigError(
-            "model.num_classes", f"{cfg.dataset} has {FIXED_CLASSES[cfg.dataset]} classes, got {num_classes}"
-        )
-    if cfg.dataset == "imagefolder":
-        check_imagefolder(cfg.data_dir, num_classes)
-    if cfg.dataset == "fashion-mnist":
-        root = Path(cfg.data_dir or FASHION_MNIST_DIR)
-        missing = [f for f in FASHION_MNIST_FILES.values() if not (root / f).is_file()]
-        if missing:
-            raise ConfigError(
-                "data.data_dir", f"no {missing[0]} in {root} (Debian: apt-get install dataset-fashion-mnist)"
-            )
-
-
-def build_dataset(
-    cfg, num_classes: int, input_shape: tuple[int, int, int], batch_size: int, shard: Shard, seed: int
-) -> Dataset:
-    """`cfg` is a `distbench.config.DataConfig`."""
-    return DATASETS.get(cfg.dataset)(cfg, num_classes, input_shape, batch_size, shard, seed)
