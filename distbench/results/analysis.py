@@ -162,9 +162,14 @@ def with_config_defaults(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def load_runs(path: str | os.PathLike) -> pd.DataFrame:
-    """results.load + config defaults + baselines + derived columns: the frame every notebook starts from."""
-    df = results.load(path)
+def load_runs(path: str | os.PathLike | list) -> pd.DataFrame:
+    """results.load + config defaults + baselines + derived columns: the frame every notebook starts from.
+    `path`: a results file, a directory of them, or a list of files (their records together)."""
+    if isinstance(path, list):
+        records = [r for f in path for r in results.read_records(f)]
+        df = pd.json_normalize(records, sep=".") if records else pd.DataFrame()
+    else:
+        df = results.load(path)
     return with_baselines(with_config_defaults(df)) if not df.empty else df
 
 

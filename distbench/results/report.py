@@ -268,8 +268,10 @@ def fig_large_classes(df: pd.DataFrame) -> plt.Figure:
 
 def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
     """The price of fixing the head (issue 24's study): learned minus best fixed top-1, in points, against C / N
-    (left) and against C x N / backbone parameters (right), one line per body and feature width N. Only runs of
-    the head-scaling study should be passed in (`distbench report` gives it head_scaling.jsonl alone)."""
+    (left) and against C x N / backbone parameters (right), one line per body and feature width N: at each C
+    the best of the fixed heads trained longest, against the learned head at the same samples per class.
+    Only runs of the head-scaling study should be passed in (`distbench report` gives it head_scaling.jsonl
+    alone)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     table = head_scaling(df) if not df.empty and "accuracy.curve" in df else pd.DataFrame()
     fixed = table[table["head_label"] != "learned"] if not table.empty else table
@@ -277,7 +279,9 @@ def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
         for ax in (left, right):
             _empty(ax, "learned and fixed runs of the head-scaling study")
         return fig
-    best = fixed.loc[fixed.groupby(["body", "N", "C"])["accuracy.top1"].idxmax()]
+    # per body, N and C: the fixed heads trained longest (the study's longer lines), the best of them
+    longest = fixed[fixed["spc"] == fixed.groupby(["body", "N", "C"])["spc"].transform("max")]
+    best = longest.loc[longest.groupby(["body", "N", "C"])["accuracy.top1"].idxmax()]
     for i, ((body, n), group) in enumerate(best.groupby(["body", "N"])):
         g = group.sort_values("C")
         style = {"color": f"C{i % 10}", "marker": "o" if body == "tiny" else "s"}
@@ -289,7 +293,7 @@ def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.grid(alpha=0.3)
     left.set_ylabel("learned minus best fixed head, top-1 (points)")
-    left.legend(fontsize=7, title="best fixed head per C", title_fontsize=7)
+    left.legend(fontsize=7, title="best fixed head per C (longest trained)", title_fontsize=7)
     fig.suptitle("The price of fixing the head: synthetic task, same samples per class per C, one seed")
     fig.tight_layout()
     return fig
@@ -383,6 +387,10 @@ STUDIES = {
     "large_classes": "large_classes.jsonl",
     "head_scaling": "head_scaling.jsonl",
 }
+# Studies of accuracy over many class counts of one small model: their bytes add a bar per class count and say
+# nothing the bytes studies do not, so the bytes figures and the summary table leave them out.
+ACCURACY_ONLY = ("head_scaling.jsonl", "head_scaling_lr.jsonl")
+BYTES_FIGURES = ("comm_savings", "buckets")
 
 
 def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
@@ -401,7 +409,15 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
         own = here / STUDIES[name]
         return load_runs(own) if own.is_file() else df.iloc[0:0]
 
-    makers = {name: functools.partial(draw, records_of(name)) for name, draw in FIGURES.items()}
+    if holds_studies:
+        kept = [f for f in sorted(here.glob("*.jsonl")) if f.name not in ACCURACY_ONLY]
+        catalogue = load_runs(kept) if kept else df.iloc[0:0]
+    else:
+        catalogue = df
+    makers = {
+        name: functools.partial(draw, catalogue if name in BYTES_FIGURES else records_of(name))
+        for name, draw in FIGURES.items()
+    }
     # Throughput compares runs of one study with each other alone (one figure per results file).
     for study, runs in studies(results_dir).items():
         makers[f"throughput-{study.replace('/', '-')}"] = functools.partial(fig_throughput, runs, study)
@@ -414,7 +430,7 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list
         plt.close(fig)
         written.append(path)
     table = out / "summary.md"
-    table.write_text(to_markdown(summary_table(df)) + "\n" if not df.empty else "no ok runs\n")
+    table.write_text(to_markdown(summary_table(catalogue)) + "\n" if not catalogue.empty else "no ok runs\n")
     written.append(table)
     return written
 
