@@ -151,7 +151,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class FreezeConfig:
-    freeze: str = opt("none", "what the backbone learns: none, fraction:P, filters:K, bn, blocks:a,b,...")
+    freeze: str = opt("none", "what the backbone learns: none, fraction:P, filters:K, bn, blocks:a,b,..., embedding")
     freeze_mode: str = opt("split", "split (fixed filters are buffers: bytes drop) or mask (gradient zeroed)")
     bn: str = opt("learned", "BatchNorm affine parameters of partly frozen convs: learned or frozen")
     frozen_init: str = opt("random", "fixed weights keep their random init, or are zeroed: random or zero")

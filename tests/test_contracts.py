@@ -124,8 +124,9 @@ def test_every_parameterisation_applies_or_refuses_in_one_line(param):
 @pytest.mark.parametrize("kind", RULES.names())
 def test_every_freeze_rule_learns_less_and_sends_exactly_that(kind):
     rule = {"fraction": "fraction:0.25", "filters": "filters:2", "blocks": "blocks:features"}.get(kind, kind)
-    model = build_model(ModelConfig(model="tiny", width=32, num_classes=C), FreezeConfig(freeze=rule))
-    full = build_model(ModelConfig(model="tiny", width=32, num_classes=C))
+    body = "gpt-tiny" if kind == "embedding" else "tiny"  # a rule for language models
+    model = build_model(ModelConfig(model=body, width=32, num_classes=C), FreezeConfig(freeze=rule))
+    full = build_model(ModelConfig(model=body, width=32, num_classes=C))
     learned = sum(p.numel() for p in trainable(model))
     assert learned <= sum(p.numel() for p in trainable(full))
     assert step_traffic(model, "ddp", 2, B).payload_bytes == 4 * learned

@@ -154,6 +154,30 @@ def test_a_tied_head_is_the_embedding_trained_and_sent_once():
     assert sent["tied"] == 4 * sum(p.numel() for p in trainable(tied))
 
 
+def test_freeze_rules_for_language_models_fix_the_embedding_or_learn_only_the_norms():
+    """`embedding`: everything but the token embedding is learned (random, or zero), so a step sends V x N less;
+    `bn` learns a language model's LayerNorms alone. A tied head shares the embedding, so it is fixed with it."""
+    from distbench.config import FreezeConfig
+
+    def build(rule: str, head: str = "learned", init: str = "random"):
+        torch.manual_seed(0)
+        return build_model(ModelConfig(model="gpt-tiny", num_classes=V, seq_len=T, head=head),
+                           FreezeConfig(freeze=rule, frozen_init=init))  # fmt: skip
+
+    full, fixed = build("none"), build("embedding")
+    learned = {n for n, p in fixed.named_parameters() if p.requires_grad}
+    assert "backbone.wte.weight" not in learned and "backbone.wpe.weight" in learned and "head.weight" in learned
+    assert step_traffic(full, "ddp", 2, 4).payload_bytes - step_traffic(fixed, "ddp", 2, 4).payload_bytes == 4 * V * 64
+    assert float(build("embedding", init="zero").backbone.wte.weight.abs().sum()) == 0
+    assert torch.equal(fixed.backbone.wte.weight, full.backbone.wte.weight)  # random: as initialised
+    norms = {n for n, p in build("bn").named_parameters() if p.requires_grad}
+    assert norms and all(".ln_" in n or "ln_f" in n or n.startswith("head.") for n in norms)
+    tied = build("embedding", head="tied")
+    assert not tied.head.embedding.weight.requires_grad  # a fixed random output layer, as Hoffer et al. tried
+    with pytest.raises(ConfigError, match="token embedding"):
+        parse_and_check(["--freeze", "embedding"])
+
+
 @pytest.mark.parametrize(
     ("argv", "field", "words"),
     [
@@ -188,9 +212,11 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     configs += [
         [*lm, "--dataset", "synthetic-text", "--backend", "fsdp", "--head", h] for h in ("learned", "fixed-srht")
     ]
+    configs.append([*lm, "--dataset", "synthetic-text", "--head", "learned", "--freeze", "embedding"])
     records = torchrun_many(configs, tmp_path / "runs.jsonl")
     sent = {}
-    for rec, head in zip(records, [*heads, "tokens", "fsdp learned", "fsdp fixed-srht"], strict=True):
+    names = [*heads, "tokens", "fsdp learned", "fsdp fixed-srht", "fixed embedding"]
+    for rec, head in zip(records, names, strict=True):
         c, a = rec["comm"], rec["accuracy"]
         assert rec["status"] == "ok" and c["payload_bytes_per_step"] == c["expected_bytes_per_step"] > 0
         assert a["eval_samples"] == 4 * 16 and a["perplexity"] == pytest.approx(math.exp(a["eval_loss"]))
@@ -202,6 +228,7 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     assert sent["learned"] - sent["tied"] == 4 * 32768 * 64  # the untied V x N
     assert sent["fixed-srht"] < sent["learned"]
     assert sent["tokens"] == sent["tied"]
+    assert sent["learned"] - sent["fixed embedding"] == 4 * 32768 * 64  # the input embedding's V x N
     # FSDP2 saves the same V x N; its shards are padded to the ranks (a few bytes per tensor)
     assert abs((sent["fsdp learned"] - sent["fsdp fixed-srht"]) - (sent["learned"] - sent["fixed-srht"])) <= 64
 

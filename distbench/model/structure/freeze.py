@@ -1,7 +1,8 @@
 """Freeze rules after Rosenfeld & Tsotsos 2018 ("Intriguing properties of randomly weighted networks:
 generalizing while learning next to nothing"): learn a fraction of each conv layer's filters, or k
-filters, or only BatchNorm, or only chosen blocks; everything else keeps its random initialisation
-(or is zeroed: the paper's dagger column).
+filters, or only BatchNorm (and a language model's LayerNorms), or only chosen blocks, or everything but a
+language model's token embedding (`embedding`); everything else keeps its random initialisation (or is
+zeroed: the paper's dagger column).
 
 The per-filter rules slice the 4-D weight (out, in, kh, kw) along one dimension, `--freeze-dim`: whole
 output filters (`out`, the default), input channels (`in`), kernel rows (`kh`) or kernel columns (`kw`),
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.config import ConfigError, FreezeConfig, Registry
-from distbench.model.contracts import CountsItsConvs
+from distbench.model.contracts import CountsItsConvs, LanguageModel
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,13 @@ def _filters(arg: str | None, spec: str) -> Rule:
 @RULES.register("bn")
 def _bn(arg: str | None, spec: str) -> Rule:
     return Rule("bn")
+
+
+@RULES.register("embedding")
+def _embedding(arg: str | None, spec: str) -> Rule:
+    """A language model with its token embedding fixed (random, or zero with --frozen-init zero), everything else
+    learned: Hoffer et al.'s fixed input embeddings."""
+    return Rule("embedding")
 
 
 @RULES.register("blocks")
@@ -240,8 +248,13 @@ def apply_freeze(backbone: nn.Module, settings: FreezeSettings) -> None:
     if rule.per_filter:
         _freeze_filters(backbone, settings)
         return
-    if rule.bn_only:
+    if rule.bn_only:  # BatchNorm, GroupNorm and LayerNorm: a language model's norms too
         learn = [m for m in backbone.modules() if _is_bn(m)]
+    elif rule.kind == "embedding":
+        if not isinstance(backbone, LanguageModel):
+            raise ConfigError(FIELD, "'embedding' fixes a language model's token embedding: use --model gpt-*")
+        fixed = {id(p) for p in backbone.token_embedding.parameters()}
+        learn = [m for m in backbone.modules() if not any(id(p) in fixed for p in m.parameters(recurse=False))]
     else:
         children = dict(backbone.named_modules())
         missing = [b for b in rule.blocks if b not in children or b == ""]
@@ -249,7 +262,8 @@ def apply_freeze(backbone: nn.Module, settings: FreezeSettings) -> None:
             top = ", ".join(n for n, m in backbone.named_children() if any(True for _ in m.parameters()))
             raise ConfigError(FIELD, f"no submodule {missing[0]!r} in the model; top-level blocks: {top}")
         learn = [children[b] for b in rule.blocks]
-    keep = {id(p) for m in learn for p in m.parameters()}
+    # a module's own parameters, or (blocks:) all under it
+    keep = {id(p) for m in learn for p in m.parameters(recurse=rule.kind == "blocks")}
     for m in backbone.modules():
         for p in m.parameters(recurse=False):
             if id(p) not in keep:
