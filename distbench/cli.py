@@ -9,6 +9,7 @@ knows which one is wanted (a run must install its signal handling before torch l
     distbench counts --models resnet18 resnet50
     distbench commbench --max-bytes 4M                      # under torchrun for several ranks
     distbench fit analysis/data/commbench_measured.jsonl    # the `measured` interconnect preset
+    distbench corpus --vocab 8192 --out data/pystdlib-8k    # token files for --dataset tokens
     distbench docs [--check]                                # docs/cli.md and docs/record.md
 """
 
@@ -67,6 +68,12 @@ def _fit(argv: list[str]) -> int:
     return main(["--fit-preset", *argv] if argv and not argv[0].startswith("-") else argv)
 
 
+def _corpus(argv: list[str]) -> int:
+    from distbench.runtime.data.corpus import main
+
+    return main(argv)
+
+
 def _docs(argv: list[str]) -> int:
     import argparse
 
@@ -87,6 +94,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "counts": (_counts, "parameter and byte counts per freeze rule and parameterisation (meta device)"),
     "commbench": (_commbench, "collective micro-benchmark (nccl-tests style), under torchrun"),
     "fit": (_fit, "fit the `measured` interconnect preset to commbench records"),
+    "corpus": (_corpus, "a real text corpus for the language models: the Python standard library, BPE-tokenized"),
     "docs": (_docs, "write the generated references docs/cli.md and docs/record.md (--check: only compare)"),
 }
 

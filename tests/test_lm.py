@@ -251,3 +251,42 @@ def test_dry_run_counts_a_gpt2_small_with_a_128k_vocabulary(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "gpt2-small + fixed-srht head, 131,072 classes" in r.stdout
     assert "params.head_in_features                 768" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------- real corpus
+def test_corpus_splits_by_file_and_round_trips_through_its_vocabulary(tmp_path):
+    """`distbench corpus` on a folder of .py files: a BPE vocabulary trained on the training files, every file in
+    exactly one split, ids below the vocabulary, each held-out file decoding back to its text, and token files
+    the `tokens` data set takes as they are."""
+    pytest.importorskip("tokenizers")
+    import json
+
+    from tokenizers import Tokenizer
+
+    from distbench.runtime.data.corpus import held_out, main, source_files
+
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "site-packages").mkdir()
+    (src / "site-packages" / "installed.py").write_text("not = 'part of the library'\n")
+    i = 0
+    while i < 8 or not any(held_out(p.relative_to(src).as_posix()) for p in source_files(src)):
+        (src / "pkg" / f"mod{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + {i * i}  # ünïcode {i}\n" * 5)
+        i += 1
+    out = tmp_path / "corpus"
+    assert main(["--vocab", "300", "--out", str(out), "--source", str(src)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    files = source_files(src)
+    assert meta["train"]["files"] + meta["val"]["files"] == len(files) == i  # site-packages left out
+    assert meta["val"]["files"] == sum(held_out(p.relative_to(src).as_posix()) for p in files) >= 1
+    vocab, eot = meta["vocab_size"], meta["eot"]
+    assert 257 <= vocab <= 300
+    val = np.fromfile(out / "val.bin", dtype=token_dtype(vocab)).astype(np.int64)
+    assert val.size == meta["val"]["tokens"] and int(val.max()) < vocab and val[-1] == eot
+    first = next(p for p in files if held_out(p.relative_to(src).as_posix()))
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert tokenizer.decode(val[: list(val).index(eot)].tolist()) == first.read_text()
+    parse_and_check(["--model", "gpt-tiny", "--dataset", "tokens", "--data-dir", str(out), "--num-classes",
+                     str(vocab), "--seq-len", "8"])  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["--vocab", "100", "--out", str(out), "--source", str(src)])  # below 256 bytes + end-of-text
