@@ -223,7 +223,8 @@ class TrainConfig:
     nosync_steps: int = opt(20, "steps timed again with gradient sync off, for exposed communication (0: skip)")
     eval_every: float = opt(
         0.0,
-        "also evaluate every this many samples per class seen, for the record's learning curve (0: at the end only)",
+        "also evaluate every this many samples per class seen (language models: target tokens per vocabulary "
+        "entry), for the record's learning curve (0: at the end only)",
         added=True,
     )
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")

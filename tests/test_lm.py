@@ -212,7 +212,8 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     configs += [
         [*lm, "--dataset", "synthetic-text", "--backend", "fsdp", "--head", h] for h in ("learned", "fixed-srht")
     ]
-    configs.append([*lm, "--dataset", "synthetic-text", "--head", "learned", "--freeze", "embedding"])
+    configs.append([*lm, "--dataset", "synthetic-text", "--head", "learned", "--freeze", "embedding",
+                    "--eval-every", "0.001"])  # fmt: skip
     records = torchrun_many(configs, tmp_path / "runs.jsonl")
     sent = {}
     names = [*heads, "tokens", "fsdp learned", "fsdp fixed-srht", "fixed embedding"]
@@ -229,6 +230,9 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     assert sent["fixed-srht"] < sent["learned"]
     assert sent["tokens"] == sent["tied"]
     assert sent["learned"] - sent["fixed embedding"] == 4 * 32768 * 64  # the input embedding's V x N
+    # a curve point per step: 2 ranks x 2 sequences x 16 positions = 64 target tokens over 32,768 entries
+    curve = records[-1]["accuracy"]["curve"]
+    assert [p["samples_per_class"] for p in curve] == pytest.approx([64 / 32768 * (i + 1) for i in range(len(curve))])
     # FSDP2 saves the same V x N; its shards are padded to the ranks (a few bytes per tensor)
     assert abs((sent["fsdp learned"] - sent["fsdp fixed-srht"]) - (sent["learned"] - sent["fixed-srht"])) <= 64
 

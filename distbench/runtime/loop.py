@@ -27,7 +27,7 @@ from distbench.comm.expected import traffic_for
 from distbench.comm.meter import StepTraffic
 from distbench.config import RunConfig
 from distbench.model import build_model
-from distbench.model.contracts import LanguageModel, example_input
+from distbench.model.contracts import LanguageModel, example_input, positions
 from distbench.model.counts import param_counts
 from distbench.results import SCHEMA, environment, new_run_id, now
 from distbench.runtime.checkpoint import Checkpoints, LoopState
@@ -365,7 +365,8 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             raise stopped("checkpoint save", saved)
         return saved
 
-    seen_per_step = tc.batch_size * place.world_size / cfg.model.num_classes  # samples per class, each step
+    # samples per class, each step; a language model predicts at every position: tokens per vocabulary entry
+    seen_per_step = tc.batch_size * place.world_size * positions(model.backbone) / cfg.model.num_classes
 
     def curve_point() -> None:
         """Evaluate now, into the learning curve; a stop agreed during it stops the run on a checkpoint."""
