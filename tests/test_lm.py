@@ -15,7 +15,8 @@ from conftest import SHORT, flags, python_run, torchrun, torchrun_many
 from distbench.comm.expected import step_traffic
 from distbench.config import ConfigError, DataConfig, DataError, ModelConfig
 from distbench.model import build_model
-from distbench.model.counts import trainable
+from distbench.model.backbones import build_backbone
+from distbench.model.counts import param_counts, trainable
 from distbench.runtime.checks import parse_and_check
 from distbench.runtime.data import Shard, build_dataset
 from distbench.runtime.data.text import MarkovText, token_dtype
@@ -66,8 +67,13 @@ def test_synthetic_text_batches_resume_exactly_and_held_out_tokens_are_fixed():
     assert sum(len(b[1]) for b in held) == ds.eval_size == 6 * T
     again = list(ds.eval())
     assert all(torch.equal(a[1], b[1]) for a, b in zip(held, again, strict=True))
-    # the oracle's loss is the mean -log p of the very held-out tokens: near the entropy rate
-    assert ds.oracle_loss_sum() / ds.eval_size == pytest.approx(MarkovText(V, 16, 1.0, 1, CPU).entropy, rel=0.3)
+    # the oracle's loss is the mean -log p of the very held-out tokens' successor ranks
+    chain = MarkovText(V, 16, 1.0, 1, CPU)  # the data set's: seed 1; each rank read back from its two tokens
+    x, y = torch.cat([b[0] for b in held]), torch.cat([b[1] for b in held]).view(-1, T)
+    ranks = ((y - chain.starts[x]) * pow(chain.stride, -1, V)) % V
+    assert int(ranks.max()) < 16
+    assert ds.oracle_loss_sum() == pytest.approx(float(-chain.log_p[ranks].sum()))
+    assert ds.oracle_hits() == int((ranks == 0).sum())
 
 
 # ------------------------------------------------------------------------------------------- token files
@@ -75,8 +81,11 @@ def test_token_files_give_shifted_windows_and_refuse_bad_files_in_one_line(tmp_p
     root = make_tokens(tmp_path, V, 200)
     cfg = DataConfig(dataset="tokens", data_dir=str(root), eval_samples=0)
     ds = build_dataset(cfg, V, (T,), 4, Shard(1, 2, CPU), seed=0)
-    x, y = next(ds.train())
+    stream = ds.train()
+    x, y = next(stream)
     assert x.shape == (4, T) and torch.equal(x[:, 1:], y.view(4, T)[:, :-1])
+    third = [next(stream) for _ in range(2)][-1]
+    assert all(torch.equal(a, b) for a, b in zip(next(ds.train(start=2)), third, strict=True))  # resume
     ids = torch.from_numpy(np.fromfile(root / "val.bin", dtype=np.uint16).astype(np.int64))
     (vx, _), *_ = list(ds.eval())
     assert torch.equal(vx[0], ids[T : 2 * T])  # rank 1 of 2 evaluates the second window
@@ -152,6 +161,15 @@ def test_a_tied_head_is_the_embedding_trained_and_sent_once():
     sent = {m: step_traffic(model, "ddp", 2, 4).payload_bytes for m, model in (("tied", tied), ("learned", untied))}
     assert sent["learned"] - sent["tied"] == 4 * V * 64
     assert sent["tied"] == 4 * sum(p.numel() for p in trainable(tied))
+    counts = param_counts(tied)
+    assert counts["head_total"] == 0 and counts["total"] == param_counts(untied)["total"] - V * 64  # counted once
+    assert len([k for k in tied.state_dict() if k.endswith("wte.weight")]) == 1  # one key in the backbone
+
+
+def test_gpt_tiny_takes_any_width_with_heads_that_divide_it():
+    for width in (64, 100, 96, 33):
+        backbone = build_backbone("gpt-tiny", vocab_size=V, width=width, seq_len=T)
+        assert backbone(torch.zeros(2, T, dtype=torch.long)).shape == (2 * T, width)
 
 
 def test_freeze_rules_for_language_models_fix_the_embedding_or_learn_only_the_norms():
@@ -190,6 +208,9 @@ def test_freeze_rules_for_language_models_fix_the_embedding_or_learn_only_the_no
         (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--head", "tied", "--backend", "fsdp"], "model.head",
          "ddp"),
         (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--seq-len", "0"], "model.seq_len", ">= 1"),
+        (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--num-classes", "8"], "data.successors", "only 8"),
+        (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--head", "tied", "--freeze", "embedding",
+          "--frozen-init", "zero"], "freeze.frozen_init", "every logit 0"),
     ],
 )  # fmt: skip
 def test_image_and_token_options_stay_apart(argv, field, words):

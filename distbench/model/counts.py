@@ -40,12 +40,15 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     """Weight counts for the record. Fixed weights count as frozen parameters, so `total` is the same
     for a learned and a fixed head of the same shape."""
 
-    def count(m: nn.Module) -> tuple[int, int]:
-        total = sum(p.numel() for p in m.parameters()) + sum(t.numel() for t in fixed_weights(m))
-        return total, sum(p.numel() for p in trainable(m))
+    def count(m: nn.Module, outside: set[int] = frozenset()) -> tuple[int, int]:
+        params = [p for p in m.parameters() if id(p) not in outside]
+        total = sum(p.numel() for p in params) + sum(t.numel() for t in fixed_weights(m))
+        return total, sum(p.numel() for p in params if p.requires_grad)
 
     total, learned = count(model)
-    head_total, head_learned = count(model.head) if hasattr(model, "head") else (0, 0)
+    # a head's own weights: a tied head's is the backbone's embedding, counted there
+    body = {id(p) for p in model.backbone.parameters()} if hasattr(model, "backbone") else set()
+    head_total, head_learned = count(model.head, body) if hasattr(model, "head") else (0, 0)
     return {
         "total": total,
         "trainable": learned,

@@ -94,6 +94,10 @@ def check_language_model(cfg: RunConfig) -> None:
         raise ConfigError(
             "model.head", "sharded is not yet built for the language models; use learned, tied or fixed-*"
         )
+    if m.head == "tied" and cfg.freeze.frozen_init == "zero" and cfg.freeze.freeze in ("embedding", "bn"):
+        raise ConfigError(
+            "freeze.frozen_init", "zero would zero a tied head's output layer too: every logit 0, nothing to learn"
+        )
     if m.head == "tied" and cfg.dist.backend != "ddp":
         raise ConfigError("model.head", "tied runs under --backend ddp for now (one parameter in two places)")
 

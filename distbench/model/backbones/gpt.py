@@ -7,8 +7,9 @@ samples: the backbone maps token ids (B, T) to features (B x T, N) with N = d, a
 (B x T, V) logits against the (B x T) next tokens. Heads, engines and byte counts need nothing new;
 `token_embedding` (the V x d input embedding) is what a `tied` head reuses as its output layer.
 
-Sizes: `gpt-tiny` (2 layers, d = 64, seconds on a CPU), `gpt2-small` (12 x 768, 12 heads) and
-`gpt2-medium` (24 x 1024, 16 heads), as GPT-2 (Radford et al. 2019) and nanoGPT configure them.
+Sizes: `gpt-tiny` (2 layers, d = 64, seconds on a CPU), `gpt2-small` (12 x 768, 12 heads), `gpt2-medium`
+(24 x 1024, 16), `gpt2-large` (36 x 1280, 20) and `gpt2-xl` (48 x 1600, 25), as GPT-2 (Radford et al. 2019)
+and nanoGPT configure them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(d, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d)
         self.num_features, self.seq_len, self.input_shape = d, seq_len, (seq_len,)
-        self.token_embedding = self.wte
         # nanoGPT's initialisation: N(0, 0.02) everywhere, the residual projections scaled by 1/sqrt(2 L)
         for name, p in self.named_parameters():
             if name.endswith("weight") and p.dim() == 2:
@@ -71,6 +71,11 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The V x d input embedding (a tied head's output layer); a property, so the module is registered once."""
+        return self.wte
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
@@ -82,7 +87,8 @@ class GPT(nn.Module):
 
 @BACKBONES.register("gpt-tiny")
 def gpt_tiny(vocab_size: int, seq_len: int | None = None, width: int = 64) -> nn.Module:
-    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=2, d=width, heads=max(1, width // 32))
+    heads = next(h for h in range(max(1, width // 32), 0, -1) if width % h == 0)  # about 32 wide, dividing d
+    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=2, d=width, heads=heads)
 
 
 @BACKBONES.register("gpt2-small")
@@ -93,3 +99,13 @@ def gpt2_small(vocab_size: int, seq_len: int | None = None) -> nn.Module:
 @BACKBONES.register("gpt2-medium")
 def gpt2_medium(vocab_size: int, seq_len: int | None = None) -> nn.Module:
     return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=24, d=1024, heads=16)
+
+
+@BACKBONES.register("gpt2-large")
+def gpt2_large(vocab_size: int, seq_len: int | None = None) -> nn.Module:
+    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=36, d=1280, heads=20)
+
+
+@BACKBONES.register("gpt2-xl")
+def gpt2_xl(vocab_size: int, seq_len: int | None = None) -> nn.Module:
+    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=48, d=1600, heads=25)

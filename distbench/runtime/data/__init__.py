@@ -52,6 +52,8 @@ def check_data(cfg, num_classes: int, seq_len: int | None = None) -> None:
     `seq_len`: a language model's context (token data)."""
     if cfg.dataset == "tokens":
         text.check_tokens(cfg.data_dir, num_classes, seq_len or 1)
+    if cfg.dataset == "synthetic-text" and cfg.successors > num_classes:
+        raise ConfigError("data.successors", f"{cfg.successors} successors of a token, but only {num_classes} tokens")
     if cfg.dataset in FIXED_CLASSES and num_classes != FIXED_CLASSES[cfg.dataset]:
         raise ConfigError(
             "model.num_classes", f"{cfg.dataset} has {FIXED_CLASSES[cfg.dataset]} classes, got {num_classes}"

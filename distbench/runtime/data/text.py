@@ -40,6 +40,8 @@ class MarkovText:
         while math.gcd(stride, vocab) != 1:
             stride += 1
         self.stride = stride
+        # h(t) for every t: V ids (1 MB at 128K), so a step of generation is one gather, not a hash
+        self.starts = self.start(torch.arange(vocab, device=device))
 
     def start(self, tokens: torch.Tensor) -> torch.Tensor:
         """h(t): where token t's successors begin."""
@@ -53,8 +55,9 @@ class MarkovText:
         tokens[:, 0] = torch.randint(self.vocab, (n,), generator=gen, device=self.device)
         u = torch.rand(n, length, generator=gen, device=self.device, dtype=torch.float64)
         ranks[:] = torch.searchsorted(self.cdf, u).clamp_max(len(self.cdf) - 1)
+        steps = ranks * self.stride  # the successor offsets, known before the chain runs
         for i in range(length):
-            tokens[:, i + 1] = (self.start(tokens[:, i]) + ranks[:, i] * self.stride) % self.vocab
+            torch.remainder(self.starts[tokens[:, i]] + steps[:, i], self.vocab, out=tokens[:, i + 1])
         return tokens, ranks
 
 
