@@ -235,9 +235,16 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     ]
     configs.append([*lm, "--dataset", "synthetic-text", "--head", "learned", "--freeze", "embedding",
                     "--eval-every", "0.001"])  # fmt: skip
+    hooks = ["fp16", "bf16", "powersgd"]  # every DDP comm hook: what each sends is counted as it is sent
+    # PowerSGD compresses from its second iteration: every timed step after a warm-up of two
+    configs += [[*lm, "--dataset", "synthetic-text", "--head", "tied", "--comm-hook", h,
+                 *(["--warmup-steps", "2"] if h == "powersgd" else [])] for h in hooks]  # fmt: skip
+    big = {v: [*lm[:2], "--num-classes", str(v), *lm[4:]] for v in (131072, 262144)}  # Llama 3's, Gemma's sizes
+    configs += [[*big[v], "--dataset", "synthetic-text", "--head", h] for v in big for h in ("learned", "tied")]
     records = torchrun_many(configs, tmp_path / "runs.jsonl")
     sent = {}
-    names = [*heads, "tokens", "fsdp learned", "fsdp fixed-srht", "fixed embedding"]
+    names = [*heads, "tokens", "fsdp learned", "fsdp fixed-srht", "fixed embedding", *hooks,
+             *(f"{h} {v}" for v in big for h in ("learned", "tied"))]  # fmt: skip
     for rec, head in zip(records, names, strict=True):
         c, a = rec["comm"], rec["accuracy"]
         assert rec["status"] == "ok" and c["payload_bytes_per_step"] == c["expected_bytes_per_step"] > 0
@@ -251,17 +258,21 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     assert sent["fixed-srht"] < sent["learned"]
     assert sent["tokens"] == sent["tied"]
     assert sent["learned"] - sent["fixed embedding"] == 4 * 32768 * 64  # the input embedding's V x N
+    assert sent["fp16"] == sent["bf16"] == sent["tied"] // 2 and sent["powersgd"] < sent["fp16"]
+    for v in big:
+        assert sent[f"learned {v}"] - sent[f"tied {v}"] == 4 * v * 64
     # a curve point per step: 2 ranks x 2 sequences x 16 positions = 64 target tokens over 32,768 entries
-    curve = records[-1]["accuracy"]["curve"]
+    curve = records[names.index("fixed embedding")]["accuracy"]["curve"]
     assert [p["samples_per_class"] for p in curve] == pytest.approx([64 / 32768 * (i + 1) for i in range(len(curve))])
     # FSDP2 saves the same V x N; its shards are padded to the ranks (a few bytes per tensor)
     assert abs((sent["fsdp learned"] - sent["fsdp fixed-srht"]) - (sent["learned"] - sent["fixed-srht"])) <= 64
 
 
-def test_deepspeed_zero3_sends_what_the_model_says_for_a_language_model(tmp_path):
+@pytest.mark.parametrize(("stage", "head"), [(0, "learned"), (1, "fixed-srht"), (2, "learned"), (3, "fixed-srht")])
+def test_deepspeed_zero_stages_send_what_the_model_says_for_a_language_model(tmp_path, stage, head):
     pytest.importorskip("deepspeed")
     args = ["--model", "gpt-tiny", "--dataset", "synthetic-text", "--num-classes", "32768", "--seq-len", "16",
-            "--head", "fixed-srht", "--backend", "deepspeed", "--zero-stage", "3", "--validate-comm",
+            "--head", head, "--backend", "deepspeed", "--zero-stage", str(stage), "--validate-comm",
             *flags(**{**SHORT, "batch_size": 2, "eval_samples": 4})]  # fmt: skip
     r = torchrun(args, tmp_path / "runs.jsonl")
     assert r.returncode == 0, r.stderr[-3000:]
