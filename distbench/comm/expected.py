@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distbench.model.contracts import is_sharded
+from distbench.model.contracts import is_sharded, positions
 from distbench.model.counts import tensor_bytes, trainable
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -232,7 +232,8 @@ def step_traffic(
     if engine == "ddp":
         if is_sharded(head):
             backbone = Collective("all_reduce", hook_bytes(model.backbone, hook, powersgd_rank), True, "gradients")
-            rest = sharded_head_collectives(batch_size, head.in_features, world_size, activation_dtype)
+            rows = batch_size * positions(model.backbone)  # a language model: a feature row per position
+            rest = sharded_head_collectives(rows, head.in_features, world_size, activation_dtype)
             return Traffic((backbone, *rest))
         return Traffic((Collective("all_reduce", hook_bytes(model, hook, powersgd_rank), True, "gradients"),))
     if engine == "fsdp":

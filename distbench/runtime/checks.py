@@ -90,10 +90,6 @@ def check_language_model(cfg: RunConfig) -> None:
         raise ConfigError("model.seq_len", "applies only to the language models (gpt-*)")
     if lm and m.image_size is not None:
         raise ConfigError("model.image_size", f"applies only to image models; {m.model} reads token ids")
-    if lm and m.head == "sharded":
-        raise ConfigError(
-            "model.head", "sharded is not yet built for the language models; use learned, tied or fixed-*"
-        )
     if m.head == "tied" and cfg.freeze.frozen_init == "zero" and cfg.freeze.freeze in ("embedding", "bn"):
         raise ConfigError(
             "freeze.frozen_init", "zero would zero a tied head's output layer too: every logit 0, nothing to learn"
