@@ -390,32 +390,29 @@ STUDIES = {
 # Studies of accuracy over many class counts of one small model: their bytes add a bar per class count and say
 # nothing the bytes studies do not, so the bytes figures and the summary table leave them out.
 ACCURACY_ONLY = ("head_scaling.jsonl", "head_scaling_lr.jsonl")
-BYTES_FIGURES = ("comm_savings", "buckets")
 
 
 def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df = load_runs(results_dir)
-
     here = Path(results_dir)
-    holds_studies = here.is_dir() and any((here / f).is_file() for f in STUDIES.values())
-
-    def records_of(name: str) -> pd.DataFrame:
-        """A study's figure draws its own file; where a directory of studies lacks it (not run yet), nothing;
-        an ad-hoc directory or file (no study files) is drawn whole."""
-        if name not in STUDIES or not holds_studies:
-            return df
-        own = here / STUDIES[name]
-        return load_runs(own) if own.is_file() else df.iloc[0:0]
-
-    if holds_studies:
+    if here.is_dir() and any((here / f).is_file() for f in STUDIES.values()):
+        # A directory of studies: a study's figure draws its own file (nothing where it has not run yet); the
+        # bytes figures and the table every file but the accuracy-scaling studies.
         kept = [f for f in sorted(here.glob("*.jsonl")) if f.name not in ACCURACY_ONLY]
-        catalogue = load_runs(kept) if kept else df.iloc[0:0]
-    else:
-        catalogue = df
+        catalogue = load_runs(kept) if kept else pd.DataFrame()
+
+        def records_of(name: str) -> pd.DataFrame:
+            own = here / STUDIES[name]
+            return load_runs(own) if own.is_file() else catalogue.iloc[0:0]
+    else:  # an ad-hoc directory or file: drawn whole
+        catalogue = load_runs(results_dir)
+
+        def records_of(name: str) -> pd.DataFrame:
+            return catalogue
+
     makers = {
-        name: functools.partial(draw, catalogue if name in BYTES_FIGURES else records_of(name))
+        name: functools.partial(draw, records_of(name) if name in STUDIES else catalogue)
         for name, draw in FIGURES.items()
     }
     # Throughput compares runs of one study with each other alone (one figure per results file).

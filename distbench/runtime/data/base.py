@@ -49,6 +49,14 @@ def eval_share(total: int, shard: Shard) -> range:
     return range(shard.rank, total, shard.world_size)
 
 
+def stream_generator(seed: int, stream: int, shard: Shard, device: torch.device | None = None) -> torch.Generator:
+    """The seeded generator of one stream of draws, distinct per rank: stream 1 is the held-out set, 2 + s
+    training step s (so held-out samples are never trained on, and a resume at step s draws nothing to get
+    there). On the shard's device unless `device` says otherwise."""
+    gen = torch.Generator(device=device or shard.device)
+    return gen.manual_seed((seed * 1_000_003 + stream) * 65_537 + shard.rank)
+
+
 def _hash_uniform(keys: torch.Tensor) -> torch.Tensor:
     """Counter-based uniform(0, 1) from int64 keys: a 32-bit integer bijection (xorshift-multiply),
     so distinct keys < 2^32 give distinct values. Products stay below 2^58: no int64 overflow."""

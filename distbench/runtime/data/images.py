@@ -20,7 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from distbench.config import ConfigError, DataError
-from distbench.runtime.data.base import DATASETS, Batch, Dataset, Shard, _hash_uniform, eval_count, eval_share
+from distbench.runtime.data.base import (
+    DATASETS,
+    Batch,
+    Dataset,
+    Shard,
+    _hash_uniform,
+    eval_count,
+    eval_share,
+    stream_generator,
+)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -129,19 +138,15 @@ def synthetic(
 ) -> Dataset:
     task = SyntheticTask(num_classes, input_shape, cfg.noise, seed, shard.device, cfg.code_dim)
 
-    def generator(stream: int) -> torch.Generator:
-        # Distinct streams per rank and for train/eval, so held-out samples are never trained on.
-        return torch.Generator(device=shard.device).manual_seed((seed * 1_000_003 + stream) * 65_537 + shard.rank)
-
     def train(start: int = 0) -> Iterator[Batch]:
         # Step s draws its noise from stream 2 + s (stream 1 is the held-out set's): a resume at any step
         # draws nothing to get there.
         for step, labels in enumerate(class_stream(num_classes, batch_size, shard, seed, start), start):
-            yield task.sample(labels, generator(2 + step))
+            yield task.sample(labels, stream_generator(seed, 2 + step, shard))
 
     def eval_codes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(noisy code, label) of this rank's held-out samples, batch by batch: labels i.i.d. uniform."""
-        gen, left = generator(1), len(eval_share(cfg.eval_samples, shard))
+        gen, left = stream_generator(seed, 1, shard), len(eval_share(cfg.eval_samples, shard))
         while left > 0:
             n = min(batch_size, left)
             left -= n

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 from distbench.config import ConfigError, DataError
-from distbench.runtime.data.base import DATASETS, Batch, Dataset, Shard, _hash_uniform, eval_share
+from distbench.runtime.data.base import DATASETS, Batch, Dataset, Shard, _hash_uniform, eval_share, stream_generator
+
+
+def next_tokens(tokens: torch.Tensor) -> Batch:
+    """Sequences of T + 1 tokens -> (the first T of each, the T next tokens of each flattened): the model's
+    input and its B x T targets, one per position."""
+    return tokens[:, :-1], tokens[:, 1:].reshape(-1)
 
 
 class MarkovText:
@@ -68,19 +74,15 @@ def synthetic_text(
     (length,) = input_shape
     chain = MarkovText(num_classes, cfg.successors, cfg.zipf, seed, shard.device)
 
-    def generator(stream: int) -> torch.Generator:
-        # streams as the image task's: 1 the held-out set, 2 + s training step s, per rank
-        return torch.Generator(device=shard.device).manual_seed((seed * 1_000_003 + stream) * 65_537 + shard.rank)
-
     def train(start: int = 0) -> Iterator[Batch]:
         step = start
         while True:
-            tokens, _ = chain.sequences(batch_size, length, generator(2 + step))
-            yield tokens[:, :-1], tokens[:, 1:].reshape(-1)
+            tokens, _ = chain.sequences(batch_size, length, stream_generator(seed, 2 + step, shard))
+            yield next_tokens(tokens)
             step += 1
 
     def held_out() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen, left = generator(1), len(eval_share(cfg.eval_samples, shard))
+        gen, left = stream_generator(seed, 1, shard), len(eval_share(cfg.eval_samples, shard))
         while left > 0:
             n = min(batch_size, left)
             left -= n
@@ -88,7 +90,7 @@ def synthetic_text(
 
     def evaluate() -> Iterator[Batch]:
         for tokens, _ in held_out():
-            yield tokens[:, :-1], tokens[:, 1:].reshape(-1)
+            yield next_tokens(tokens)
 
     @functools.cache  # the same held-out tokens at every evaluation
     def oracle() -> tuple[int, float]:
@@ -149,22 +151,24 @@ def check_tokens(data_dir: str | None, vocab: int, seq_len: int) -> None:
 @DATASETS.register("tokens")
 def tokens(cfg, num_classes: int, input_shape: tuple[int, ...], batch_size: int, shard: Shard, seed: int) -> Dataset:
     (length,) = input_shape
-    train_ids, val_ids = (open_tokens(Path(cfg.data_dir) / name, num_classes) for name in TOKEN_FILES)
+    train_path, val_path = (Path(cfg.data_dir) / name for name in TOKEN_FILES)
+    train_ids, val_ids = open_tokens(train_path, num_classes), open_tokens(val_path, num_classes)
 
-    def window(ids: np.ndarray, path: str, starts) -> Batch:
+    def window(ids: np.ndarray, path: Path, starts) -> Batch:
         rows = np.stack([np.asarray(ids[s : s + length + 1], dtype=np.int64) for s in starts])
         if rows.max() >= num_classes:
             raise DataError(f"{path} holds token id {int(rows.max())}, not below the vocabulary size {num_classes}")
-        t = torch.from_numpy(rows).to(shard.device)
-        return t[:, :-1], t[:, 1:].reshape(-1)
+        return next_tokens(torch.from_numpy(rows).to(shard.device))
 
     def train(start: int = 0) -> Iterator[Batch]:
         # nanoGPT's sampling: windows at uniform random offsets; step s draws from its own seeded stream
         step = start
         while True:
-            gen = torch.Generator().manual_seed((seed * 1_000_003 + 2 + step) * 65_537 + shard.rank)
+            gen = stream_generator(
+                seed, 2 + step, shard, torch.device("cpu")
+            )  # offsets into the file: drawn on the host
             starts = torch.randint(len(train_ids) - length, (batch_size,), generator=gen).tolist()
-            yield window(train_ids, str(Path(cfg.data_dir) / "train.bin"), starts)
+            yield window(train_ids, train_path, starts)
             step += 1
 
     available = (len(val_ids) - 1) // length  # consecutive, non-overlapping held-out sequences
@@ -173,6 +177,6 @@ def tokens(cfg, num_classes: int, input_shape: tuple[int, ...], batch_size: int,
 
     def evaluate() -> Iterator[Batch]:
         for i in range(0, len(share), batch_size):
-            yield window(val_ids, str(Path(cfg.data_dir) / "val.bin"), [j * length for j in share[i : i + batch_size]])
+            yield window(val_ids, val_path, [j * length for j in share[i : i + batch_size]])
 
     return Dataset(num_classes, train, evaluate, total * length)
