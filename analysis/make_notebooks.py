@@ -167,6 +167,27 @@ NOTEBOOKS = {
             "table"
         ),
         new_code_cell("report.fig_price_of_fixing(hs);"),
+        new_markdown_cell(
+            "## Language-model heads (issue 27's study)\n\n"
+            "gpt-tiny (d = 64) on `synthetic-text`, whose entropy rate is known exactly (`analysis/lm_heads.toml`), "
+            "and on the Python standard library tokenized here (`analysis/lm_corpus.toml`): learned, tied, "
+            "fixed-srht and sharded vocabulary heads, every head of a vocabulary seeing the same tokens. "
+            "`excess_loss` is the held-out loss above the entropy rate (NaN on real text), `loss_vs_learned` the loss "
+            "minus the learned head's at the same tokens per vocabulary entry, `mb_per_step` what a rank sends; "
+            "`flat`: the loss moved at most 0.02 nats between the last two curve points. Each figure draws its own "
+            "study's records only."
+        ),
+        new_code_cell(
+            "lm = {}\n"
+            'for study in ("lm_heads", "lm_corpus"):\n'
+            '    own = os.path.join(RESULTS, f"{study}.jsonl") if os.path.isdir(RESULTS) else RESULTS\n'
+            "    lm[study] = analysis.load_runs(own) if os.path.exists(own) else df.iloc[0:0]\n"
+            "    print(study, len(lm[study]), 'runs')\n"
+            'analysis.lm_heads(lm["lm_heads"])'
+        ),
+        new_code_cell('report.fig_lm_heads(lm["lm_heads"]);'),
+        new_code_cell('analysis.lm_heads(lm["lm_corpus"])'),
+        new_code_cell('report.fig_lm_heads(lm["lm_corpus"], title="the Python standard library (BPE)");'),
         new_code_cell("analysis.summary_table(df)"),
     ],
     "scaling": [

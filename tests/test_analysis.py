@@ -181,3 +181,45 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
     assert table.loc["short", "learned_top1"] == 0.5 and table.loc["short", "gap"] == pytest.approx(0.0)
     assert table.loc["long", "learned_top1"] == 1.0 and table.loc["long", "gap"] == pytest.approx(3.0)
     assert table.loc["long", "spc_to_90"] == 40.0  # 90% of the learned head's final top-1
+
+
+def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
+    """Language-model runs at one vocabulary: loss above the entropy rate, loss against the learned head's at the
+    same token budget (from its curve), bytes and tokens per second; real text has no oracle. The figure draws a
+    loss and a top-1 line per head and a cost point per run."""
+    from test_results import record
+
+    from distbench.results.analysis import lm_heads
+    from distbench.results.report import fig_lm_heads
+
+    def run(run_id, head, losses, every=32.0, oracle=2.0, payload=4_000_000, init="authors", dataset="synthetic"):
+        curve = [{"step": 10 * i, "samples_per_class": every * i, "top1": 0.1 * i, "top5": 0.2, "eval_loss": x}
+                 for i, x in enumerate(losses, 1)]  # fmt: skip
+        accuracy = {**record()["accuracy"], "eval_loss": losses[-1], "top1": 0.1 * len(losses), "curve": curve,
+                    "oracle_loss": oracle, "oracle_top1": 0.3, "perplexity": math.exp(losses[-1])}  # fmt: skip
+        r = record(run_id=run_id, accuracy=accuracy)
+        r["config"] = {"model": {"model": "gpt-tiny", "num_classes": 8192, "head": head, "head_scale_init": init,
+                                 "seq_len": 64}, "data": {"dataset": f"{dataset}-text"}}  # fmt: skip
+        r["comm"] = {**r["comm"], "payload_bytes_per_step": payload}
+        r["perf"] = {**r["perf"], "samples_per_s": 100.0, "peak_memory_bytes": 2_000_000}
+        return r
+
+    rows = [
+        run("l", "learned", [5.0, 3.0, 2.5, 2.49]),
+        run("t", "tied", [6.0, 4.0, 3.1, 3.0], payload=2_000_000),
+        run("f", "fixed-srht", [7.0, 6.0], init="rule", payload=2_100_000),  # a shorter run: 64 per entry
+        run("c", "learned", [6.0, 5.0], oracle=None, dataset="real"),
+    ]
+    df = pd.json_normalize(rows, sep=".")
+    table = lm_heads(df).set_index("run_id")
+    assert table.loc["l", "excess_loss"] == pytest.approx(0.49) and table.loc["l", "loss_vs_learned"] == 0
+    assert table.loc["t", "loss_vs_learned"] == pytest.approx(0.51)
+    assert table.loc["f", "loss_vs_learned"] == pytest.approx(3.0)  # against the learned loss at 64, not at 128
+    assert table.loc["f", "head_label"] == "fixed-srht, alpha from the rule" and table.loc["t", "head_label"] == "tied"
+    assert table.loc["l", "flat"] and not table.loc["t", "flat"]
+    assert table.loc["t", "mb_per_step"] == 2.0 and table.loc["t", "tokens_per_s"] == 6400.0
+    assert math.isnan(table.loc["c", "excess_loss"]) and table.loc["c", "loss_vs_learned"] == 0
+    fig = fig_lm_heads(df[df["config.data.dataset"] == "synthetic-text"])
+    loss_panel, cost_panel = fig.axes[0], fig.axes[1]
+    assert len(loss_panel.lines) == 3 + 1  # learned, tied, fixed and the entropy rate
+    assert len(cost_panel.lines) == 3 + 1  # a point per run and the zero line

@@ -204,8 +204,6 @@ def test_freeze_rules_for_language_models_fix_the_embedding_or_learn_only_the_no
         (["--head", "tied"], "model.head", "token embedding"),
         (["--seq-len", "64"], "model.seq_len", "language models"),
         (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--image-size", "16"], "model.image_size", "image"),
-        (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--head", "tied", "--backend", "fsdp"], "model.head",
-         "ddp"),
         (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--seq-len", "0"], "model.seq_len", ">= 1"),
         (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--num-classes", "8"], "data.successors", "only 8"),
         (["--model", "gpt-tiny", "--dataset", "synthetic-text", "--head", "tied", "--freeze", "embedding",
@@ -229,9 +227,8 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     files = make_tokens(tmp_path, 32768, 300)
     configs = [[*lm, "--dataset", "synthetic-text", "--head", h] for h in heads]
     configs.append([*lm, "--dataset", "tokens", "--data-dir", str(files), "--head", "tied"])
-    configs += [
-        [*lm, "--dataset", "synthetic-text", "--backend", "fsdp", "--head", h] for h in ("learned", "fixed-srht")
-    ]
+    fsdp = ("learned", "fixed-srht", "tied")
+    configs += [[*lm, "--dataset", "synthetic-text", "--backend", "fsdp", "--head", h] for h in fsdp]
     configs.append([*lm, "--dataset", "synthetic-text", "--head", "learned", "--freeze", "embedding",
                     "--eval-every", "0.001"])  # fmt: skip
     hooks = ["fp16", "bf16", "powersgd"]  # every DDP comm hook: what each sends is counted as it is sent
@@ -242,7 +239,7 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     configs += [[*big[v], "--dataset", "synthetic-text", "--head", h] for v in big for h in ("learned", "tied")]
     records = torchrun_many(configs, tmp_path / "runs.jsonl")
     sent = {}
-    names = [*heads, "tokens", "fsdp learned", "fsdp fixed-srht", "fixed embedding", *hooks,
+    names = [*heads, "tokens", "fsdp learned", "fsdp fixed-srht", "fsdp tied", "fixed embedding", *hooks,
              *(f"{h} {v}" for v in big for h in ("learned", "tied"))]  # fmt: skip
     for rec, head in zip(records, names, strict=True):
         c, a = rec["comm"], rec["accuracy"]
@@ -266,9 +263,13 @@ def test_language_model_runs_send_what_the_model_says_on_two_ranks(tmp_path):
     assert [p["samples_per_class"] for p in curve] == pytest.approx([64 / 32768 * (i + 1) for i in range(len(curve))])
     # FSDP2 saves the same V x N; its shards are padded to the ranks (a few bytes per tensor)
     assert abs((sent["fsdp learned"] - sent["fsdp fixed-srht"]) - (sent["learned"] - sent["fixed-srht"])) <= 64
+    # ... and a tied head the same V x N: its embedding stays in the root group, reduced once
+    assert abs((sent["fsdp learned"] - sent["fsdp tied"]) - (sent["learned"] - sent["tied"])) <= 64
 
 
-@pytest.mark.parametrize(("stage", "head"), [(0, "learned"), (1, "fixed-srht"), (2, "learned"), (3, "fixed-srht")])
+@pytest.mark.parametrize(
+    ("stage", "head"), [(0, "learned"), (1, "fixed-srht"), (2, "learned"), (3, "fixed-srht"), (0, "tied"), (3, "tied")]
+)
 def test_deepspeed_zero_stages_send_what_the_model_says_for_a_language_model(tmp_path, stage, head):
     pytest.importorskip("deepspeed")
     args = ["--model", "gpt-tiny", "--dataset", "synthetic-text", "--num-classes", "32768", "--seq-len", "16",

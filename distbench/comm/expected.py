@@ -21,6 +21,7 @@ device is enough.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -118,14 +119,19 @@ def _has_params(m: nn.Module) -> bool:
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules that get their own FSDP2 `fully_shard` group, in forward order: each top-level child of the
     backbone that has parameters or, where that child is a container, each of its children that has
-    parameters; then the head (see distbench.runtime.engines.fsdp)."""
+    parameters; then the head (see distbench.runtime.engines.fsdp). Modules that share a parameter are left to
+    the root group."""
     backbone, head = getattr(model, "backbone", model), getattr(model, "head", None)
     units = []
     for child in backbone.children():
         units += [m for m in child.children() if _has_params(m)] if isinstance(child, CONTAINERS) else [child]
     if head is not None:
         units.append(head)
-    return [m for m in units if _has_params(m)]
+    units = [m for m in units if _has_params(m)]
+    # A parameter in two units (a tied head's embedding) stays in the root group: gathered before the first use
+    # and held to the last (the root is not resharded after forward), its gradient summed and reduced once.
+    owners = Counter(id(p) for m in units for p in m.parameters())
+    return [m for m in units if all(owners[id(p)] == 1 for p in m.parameters())]
 
 
 def unit_param_dtype(unit: nn.Module, param_dtype: torch.dtype | None) -> torch.dtype | None:

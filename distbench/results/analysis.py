@@ -271,8 +271,8 @@ FIXED_LABELS = {
 
 def head_label(row: pd.Series) -> str:
     head = row["config.model.head"]
-    if head == "learned":
-        return "learned"
+    if head in ("learned", "tied", "sharded"):
+        return head
     key = (head, _setting(row, "config.model.head_scale_init"))
     return FIXED_LABELS.get(key, str(row.get("variant", head)))
 
@@ -339,3 +339,55 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     cols = [*keys, "head_label", "c_over_n", "capacity", "accuracy.top1", "learned_top1", "gap", "spc",
             "spc_to_90", "flat", "learned_flat", "run_id"]  # fmt: skip
     return d[cols].sort_values([*keys, "head_label"]).reset_index(drop=True)
+
+
+def loss_flattened(curve: list, nats: float = 0.02) -> bool:
+    """Whether a language model's held-out loss moved by at most `nats` between its last two curve points."""
+    losses = [p.get("eval_loss") for p in curve or []]
+    return len(losses) >= 2 and None not in losses[-2:] and abs(losses[-1] - losses[-2]) <= nats
+
+
+def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
+    """Language-model heads (issue 27's study), one row per ok run of a language model: what it sends and what it
+    costs in held-out loss at its vocabulary V and budget (`tokens_per_entry`: target tokens seen per vocabulary
+    entry), with `excess_loss` = held-out loss minus the task's entropy rate (NaN on real text: no oracle),
+    `loss_vs_learned` = its loss minus the learned head's at the same V and budget (read from the learned run's
+    curve), `mb_per_step` (payload per rank), `tokens_per_s` and `peak_mb`; `flat`: its loss moved by at most
+    0.02 nats between its last two curve points."""
+    d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
+    if d.empty or "accuracy.perplexity" not in d:
+        return d.iloc[0:0]
+    d = d[d["accuracy.perplexity"].notna()]
+    if d.empty:
+        return d
+    d["head_label"] = d.apply(head_label, axis=1)
+    d["V"] = d["config.model.num_classes"].astype(int)
+    d["body"] = d["config.model.model"]
+    d["dataset"] = d["config.data.dataset"]
+    d["tokens_per_entry"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]
+    d["loss"] = d["accuracy.eval_loss"]
+    oracle = d["accuracy.oracle_loss"] if "accuracy.oracle_loss" in d else pd.Series(float("nan"), index=d.index)
+    d["excess_loss"] = d["loss"] - oracle.astype(float)
+    keys = ["dataset", "body", "V"]
+    base = d[d["config.model.head"] == "learned"].sort_values(["tokens_per_entry", "finished_at"])
+    base = base.drop_duplicates(keys, keep="last").set_index(keys)
+    learned = {
+        k: [(p["samples_per_class"], p.get("eval_loss")) for p in base.at[k, "accuracy.curve"]] for k in base.index
+    }
+
+    def learned_loss(key, budget: float) -> float:
+        seen = [loss for spc, loss in learned.get(key, []) if spc <= budget * (1 + 1e-9)]
+        return seen[-1] if seen and seen[-1] is not None else float("nan")
+
+    at = [tuple(k) for k in d[keys].itertuples(index=False)]
+    d["loss_vs_learned"] = d["loss"] - [learned_loss(k, b) for k, b in zip(at, d["tokens_per_entry"], strict=True)]
+    d["mb_per_step"] = d["comm.payload_bytes_per_step"] / 1e6
+    d["tokens_per_s"] = d["perf.samples_per_s"] * d["config.model.seq_len"]
+    d["peak_mb"] = d["perf.peak_memory_bytes"] / 1e6
+    d["flat"] = [loss_flattened(c) for c in d["accuracy.curve"]]
+    cols = [*keys, "head_label", "tokens_per_entry", "loss", "excess_loss", "loss_vs_learned", "accuracy.top1",
+            "accuracy.oracle_top1", "mb_per_step", "tokens_per_s", "peak_mb", "flat", "run_id"]  # fmt: skip
+    for c in cols:
+        if c not in d:
+            d[c] = float("nan")
+    return d[cols].sort_values([*keys, "head_label", "tokens_per_entry"]).reset_index(drop=True)

@@ -16,7 +16,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
 import pandas as pd
 
-from distbench.results.analysis import engine_table, head_scaling, load_runs, studies, summary_table, to_markdown
+from distbench.results.analysis import (
+    engine_table,
+    head_scaling,
+    lm_heads,
+    load_runs,
+    studies,
+    summary_table,
+    to_markdown,
+)
 
 MB = 1e6
 
@@ -299,6 +307,63 @@ def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def fig_lm_heads(df: pd.DataFrame, title: str = "synthetic text") -> plt.Figure:
+    """Language-model heads (issue 27's study): held-out loss (top row) and next-token top-1 (bottom row) against
+    target tokens seen per vocabulary entry, one column per vocabulary size and a line per head (the longest run
+    of each), the task's entropy rate and Bayes-optimal top-1 dashed where they are known; the last column sets
+    what each head sends per step against what it costs, its loss and top-1 against the learned head's at the
+    same budget. Pass only the runs of one study (`distbench report` gives it its own file)."""
+    table = lm_heads(df) if not df.empty else pd.DataFrame()
+    sizes = sorted(table["V"].unique()) if not table.empty else []
+    cols = len(sizes) + 1
+    fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7.6), squeeze=False)
+    if table.empty:
+        _empty(axes[0][0], "language-model runs with learning curves")
+        return fig
+    longest = table.sort_values("tokens_per_entry").drop_duplicates(["V", "head_label"], keep="last")
+    runs = df.set_index("run_id")
+    colors = {h: f"C{i}" for i, h in enumerate(sorted(longest["head_label"].unique()))}
+    for i, v in enumerate(sizes):
+        own = longest[longest["V"] == v].sort_values("head_label")
+        for (ax, key, scale), oracle in zip(
+            ((axes[0][i], "eval_loss", 1), (axes[1][i], "top1", 100)),
+            (runs.loc[own["run_id"], "accuracy.oracle_loss"], runs.loc[own["run_id"], "accuracy.oracle_top1"]),
+            strict=True,
+        ):
+            for _, row in own.iterrows():
+                curve = runs.at[row["run_id"], "accuracy.curve"]
+                x = [p["samples_per_class"] for p in curve]
+                y = [scale * p[key] if p.get(key) is not None else float("nan") for p in curve]
+                ax.plot(x, y, marker=".", color=colors[row["head_label"]], label=row["head_label"])
+            if oracle.notna().any():
+                ax.axhline(scale * oracle.dropna().mean(), color="black", linestyle="--", linewidth=1, label="oracle")
+            ax.grid(alpha=0.3)
+        axes[0][i].set_title(f"V = {v:,}")
+        axes[1][i].set_xlabel("target tokens per vocabulary entry")
+    axes[0][0].set_ylabel("held-out loss (nats / token)")
+    axes[1][0].set_ylabel("next-token top-1 (%)")
+    axes[0][0].legend(fontsize=7)
+    learned_top1 = longest[longest["head_label"] == "learned"].set_index("V")["accuracy.top1"]
+    gap = 100 * (longest["V"].map(learned_top1) - longest["accuracy.top1"])
+    for ax, y, label in (
+        (axes[0][-1], longest["loss_vs_learned"], "loss minus the learned head's (nats / token)"),
+        (axes[1][-1], gap, "learned head's top-1 minus this head's (points)"),
+    ):
+        for (_, row), value in zip(longest.iterrows(), y, strict=True):
+            ax.plot([row["mb_per_step"]], [value], marker="o", color=colors[row["head_label"]])
+            ax.annotate(f"{row['V'] // 1024}K", (row["mb_per_step"], value), xytext=(4, 2),
+                        textcoords="offset points", fontsize=7)  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][-1].set_title("what a head saves against what it costs")
+    axes[1][-1].set_xlabel("bytes sent per step and rank (MB)")
+    fig.suptitle(f"Language-model heads, gpt-tiny on {title}: the same tokens for every head, one seed")
+    fig.tight_layout()
+    return fig
+
+
 # The README's planner figure: one panel per model and class count, the heads that matter there.
 PLAN_SPECS: tuple[tuple[str, int], ...] = (("resnet50", 1_000), ("resnet50", 100_000), ("resnet50", 1_000_000))
 PLAN_HEADS: tuple[str, ...] = ("learned", "fixed", "sharded")
@@ -379,6 +444,8 @@ FIGURES = {
     "accuracy": fig_accuracy,
     "large_classes": fig_large_classes,
     "head_scaling": fig_price_of_fixing,
+    "lm_heads": fig_lm_heads,
+    "lm_corpus": functools.partial(fig_lm_heads, title="the Python standard library (BPE)"),
 }
 # A figure that shows one study draws that study's records alone (the file its grid writes), where the results
 # directory has it: runs of other studies at the same class counts (short timing runs) would read as results.
@@ -386,6 +453,8 @@ STUDIES = {
     "accuracy": "fashion_mnist.jsonl",
     "large_classes": "large_classes.jsonl",
     "head_scaling": "head_scaling.jsonl",
+    "lm_heads": "lm_heads.jsonl",
+    "lm_corpus": "lm_corpus.jsonl",
 }
 # Studies of accuracy over many class counts of one small model: their bytes add a bar per class count and say
 # nothing the bytes studies do not, so the bytes figures and the summary table leave them out.

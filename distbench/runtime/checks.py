@@ -94,8 +94,6 @@ def check_language_model(cfg: RunConfig) -> None:
         raise ConfigError(
             "freeze.frozen_init", "zero would zero a tied head's output layer too: every logit 0, nothing to learn"
         )
-    if m.head == "tied" and cfg.dist.backend != "ddp":
-        raise ConfigError("model.head", "tied runs under --backend ddp for now (one parameter in two places)")
 
 
 def check_writable(cfg: RunConfig, world_size: int | None = None) -> None:

@@ -88,6 +88,9 @@ def deepspeed_config(cfg, place: Place) -> dict[str, Any]:
         # distbench passes its own torch optimizer (SGD is no DeepSpeed optimizer type); ZeRO >= 1
         # accepts it only with this flag.
         "zero_allow_untested_optimizer": True,
+        # DeepSpeed clips the gradient norm at 1.0 unless told otherwise (GRADIENT_CLIPPING_DEFAULT in
+        # runtime/constants.py, 0.19); DDP and FSDP do not clip, and every engine must take the same step.
+        "gradient_clipping": 0.0,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
         "comms_logger": {"enabled": dc.validate_comm, "prof_all": True, "verbose": False, "debug": False},
