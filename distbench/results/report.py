@@ -359,7 +359,7 @@ def fig_lm_heads(df: pd.DataFrame, title: str = "synthetic text") -> plt.Figure:
         ax.grid(alpha=0.3)
     axes[0][-1].set_title("what a head saves against what it costs")
     axes[1][-1].set_xlabel("bytes sent per step and rank (MB)")
-    fig.suptitle(f"Language-model heads, gpt-tiny on {title}: the same tokens for every head, one seed")
+    fig.suptitle(f"Language-model heads, gpt-tiny on {title}\nthe same tokens for every head, one seed")
     fig.tight_layout()
     return fig
 
