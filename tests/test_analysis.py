@@ -215,6 +215,7 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     assert table.loc["l", "excess_loss"] == pytest.approx(0.49) and table.loc["l", "loss_vs_learned"] == 0
     assert table.loc["t", "loss_vs_learned"] == pytest.approx(0.51)
     assert table.loc["f", "loss_vs_learned"] == pytest.approx(3.0)  # against the learned loss at 64, not at 128
+    assert table.loc["f", "gap"] == pytest.approx(0.0)  # top-1 likewise: 20% at 64 per entry, not the final 40%
     assert table.loc["f", "head_label"] == "fixed-srht, alpha from the rule" and table.loc["t", "head_label"] == "tied"
     assert table.loc["l", "flat"] and not table.loc["t", "flat"]
     assert table.loc["t", "mb_per_step"] == 2.0 and table.loc["t", "tokens_per_s"] == 6400.0

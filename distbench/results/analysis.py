@@ -285,11 +285,19 @@ def curve_reach(curve: list, target: float) -> float:
     return float("nan")
 
 
-def curve_at(curve: list, spc: float) -> float:
-    """Top-1 of the last curve point at or before `spc` samples per class; past the curve's end, its last
-    point (a longer run is compared with the converged value); NaN before its first point."""
-    seen = [p["top1"] for p in curve or [] if p["samples_per_class"] <= spc * (1 + 1e-9)]
-    return seen[-1] if seen else float("nan")
+def curve_at(curve: list, spc: float, key: str = "top1") -> float:
+    """`key` (top-1, or `eval_loss`) of the last curve point at or before `spc` samples per class; past the
+    curve's end, its last point (a longer run is compared with the converged value); NaN before its first point
+    or where the point lacks `key`."""
+    seen = [p.get(key) for p in curve or [] if p["samples_per_class"] <= spc * (1 + 1e-9)]
+    return float("nan") if not seen or seen[-1] is None else seen[-1]
+
+
+def longest_curves(runs: pd.DataFrame, keys: list[str], budget: str) -> dict[tuple, list]:
+    """The learning curve of the longest of `runs` (largest `budget`; the last finished among equals) for each
+    value of `keys`: the baseline a study holds its other runs against."""
+    base = runs.sort_values([budget, "finished_at"]).drop_duplicates(keys, keep="last").set_index(keys)
+    return {k: base.at[k, "accuracy.curve"] for k in base.index}
 
 
 def flattened(curve: list, points: float = 0.02) -> bool:
@@ -325,13 +333,12 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     d["spc"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]
     # the baseline: a learned head that learns everything else, its longest run (the last, among equals)
     freeze = d["config.freeze.freeze"] if "config.freeze.freeze" in d else pd.Series("none", index=d.index)
-    base = d[(d["config.model.head"] == "learned") & freeze.fillna("none").map(learns_everything)]
-    base = base.sort_values(["spc", "finished_at"]).drop_duplicates(keys, keep="last").set_index(keys)
-    curves = {k: base.at[k, "accuracy.curve"] for k in base.index}
+    learned = d[(d["config.model.head"] == "learned") & freeze.fillna("none").map(learns_everything)]
+    curves = longest_curves(learned, keys, "spc")
     at = [tuple(k) for k in d[keys].itertuples(index=False)]
     nan = float("nan")
     d["learned_top1"] = [curve_at(curves[k], s) if k in curves else nan for k, s in zip(at, d["spc"], strict=True)]
-    final = [base.at[k, "accuracy.top1"] if k in curves else nan for k in at]
+    final = [curves[k][-1]["top1"] if k in curves else nan for k in at]  # the final evaluation ends a curve
     d["learned_flat"] = [flattened(curves.get(k)) for k in at]
     d["gap"] = 100 * (d["learned_top1"] - d["accuracy.top1"])
     d["spc_to_90"] = [curve_reach(c, 0.9 * t) for c, t in zip(d["accuracy.curve"], final, strict=True)]
@@ -352,8 +359,8 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     costs in held-out loss at its vocabulary V and budget (`tokens_per_entry`: target tokens seen per vocabulary
     entry), with `excess_loss` = held-out loss minus the task's entropy rate (NaN on real text: no oracle),
     `loss_vs_learned` = its loss minus the learned head's at the same V and budget (read from the learned run's
-    curve), `mb_per_step` (payload per rank), `tokens_per_s` and `peak_mb`; `flat`: its loss moved by at most
-    0.02 nats between its last two curve points."""
+    curve), `gap` = the learned head's top-1 there minus this run's (points), `mb_per_step` (payload per rank),
+    `tokens_per_s` and `peak_mb`; `flat`: its loss moved by at most 0.02 nats between its last two curve points."""
     d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
     if d.empty or "accuracy.perplexity" not in d:
         return d.iloc[0:0]
@@ -369,23 +376,15 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     oracle = d["accuracy.oracle_loss"] if "accuracy.oracle_loss" in d else pd.Series(float("nan"), index=d.index)
     d["excess_loss"] = d["loss"] - oracle.astype(float)
     keys = ["dataset", "body", "V"]
-    base = d[d["config.model.head"] == "learned"].sort_values(["tokens_per_entry", "finished_at"])
-    base = base.drop_duplicates(keys, keep="last").set_index(keys)
-    learned = {
-        k: [(p["samples_per_class"], p.get("eval_loss")) for p in base.at[k, "accuracy.curve"]] for k in base.index
-    }
-
-    def learned_loss(key, budget: float) -> float:
-        seen = [loss for spc, loss in learned.get(key, []) if spc <= budget * (1 + 1e-9)]
-        return seen[-1] if seen and seen[-1] is not None else float("nan")
-
-    at = [tuple(k) for k in d[keys].itertuples(index=False)]
-    d["loss_vs_learned"] = d["loss"] - [learned_loss(k, b) for k, b in zip(at, d["tokens_per_entry"], strict=True)]
+    curves = longest_curves(d[d["config.model.head"] == "learned"], keys, "tokens_per_entry")
+    at = list(zip(d[keys].itertuples(index=False, name=None), d["tokens_per_entry"], strict=True))
+    d["loss_vs_learned"] = d["loss"] - [curve_at(curves.get(k), b, "eval_loss") for k, b in at]
+    d["gap"] = 100 * ([curve_at(curves.get(k), b) for k, b in at] - d["accuracy.top1"])
     d["mb_per_step"] = d["comm.payload_bytes_per_step"] / 1e6
     d["tokens_per_s"] = d["perf.samples_per_s"] * d["config.model.seq_len"]
     d["peak_mb"] = d["perf.peak_memory_bytes"] / 1e6
     d["flat"] = [loss_flattened(c) for c in d["accuracy.curve"]]
-    cols = [*keys, "head_label", "tokens_per_entry", "loss", "excess_loss", "loss_vs_learned", "accuracy.top1",
+    cols = [*keys, "head_label", "tokens_per_entry", "loss", "excess_loss", "loss_vs_learned", "gap", "accuracy.top1",
             "accuracy.oracle_top1", "mb_per_step", "tokens_per_s", "peak_mb", "flat", "run_id"]  # fmt: skip
     for c in cols:
         if c not in d:

@@ -343,11 +343,9 @@ def fig_lm_heads(df: pd.DataFrame, title: str = "synthetic text") -> plt.Figure:
     axes[0][0].set_ylabel("held-out loss (nats / token)")
     axes[1][0].set_ylabel("next-token top-1 (%)")
     axes[0][0].legend(fontsize=7)
-    learned_top1 = longest[longest["head_label"] == "learned"].set_index("V")["accuracy.top1"]
-    gap = 100 * (longest["V"].map(learned_top1) - longest["accuracy.top1"])
     for ax, y, label in (
         (axes[0][-1], longest["loss_vs_learned"], "loss minus the learned head's (nats / token)"),
-        (axes[1][-1], gap, "learned head's top-1 minus this head's (points)"),
+        (axes[1][-1], longest["gap"], "learned head's top-1 minus this head's (points)"),
     ):
         for (_, row), value in zip(longest.iterrows(), y, strict=True):
             ax.plot([row["mb_per_step"]], [value], marker="o", color=colors[row["head_label"]])

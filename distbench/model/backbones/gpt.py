@@ -7,13 +7,13 @@ samples: the backbone maps token ids (B, T) to features (B x T, N) with N = d, a
 (B x T, V) logits against the (B x T) next tokens. Heads, engines and byte counts need nothing new;
 `token_embedding` (the V x d input embedding) is what a `tied` head reuses as its output layer.
 
-Sizes: `gpt-tiny` (2 layers, d = 64, seconds on a CPU), `gpt2-small` (12 x 768, 12 heads), `gpt2-medium`
-(24 x 1024, 16), `gpt2-large` (36 x 1280, 20) and `gpt2-xl` (48 x 1600, 25), as GPT-2 (Radford et al. 2019)
-and nanoGPT configure them.
+Sizes: `gpt-tiny` (2 layers, d = 64, seconds on a CPU) and GPT-2's four, `gpt2-small` to `gpt2-xl`
+(`GPT2_SIZES`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -91,21 +91,18 @@ def gpt_tiny(vocab_size: int, seq_len: int | None = None, width: int = 64) -> nn
     return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=2, d=width, heads=heads)
 
 
-@BACKBONES.register("gpt2-small")
-def gpt2_small(vocab_size: int, seq_len: int | None = None) -> nn.Module:
-    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=12, d=768, heads=12)
+# GPT-2's sizes (Radford et al. 2019) as nanoGPT configures them: layers, width d, attention heads
+GPT2_SIZES: dict[str, tuple[int, int, int]] = {
+    "gpt2-small": (12, 768, 12),
+    "gpt2-medium": (24, 1024, 16),
+    "gpt2-large": (36, 1280, 20),
+    "gpt2-xl": (48, 1600, 25),
+}
 
 
-@BACKBONES.register("gpt2-medium")
-def gpt2_medium(vocab_size: int, seq_len: int | None = None) -> nn.Module:
-    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=24, d=1024, heads=16)
+def _gpt2(vocab_size: int, seq_len: int | None = None, *, layers: int, d: int, heads: int) -> nn.Module:
+    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=layers, d=d, heads=heads)
 
 
-@BACKBONES.register("gpt2-large")
-def gpt2_large(vocab_size: int, seq_len: int | None = None) -> nn.Module:
-    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=36, d=1280, heads=20)
-
-
-@BACKBONES.register("gpt2-xl")
-def gpt2_xl(vocab_size: int, seq_len: int | None = None) -> nn.Module:
-    return GPT(vocab_size, seq_len or DEFAULT_SEQ_LEN, layers=48, d=1600, heads=25)
+for _name, (_layers, _d, _heads) in GPT2_SIZES.items():
+    BACKBONES.register(_name)(functools.partial(_gpt2, layers=_layers, d=_d, heads=_heads))

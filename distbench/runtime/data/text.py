@@ -164,9 +164,7 @@ def tokens(cfg, num_classes: int, input_shape: tuple[int, ...], batch_size: int,
         # nanoGPT's sampling: windows at uniform random offsets; step s draws from its own seeded stream
         step = start
         while True:
-            gen = stream_generator(
-                seed, 2 + step, shard, torch.device("cpu")
-            )  # offsets into the file: drawn on the host
+            gen = stream_generator(seed, 2 + step, shard, torch.device("cpu"))  # offsets into a file: on the host
             starts = torch.randint(len(train_ids) - length, (batch_size,), generator=gen).tolist()
             yield window(train_ids, train_path, starts)
             step += 1
