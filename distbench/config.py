@@ -53,7 +53,8 @@ class DataError(RuntimeError):
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A config field: its default and its help. `added=True` marks a field added after sweeps had run: at its
     default it is left out of a sweep line's id (`distbench.sweep.run_id_for`), so a new option does not
-    rename every line that ran before it."""
+    rename every line that ran before it. `reads=True` marks a field that says where on a run's trajectory its
+    record is read, not what is trained: it is no part of a run's identity (`trajectory`)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -74,6 +75,17 @@ def added_at_default(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
             for k, v in values.items()
             if not (k in fields and fields[k].metadata.get("added") and v == fields[k].default)
         }
+    return out
+
+
+def trajectory(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`config` without the fields marked `reads` (when to stop reading a run, not what it trains): what a
+    sweep line's id and a resume's check compare, so that a line may take a stop rule while it runs."""
+    out = {}
+    for section, values in config.items():
+        cls = SECTIONS.get(section)
+        reads = {f.name for f in dataclasses.fields(cls) if f.metadata.get("reads")} if cls else set()
+        out[section] = {k: v for k, v in values.items() if k not in reads}
     return out
 
 
@@ -227,6 +239,14 @@ class TrainConfig:
         "entry), for the record's learning curve (0: at the end only)",
         added=True,
     )
+    until_flat: float = opt(
+        0.0,
+        "stop before --steps once the learning curve is flat: the last doubling of the samples per class seen "
+        "raised top-1 by at most this (a fraction) and lowered the held-out loss by at most this x ln C, the "
+        "uniform guess's loss (needs --eval-every; 0: run every step)",
+        added=True,
+        reads=True,
+    )
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
     seed: int = opt(0, "seed for weights, fixed heads and data")
 
@@ -254,6 +274,16 @@ class TrainConfig:
             math.isfinite(self.eval_every) and self.eval_every >= 0,
             "train.eval_every",
             f"must be >= 0, got {self.eval_every}",
+        )
+        _check(
+            math.isfinite(self.until_flat) and 0 <= self.until_flat < 1,
+            "train.until_flat",
+            f"must be a fraction in [0, 1), got {self.until_flat}",
+        )
+        _check(
+            not self.until_flat or self.eval_every > 0,
+            "train.until_flat",
+            "needs a learning curve to judge: set --eval-every too",
         )
 
 

@@ -45,6 +45,7 @@ from distbench.config import (
     defaults,
     flag,
     from_dict,
+    trajectory,
 )
 from distbench.model.structure.freeze import parse_rule
 from distbench.model.structure.freeze import slug as freeze_slug
@@ -75,7 +76,7 @@ def _set(tree: dict[str, dict[str, Any]], dotted: str, value: Any) -> None:
 
 def run_id_for(config: dict[str, Any], launch: dict[str, Any]) -> str:
     """Stable id from what the run does (config minus where it writes, plus how it is launched)."""
-    what = added_at_default(config)
+    what = added_at_default(trajectory(config))
     what["output"] = {k: v for k, v in what.get("output", {}).items() if k not in ("out", "run_id")}
     digest = hashlib.sha1(json.dumps([what, launch], sort_keys=True).encode()).hexdigest()[:10]
     base = defaults()

@@ -53,6 +53,8 @@ def test_toml_then_flags(tmp_path):
         (["--head", "fixed-orthogonal", "--head-rows", "long"], "model.head_rows", "choose from: authors, unit"),
         (["--code-dim", "193"], "data.code_dim", "must be in 1..192"),
         (["--code-dim", "0"], "data.code_dim", "must be in 1..192"),
+        (["--until-flat", "0.01"], "train.until_flat", "set --eval-every too"),
+        (["--eval-every", "4", "--until-flat", "1"], "train.until_flat", "must be a fraction in \\[0, 1\\)"),
     ],
 )
 def test_bad_values_name_their_field(argv, field, text):
@@ -146,6 +148,20 @@ def test_added_fields_at_their_default_keep_sweep_ids():
     assert trimmed["model"]["head"] == "learned"  # a field that was always there stays
     changed = RunConfig(model=type(RunConfig().model)(width=64)).to_dict()
     assert added_at_default(changed)["model"]["width"] == 64
+
+
+def test_a_stop_rule_is_no_part_of_a_runs_identity():
+    """--until-flat says where a run's record is read, not what it trains: a sweep line keeps its id when a
+    grid adds it, and a checkpoint taken without it resumes with it (tests/test_resume.py runs that)."""
+    from distbench.config import TrainConfig, trajectory
+    from distbench.sweep import run_id_for
+
+    plain = RunConfig(train=TrainConfig(eval_every=4)).to_dict()
+    ruled = RunConfig(train=TrainConfig(eval_every=4, until_flat=0.01)).to_dict()
+    assert trajectory(plain) == trajectory(ruled) and "until_flat" not in trajectory(ruled)["train"]
+    assert run_id_for(plain, {}) == run_id_for(ruled, {})
+    longer = RunConfig(train=TrainConfig(eval_every=4, steps=400)).to_dict()
+    assert run_id_for(longer, {}) != run_id_for(plain, {})  # the cap on steps still is
 
 
 def test_misspelt_toml_table_and_key_get_a_did_you_mean(tmp_path):

@@ -76,6 +76,7 @@ def record(**over):
             "oracle_loss": None,
             "perplexity": None,
             "curve": [{"step": 6, "samples_per_class": 0.5, "top1": 0.5, "top5": 0.9, "eval_loss": 1.1}],
+            "flat_at_step": None,
         },
         "data": {"skipped_images": None, "skipped_files": []},
     }

@@ -24,6 +24,7 @@ from distbench.results import validate
 from distbench.runtime import checkpoint
 from distbench.runtime.checkpoint import Checkpoints, LoopState, read_latest
 from distbench.runtime.data import Shard, build_dataset
+from distbench.runtime.loop import flat
 from distbench.runtime.stop import EXIT_STOPPED, StopRequest
 from distbench.runtime.timing import StepTimer
 
@@ -301,6 +302,95 @@ def test_resume_checkpoints_replace_each_other_whole(tmp_path):
     assert loaded.traffic == state.traffic and loaded.timed_ms == [1.0]
     assert read_latest(tmp_path)["reason"] == "SIGTERM"
     assert torch.equal(torch.rand(1), next_draw)  # the RNG is back where the save left it
+
+
+# A task the tiny CNN learns in a few dozen steps (8 classes), evaluated every 8 samples per class (every 4
+# steps), capped at 100 steps: --until-flat ends it well before (at step 64 on the reference machine).
+FLAT_JOB = flags(num_classes=8, steps=100, warmup_steps=3, nosync_steps=2, batch_size=8, eval_samples=64,
+                 checkpoint_every=4, eval_every=8)  # fmt: skip
+RULE = flags(until_flat=0.02)
+
+
+def test_flat_judges_a_doubling_on_top1_and_loss():
+    def curve(points):
+        return [{"samples_per_class": s, "top1": t, "eval_loss": e} for s, t, e in points]
+
+    classes = 100_000  # ln C = 11.5: 0.01 of it is 0.115 nats
+    before_take_off = curve([(4, 0.0002, 11.34), (8, 0.0003, 9.84)])  # top-1 at chance, the loss falling
+    assert not flat(before_take_off, 0.01, classes)
+    plateau = curve([(8, 0.01, 9.84), (12, 0.44, 3.73), (16, 0.961, 0.208), (20, 0.991, 0.050), (40, 0.995, 0.03)])
+    assert flat(plateau, 0.01, classes)  # 20 -> 40: +0.004 top-1, -0.02 nats
+    assert not flat(plateau[:-1], 0.01, classes)  # 8 -> 20: taking off
+    assert not flat([*plateau[:-1], curve([(32, 0.995, 0.03)])[0]], 0.01, classes)  # 16 -> 32: +0.034
+    # A slow steady rise: each neighbour gains 0.5 points, each doubling 5: not flat however often it evaluates.
+    slow = curve([(s, 0.5 + 0.00125 * s, 1.0 - 0.001 * s) for s in range(40, 164, 4)])
+    assert not any(flat(slow[:i], 0.01, 100) for i in range(1, len(slow) + 1))
+    assert not flat(curve([(4, 0.9, 0.1)]), 0.01, classes)  # one point: nothing to compare
+
+
+@pytest.fixture(scope="module")
+def flat_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flat")
+    code, log = finish(start_torchrun(FLAT_JOB + RULE, tmp / "runs.jsonl", tmp / "ckpt"))
+    assert code == 0, log[-3000:]
+    (record,) = _records(tmp / "runs.jsonl")
+    return record
+
+
+def test_until_flat_ends_the_run_at_its_first_flat_point(flat_reference):
+    record = flat_reference
+    validate(record)
+    assert record["status"] == "ok"
+    at, curve = record["accuracy"]["flat_at_step"], record["accuracy"]["curve"]
+    assert at is not None and 3 < at < 103, at  # ended before its cap
+    steps = [p["step"] for p in curve]
+    assert steps == sorted(set(steps)) and steps[-1] == at  # the final evaluation once, last
+    assert flat(curve, 0.02, 8) and not any(flat(curve[:i], 0.02, 8) for i in range(1, len(curve)))
+    assert record["accuracy"]["top1"] == curve[-1]["top1"]
+    assert record["perf"]["timed_steps"] == at - 3  # the timed window ends where the run did
+
+
+def test_a_stop_rule_added_on_resume_ends_where_it_would_have(tmp_path, flat_reference):
+    """A line started without --until-flat, stopped, and resumed with it (how a running study takes the rule):
+    the resume is allowed, and the record is the one the rule gives from the start."""
+    out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
+    proc = start_torchrun(FLAT_JOB, out, ckpt)
+    wait_for((ckpt / "latest").exists, what="the first checkpoint", proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    code, log = finish(proc)
+    stopped_at = read_latest(ckpt)["step"]
+    assert code != 0 and not out.exists(), log[-3000:]
+    assert stopped_at < flat_reference["accuracy"]["flat_at_step"]  # else this would not test the resume
+
+    code, log = finish(start_torchrun(FLAT_JOB + RULE, out, ckpt))
+    assert code == 0, log[-3000:]
+    (record,) = _records(out)
+    assert record["perf"]["resumed_from_steps"] == [stopped_at]
+    assert record["accuracy"] == flat_reference["accuracy"]  # curve, flat_at_step, top-1, losses: exactly
+    assert record["comm"] == flat_reference["comm"]
+
+
+def test_a_stop_during_a_curve_evaluation_resumes_with_that_point(tmp_path, flat_reference):
+    """A signal while the second curve point is evaluated: the run saves that step without the point, and the
+    resume evaluates it before training on, so the curve, and where the stop rule ends the run, are the ones
+    of the run that was never stopped."""
+    out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
+    proc = start_torchrun(FLAT_JOB + RULE, out, ckpt, hold=f"curve-point#2:{tmp_path}")
+    wait_for(lambda: all((tmp_path / f"curve-point.rank{r}").exists() for r in (0, 1)), what="both ranks held",
+             proc=proc)  # fmt: skip
+    proc.send_signal(signal.SIGTERM)
+    wait_for((tmp_path / "curve-point.rank0.SIGTERM").exists, what="the signal noted", proc=proc)
+    (tmp_path / "curve-point.go").touch()
+    code, log = finish(proc)
+    second = flat_reference["accuracy"]["curve"][1]["step"]
+    assert code != 0 and f"stopped by SIGTERM during evaluation, after step {second} of 103" in log, log[-3000:]
+    assert read_latest(ckpt)["step"] == second and not out.exists()
+
+    code, log = finish(start_torchrun(FLAT_JOB + RULE, out, ckpt))
+    assert code == 0, log[-3000:]
+    (record,) = _records(out)
+    assert record["perf"]["resumed_from_steps"] == [second]
+    assert record["accuracy"] == flat_reference["accuracy"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):

@@ -122,6 +122,8 @@ FIELDS: tuple[Field, ...] = (
           "when not finite"),
     Field("accuracy.curve", list, "the learning curve, one point per evaluation (--eval-every), the final one "
           "last: each {step, samples_per_class, top1, top5, eval_loss}", added=True),
+    Field("accuracy.flat_at_step", (int, Null), "the step the run ended at, before its train.steps, because its "
+          "learning curve was flat (--until-flat); null when it ran every step", added=True),
     Field("data.skipped_images", (int, Null), "unreadable images skipped (--skip-bad-images); null when not "
           "skipping", added=True),
     Field("data.skipped_files", list, f"the first {SKIPPED_SHOWN} of them, sorted", added=True),

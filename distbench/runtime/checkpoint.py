@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distbench.config import ConfigError, RunConfig
+from distbench.config import ConfigError, RunConfig, trajectory
 from distbench.runtime.stop import hold
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class LoopState:
     loss: float = float("nan")  # this rank's last training loss
     resumed_from: list[int] = field(default_factory=list)  # the step of each resume, in order
     curve: list[dict[str, Any]] = field(default_factory=list)  # the learning curve's points so far
+    ended_at: int | None = None  # the step the run ended at before its --steps: its curve was flat (--until-flat)
 
 
 # -------------------------------------------------------------------------------------------------- files
@@ -142,8 +143,9 @@ def mark_stopped(directory: str | os.PathLike, message: str) -> None:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # Where results go may change between the first start and a resume; what is trained may not.
-    return {section: values for section, values in config.items() if section != "output"}
+    # Where results go and when the run stops for a flat curve may change between the first start and a
+    # resume; what is trained may not.
+    return {section: values for section, values in trajectory(config).items() if section != "output"}
 
 
 def check_resumable(cfg: RunConfig, world_size: int | None) -> None:

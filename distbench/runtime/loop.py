@@ -95,6 +95,23 @@ def slow_rank_seconds() -> float:
     return float(seconds) if rank == os.environ.get("RANK", "0") else 0.0
 
 
+def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
+    """Whether a learning curve has flattened (--until-flat): since the point at half its samples per class,
+    top-1 rose by at most `tol` and the held-out loss fell by at most `tol` x ln C (the uniform guess's loss,
+    so that one tolerance serves every class count). Judged over a doubling, not between neighbours, so that
+    how often the run evaluates does not change where it stops; and on both, because a curve before its take-off
+    can sit at chance top-1 while its loss falls."""
+    if len(curve) < 2:
+        return False
+    last = curve[-1]
+    half = [p for p in curve[:-1] if p["samples_per_class"] <= last["samples_per_class"] / 2]
+    if not half:
+        return False
+    rose = last["top1"] - half[-1]["top1"]
+    fell = half[-1]["eval_loss"] - last["eval_loss"]
+    return rose <= tol and fell <= tol * math.log(classes)
+
+
 def train_steps(
     engine: Engine,
     batches: Iterator[Batch],
@@ -113,8 +130,13 @@ def train_steps(
     process's first `engine.settle_steps` are left out of the window: they are cold, and DDP's iteration 0
     (buckets rebuilt) or ZeRO-3's trace of its parameter fetches. `request` learns the phase. Every
     `eval_steps` steps, `curve_point()` evaluates (between timed runs of steps, so outside their times)."""
-    end = tc.warmup_steps + tc.steps
+    end = state.ended_at or tc.warmup_steps + tc.steps
     settled = state.step + engine.settle_steps if state.step > 0 else 0  # a resumed process's first steady step
+    due = curve_point is not None and eval_steps and 0 < state.step < end and state.step % eval_steps == 0
+    if due and (not state.curve or state.curve[-1]["step"] != state.step):
+        curve_point()  # a stop during this point's evaluation saved its step without it
+        if state.ended_at is not None:
+            return
     while state.step < end:
         timed = state.step >= tc.warmup_steps
         if request is not None:
@@ -145,6 +167,8 @@ def train_steps(
             return
         if curve_point is not None and eval_steps and state.step % eval_steps == 0 and state.step < end:
             curve_point()  # before a save at the same step, so that the checkpoint holds the point
+            if state.ended_at is not None:
+                return
         if save is not None and every and state.step % every == 0 and state.step < end:
             if request is not None:
                 request.enter("training" if state.step >= tc.warmup_steps else "warm-up")
@@ -371,6 +395,7 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
     def curve_point() -> None:
         """Evaluate now, into the learning curve; a stop agreed during it stops the run on a checkpoint."""
         with request.during("evaluation"):
+            hold("curve-point", request)
             accuracy = evaluate(engine, dataset, amp_dtype, vote, request)
         if accuracy is None:
             raise stopped("evaluation", save(request.signal or "a peer's signal"))
@@ -378,6 +403,11 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             {"step": state.step, "samples_per_class": state.step * seen_per_step}
             | {k: accuracy[k] for k in ("top1", "top5", "eval_loss")}
         )
+        # Once the timed window has a step: a record needs one.
+        if tc.until_flat and state.step > tc.warmup_steps and flat(state.curve, tc.until_flat, cfg.model.num_classes):
+            log.info("the learning curve is flat at step %d of %d (--until-flat %g): ending", state.step, total,
+                     tc.until_flat)  # fmt: skip
+            state.ended_at = state.step
 
     # --eval-every K samples per class: a step shows every class B x W / C times on average.
     eval_steps = max(1, round(tc.eval_every / seen_per_step)) if tc.eval_every else 0
@@ -397,7 +427,7 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             curve_point,
         )
         vote.close()
-        if state.step < total:
+        if state.step < (state.ended_at or total):
             raise stopped(request.phase, save(request.signal or "a peer's signal"))
         # A run stopped from here on resumes from this checkpoint and only evaluates.
         end = save("end")
@@ -448,7 +478,7 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
     }
     status, error = "ok", None
     if not math.isfinite(final_loss):
-        status, error = "diverged", f"loss is {final_loss} after {tc.steps} timed steps"
+        status, error = "diverged", f"loss is {final_loss} after {len(timed_ms)} timed steps"
     if not in_sync:
         status, error = "failed", "replicas differ after the timed steps: gradient synchronisation is broken"
     metered = sum(comm["collectives"].values())
@@ -483,11 +513,13 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
         "accuracy": {
             **accuracy,
             "final_loss": final_loss,
+            # the final evaluation last (once: a run that ended on a flat curve evaluated at this step already)
             "curve": [
-                *state.curve,
-                {"step": total, "samples_per_class": total * seen_per_step}
+                *(p for p in state.curve if p["step"] < state.step),
+                {"step": state.step, "samples_per_class": state.step * seen_per_step}
                 | {k: accuracy[k] for k in ("top1", "top5", "eval_loss")},
             ],
+            "flat_at_step": state.ended_at,
         },
         "data": {
             "skipped_images": None if skipped is None else len(skipped),
