@@ -326,6 +326,8 @@ def test_flat_judges_a_doubling_on_top1_and_loss():
     slow = curve([(s, 0.5 + 0.00125 * s, 1.0 - 0.001 * s) for s in range(40, 164, 4)])
     assert not any(flat(slow[:i], 0.01, 100) for i in range(1, len(slow) + 1))
     assert not flat(curve([(4, 0.9, 0.1)]), 0.01, classes)  # one point: nothing to compare
+    dip = curve([(20, 0.991, 0.05), (40, 0.95, 0.05)])  # an unstable stretch: top-1 fell 4 points
+    assert not flat(dip, 0.01, classes)
 
 
 @pytest.fixture(scope="module")
@@ -334,11 +336,11 @@ def flat_reference(tmp_path_factory):
     code, log = finish(start_torchrun(FLAT_JOB + RULE, tmp / "runs.jsonl", tmp / "ckpt"))
     assert code == 0, log[-3000:]
     (record,) = _records(tmp / "runs.jsonl")
-    return record
+    return record, tmp / "ckpt"
 
 
 def test_until_flat_ends_the_run_at_its_first_flat_point(flat_reference):
-    record = flat_reference
+    record, _ = flat_reference
     validate(record)
     assert record["status"] == "ok"
     at, curve = record["accuracy"]["flat_at_step"], record["accuracy"]["curve"]
@@ -354,20 +356,39 @@ def test_a_stop_rule_added_on_resume_ends_where_it_would_have(tmp_path, flat_ref
     """A line started without --until-flat, stopped, and resumed with it (how a running study takes the rule):
     the resume is allowed, and the record is the one the rule gives from the start."""
     out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
-    proc = start_torchrun(FLAT_JOB, out, ckpt)
-    wait_for((ckpt / "latest").exists, what="the first checkpoint", proc=proc)
+    proc = start_torchrun(FLAT_JOB, out, ckpt, hold=f"save:{tmp_path}")  # held in its first save (step 4)
+    wait_for(lambda: all((tmp_path / f"save.rank{r}").exists() for r in (0, 1)), what="both ranks saving", proc=proc)
     proc.send_signal(signal.SIGTERM)
+    wait_for((tmp_path / "save.rank0.SIGTERM").exists, what="the signal noted", proc=proc)
+    (tmp_path / "save.go").touch()
     code, log = finish(proc)
     stopped_at = read_latest(ckpt)["step"]
     assert code != 0 and not out.exists(), log[-3000:]
-    assert stopped_at < flat_reference["accuracy"]["flat_at_step"]  # else this would not test the resume
+    ref, _ = flat_reference
+    assert stopped_at == 4 < ref["accuracy"]["flat_at_step"]
 
     code, log = finish(start_torchrun(FLAT_JOB + RULE, out, ckpt))
     assert code == 0, log[-3000:]
     (record,) = _records(out)
     assert record["perf"]["resumed_from_steps"] == [stopped_at]
-    assert record["accuracy"] == flat_reference["accuracy"]  # curve, flat_at_step, top-1, losses: exactly
-    assert record["comm"] == flat_reference["comm"]
+    assert record["accuracy"] == ref["accuracy"]  # curve, flat_at_step, top-1, losses: exactly
+    assert record["comm"] == ref["comm"]
+
+
+def test_a_resume_judges_the_curve_by_the_rule_in_force(tmp_path, flat_reference):
+    """The run that ended on a flat curve, resumed from its end checkpoint (its record unwritten) without the
+    rule: it trains on to its --steps, its curve the same up to the flat point and longer after it."""
+    ref, ref_ckpt = flat_reference
+    ckpt = copy_checkpoint(ref_ckpt, tmp_path / "ckpt")
+    latest = read_latest(ckpt)
+    latest.pop("recorded")
+    (ckpt / "latest").write_text(json.dumps(latest))
+    code, log = finish(start_torchrun(FLAT_JOB, tmp_path / "runs.jsonl", ckpt))
+    assert code == 0, log[-3000:]
+    (record,) = _records(tmp_path / "runs.jsonl")
+    at, curve = ref["accuracy"]["flat_at_step"], record["accuracy"]["curve"]
+    assert record["perf"]["resumed_from_steps"] == [at] and record["accuracy"]["flat_at_step"] is None
+    assert curve[-1]["step"] == 103 and [p for p in curve if p["step"] <= at] == ref["accuracy"]["curve"]
 
 
 def test_a_stop_during_a_curve_evaluation_resumes_with_that_point(tmp_path, flat_reference):
@@ -382,7 +403,8 @@ def test_a_stop_during_a_curve_evaluation_resumes_with_that_point(tmp_path, flat
     wait_for((tmp_path / "curve-point.rank0.SIGTERM").exists, what="the signal noted", proc=proc)
     (tmp_path / "curve-point.go").touch()
     code, log = finish(proc)
-    second = flat_reference["accuracy"]["curve"][1]["step"]
+    ref, _ = flat_reference
+    second = ref["accuracy"]["curve"][1]["step"]
     assert code != 0 and f"stopped by SIGTERM during evaluation, after step {second} of 103" in log, log[-3000:]
     assert read_latest(ckpt)["step"] == second and not out.exists()
 
@@ -390,7 +412,7 @@ def test_a_stop_during_a_curve_evaluation_resumes_with_that_point(tmp_path, flat
     assert code == 0, log[-3000:]
     (record,) = _records(out)
     assert record["perf"]["resumed_from_steps"] == [second]
-    assert record["accuracy"] == flat_reference["accuracy"]
+    assert record["accuracy"] == ref["accuracy"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):

@@ -219,9 +219,12 @@ def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
 
 
 def samples_per_class(df: pd.DataFrame) -> pd.Series:
-    """Training samples each class was shown: (warm-up + timed steps) x batch x ranks / C (exact under the
-    synthetic task's balanced class stream, whole epochs or not)."""
+    """Training samples each class was shown: (steps taken) x batch x ranks / C (exact under the synthetic
+    task's balanced class stream, whole epochs or not). Steps taken: warm-up + timed steps, or fewer where the
+    run ended on a flat curve (`accuracy.flat_at_step`, --until-flat)."""
     steps = df["config.train.warmup_steps"] + df["config.train.steps"]
+    if "accuracy.flat_at_step" in df:
+        steps = df["accuracy.flat_at_step"].fillna(steps)
     return steps * df["config.train.batch_size"] * df["env.world_size"] / df["config.model.num_classes"]
 
 

@@ -98,9 +98,9 @@ def slow_rank_seconds() -> float:
 def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
     """Whether a learning curve has flattened (--until-flat): since the point at half its samples per class,
     top-1 rose by at most `tol` and the held-out loss fell by at most `tol` x ln C (the uniform guess's loss,
-    so that one tolerance serves every class count). Judged over a doubling, not between neighbours, so that
-    how often the run evaluates does not change where it stops; and on both, because a curve before its take-off
-    can sit at chance top-1 while its loss falls."""
+    so that one tolerance serves every class count), and top-1 fell by at most `tol`. Judged over a doubling, not
+    between neighbours, so that how often the run evaluates does not change where it stops; and on both,
+    because a curve before its take-off can sit at chance top-1 while its loss falls."""
     if len(curve) < 2:
         return False
     last = curve[-1]
@@ -109,7 +109,7 @@ def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
         return False
     rose = last["top1"] - half[-1]["top1"]
     fell = half[-1]["eval_loss"] - last["eval_loss"]
-    return rose <= tol and fell <= tol * math.log(classes)
+    return abs(rose) <= tol and fell <= tol * math.log(classes)  # a dip in top-1 is no plateau
 
 
 def train_steps(
@@ -392,6 +392,14 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
     # samples per class, each step; a language model predicts at every position: tokens per vocabulary entry
     seen_per_step = tc.batch_size * place.world_size * positions(model.backbone) / cfg.model.num_classes
 
+    def ends_flat() -> bool:
+        # Once the timed window holds a step (a record needs one; a resumed process leaves its first out).
+        return bool(tc.until_flat and state.timed_ms and flat(state.curve, tc.until_flat, cfg.model.num_classes))
+
+    # A resume judges the curve so far by the rule in force now (added, changed or removed since the checkpoint
+    # was saved): flat, the run ends where it resumed; not (or no rule), it trains on towards --steps.
+    state.ended_at = state.step if ends_flat() else None
+
     def curve_point() -> None:
         """Evaluate now, into the learning curve; a stop agreed during it stops the run on a checkpoint."""
         with request.during("evaluation"):
@@ -403,8 +411,7 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             {"step": state.step, "samples_per_class": state.step * seen_per_step}
             | {k: accuracy[k] for k in ("top1", "top5", "eval_loss")}
         )
-        # Once the timed window has a step: a record needs one.
-        if tc.until_flat and state.step > tc.warmup_steps and flat(state.curve, tc.until_flat, cfg.model.num_classes):
+        if ends_flat():
             log.info("the learning curve is flat at step %d of %d (--until-flat %g): ending", state.step, total,
                      tc.until_flat)  # fmt: skip
             state.ended_at = state.step
@@ -555,6 +562,14 @@ def text_line(a: dict[str, Any]) -> str:
     return f"\n  text         held-out loss {a['eval_loss']:.3f} nats/token{oracle}, perplexity {a['perplexity']:,.1f}"
 
 
+def flat_line(record: dict[str, Any]) -> str:
+    at, t = record["accuracy"].get("flat_at_step"), record["config"]["train"]
+    if at is None:
+        return ""
+    total = t["warmup_steps"] + t["steps"]
+    return f"\n  ended        at step {at:,} of {total:,}: the curve is flat (--until-flat {t['until_flat']:g})"
+
+
 def summary(record: dict[str, Any]) -> str:
     c, p, a = record["comm"], record["perf"], record["accuracy"]
     match = "==" if c["payload_bytes_per_step"] == c["expected_bytes_per_step"] else "!="
@@ -574,6 +589,7 @@ def summary(record: dict[str, Any]) -> str:
         f"  accuracy     top-1 {a['top1']:.3f}, top-5 {a['top5']:.3f}{oracle} on {a['eval_samples']} held-out"
         f" {'tokens' if a.get('perplexity') is not None else 'samples'}; final loss {a['final_loss']:.4f}"
         + text_line(a)
+        + flat_line(record)
     ) + "".join(f"\n  warning      {w}" for w in timing_warnings(record))
 
 
