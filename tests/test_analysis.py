@@ -182,6 +182,13 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
     assert table.loc["long", "learned_top1"] == 1.0 and table.loc["long", "gap"] == pytest.approx(3.0)
     assert table.loc["long", "spc_to_90"] == 40.0  # 90% of the learned head's final top-1
 
+    # The figure's curves: at the largest C, the learned head's (solid) and the best longest fixed head's (dashed)
+    from distbench.results.report import fig_price_of_fixing
+
+    lines = fig_price_of_fixing(df).axes[2].get_lines()
+    drawn = {(line.get_linestyle(), tuple(line.get_ydata())) for line in lines}
+    assert drawn == {("--", (50.0, 97.0)), ("-", (50.0, 99.0, 100.0))}
+
 
 def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     """Language-model runs at one vocabulary: loss above the entropy rate, loss against the learned head's at the

@@ -279,33 +279,56 @@ def fig_large_classes(df: pd.DataFrame) -> plt.Figure:
 
 def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
     """The price of fixing the head (issue 24's study): learned minus best fixed top-1, in points, against C / N
-    (left) and against C x N / backbone parameters (right), one line per body and feature width N: at each C
-    the best of the fixed heads trained longest, against the learned head at the same samples per class.
-    Only runs of the head-scaling study should be passed in (`distbench report` gives it head_scaling.jsonl
-    alone)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    (left) and against C x N / backbone parameters (middle), one line per body and feature width N: at each C
+    the best of the fixed heads trained longest, against the learned head at the same samples per class. Right:
+    the learning curves behind the largest C of each body and N, the learned head's solid and that best fixed
+    head's dashed, so that a gap can be told from a head still rising. Only runs of the head-scaling study should
+    be passed in (`distbench report` gives it head_scaling.jsonl alone)."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6))
+    middle.sharey(left)
     table = head_scaling(df) if not df.empty and "accuracy.curve" in df else pd.DataFrame()
     fixed = table[table["head_label"] != "learned"] if not table.empty else table
     if fixed.empty:
-        for ax in (left, right):
+        for ax in (left, middle, right):
             _empty(ax, "learned and fixed runs of the head-scaling study")
         return fig
     # per body, N and C: the fixed heads trained longest (the study's longer lines), the best of them
     longest = fixed[fixed["spc"] == fixed.groupby(["body", "N", "C"])["spc"].transform("max")]
     best = longest.loc[longest.groupby(["body", "N", "C"])["accuracy.top1"].idxmax()]
+    learned = (
+        table[table["head_label"] == "learned"].sort_values("spc").drop_duplicates(["body", "N", "C"], keep="last")
+    )
+    curves = df.set_index("run_id")["accuracy.curve"]
     for i, ((body, n), group) in enumerate(best.groupby(["body", "N"])):
         g = group.sort_values("C")
         style = {"color": f"C{i % 10}", "marker": "o" if body == "tiny" else "s"}
         left.plot(g["c_over_n"], g["gap"], label=f"{body}, N = {n}", **style)
-        right.plot(g["capacity"], g["gap"], linestyle="none", **style)
-    for ax, xlabel in ((left, "C / N (classes per feature)"), (right, "C x N / backbone parameters")):
+        middle.plot(g["capacity"], g["gap"], linestyle="none", **style)
+        top = g.iloc[-1]
+        pair = [(top["run_id"], "--")]
+        pair += [
+            (r, "-")
+            for r in learned[(learned["body"] == body) & (learned["N"] == n) & (learned["C"] == top["C"])]["run_id"]
+        ]
+        for run_id, line in pair:
+            x = [p["samples_per_class"] for p in curves[run_id]]
+            y = [100 * p["top1"] for p in curves[run_id]]
+            right.plot(x, y, linestyle=line, color=style["color"], marker=".",
+                       label=f"{body}, N = {n}, C = {top['C']:,}" if line == "-" else None)  # fmt: skip
+    for ax, xlabel in ((left, "C / N (classes per feature)"), (middle, "C x N / backbone parameters")):
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.grid(alpha=0.3)
     left.set_ylabel("learned minus best fixed head, top-1 (points)")
     left.legend(fontsize=7, title="best fixed head per C (longest trained)", title_fontsize=7)
-    fig.suptitle("The price of fixing the head: synthetic task, same samples per class per C, one seed")
+    right.set_xscale("log")
+    right.set_xlabel("samples per class seen")
+    right.set_ylabel("top-1 (%)")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7, title="largest C: learned (solid), best fixed (dashed)", title_fontsize=7)
+    fig.suptitle("The price of fixing the head: synthetic task, the fixed heads at the same samples per class per C, "
+                 "one seed")  # fmt: skip
     fig.tight_layout()
     return fig
 
