@@ -97,10 +97,10 @@ def slow_rank_seconds() -> float:
 
 def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
     """Whether a learning curve has flattened (--until-flat): since the point at half its samples per class,
-    top-1 rose by at most `tol` and the held-out loss fell by at most `tol` x ln C (the uniform guess's loss,
-    so that one tolerance serves every class count), and top-1 fell by at most `tol`. Judged over a doubling, not
-    between neighbours, so that how often the run evaluates does not change where it stops; and on both,
-    because a curve before its take-off can sit at chance top-1 while its loss falls."""
+    top-1 moved by at most `tol` (a dip is no plateau) and the held-out loss fell by at most `tol` x ln C (the
+    uniform guess's loss, so that one tolerance serves every class count). Judged over a doubling, not between
+    neighbours, so that how often the run evaluates does not change where it stops; and on both, because a
+    curve before its take-off can sit at chance top-1 while its loss falls."""
     if len(curve) < 2:
         return False
     last = curve[-1]
@@ -109,7 +109,7 @@ def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
         return False
     rose = last["top1"] - half[-1]["top1"]
     fell = half[-1]["eval_loss"] - last["eval_loss"]
-    return abs(rose) <= tol and fell <= tol * math.log(classes)  # a dip in top-1 is no plateau
+    return abs(rose) <= tol and fell <= tol * math.log(classes)
 
 
 def train_steps(
