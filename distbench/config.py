@@ -64,29 +64,27 @@ def defaults() -> dict[str, dict[str, Any]]:
     return RunConfig().to_dict()
 
 
-def added_at_default(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """`config` (as `RunConfig.to_dict` gives it) without the `added` fields that hold their default."""
+def _without(
+    config: dict[str, dict[str, Any]], drop: Callable[[dataclasses.Field, Any], bool]
+) -> dict[str, dict[str, Any]]:
+    """`config` (as `RunConfig.to_dict` gives it) less the known fields for which `drop(field, value)` holds."""
     out = {}
     for section, values in config.items():
         cls = SECTIONS.get(section)
         fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
-        out[section] = {
-            k: v
-            for k, v in values.items()
-            if not (k in fields and fields[k].metadata.get("added") and v == fields[k].default)
-        }
+        out[section] = {k: v for k, v in values.items() if not (k in fields and drop(fields[k], v))}
     return out
+
+
+def added_at_default(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`config` without the `added` fields that hold their default."""
+    return _without(config, lambda f, v: bool(f.metadata.get("added")) and v == f.default)
 
 
 def trajectory(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """`config` without the fields marked `reads` (when to stop reading a run, not what it trains): what a
     sweep line's id and a resume's check compare, so that a line may take a stop rule while it runs."""
-    out = {}
-    for section, values in config.items():
-        cls = SECTIONS.get(section)
-        reads = {f.name for f in dataclasses.fields(cls) if f.metadata.get("reads")} if cls else set()
-        out[section] = {k: v for k, v in values.items() if k not in reads}
-    return out
+    return _without(config, lambda f, v: bool(f.metadata.get("reads")))
 
 
 def _check(ok: bool, field: str, message: str) -> None:

@@ -165,6 +165,7 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
         run("r", "fixed-srht", "rule", [0.1, 0.3, 0.5]),
         run("short", "fixed-srht", "rule", [0.1, 0.5], every=6.0),  # budget 12 per class: learned had 0.5 at 8
         run("long", "fixed-srht", "rule", [0.5, 0.97], every=20.0),  # 40 per class: past the learned curve's end
+        run("l-short", "learned", "authors", [0.4]),  # a shorter learned run: not the baseline
     ]
     df = pd.json_normalize(rows, sep=".")
     table = head_scaling(df).set_index("run_id")
@@ -181,6 +182,8 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
     assert table.loc["short", "learned_top1"] == 0.5 and table.loc["short", "gap"] == pytest.approx(0.0)
     assert table.loc["long", "learned_top1"] == 1.0 and table.loc["long", "gap"] == pytest.approx(3.0)
     assert table.loc["long", "spc_to_90"] == 40.0  # 90% of the learned head's final top-1
+    assert set(table["learned_run"]) == {"l"}  # the longest learned run is every run's baseline
+    assert table.loc["l-short", "gap"] == pytest.approx(10.0)  # 0.5 at its 8 per class, against its 0.4
 
     # The figure's curves: at the largest C, the learned head's (solid) and the best longest fixed head's (dashed)
     from distbench.results.report import fig_price_of_fixing

@@ -293,11 +293,10 @@ def curve_at(curve: list, spc: float, key: str = "top1") -> float:
     return float("nan") if not seen or seen[-1] is None else seen[-1]
 
 
-def longest_curves(runs: pd.DataFrame, keys: list[str], budget: str) -> dict[tuple, list]:
-    """The learning curve of the longest of `runs` (largest `budget`; the last finished among equals) for each
-    value of `keys`: the baseline a study holds its other runs against."""
-    base = runs.sort_values([budget, "finished_at"]).drop_duplicates(keys, keep="last").set_index(keys)
-    return {k: base.at[k, "accuracy.curve"] for k in base.index}
+def longest_runs(runs: pd.DataFrame, keys: list[str], budget: str) -> pd.DataFrame:
+    """The longest of `runs` (largest `budget`; the last finished among equals) for each value of `keys`, indexed
+    by `keys`: the baseline a study holds its other runs against (its `accuracy.curve` and `run_id`)."""
+    return runs.sort_values([budget, "finished_at"]).drop_duplicates(keys, keep="last").set_index(keys)
 
 
 def flattened(curve: list, points: float = 0.02) -> bool:
@@ -310,7 +309,8 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     head's at the same body, feature width N and class count C, and
 
     - `learned_top1`: the learned head's top-1 at this run's budget of samples per class (`spc`), read from
-      the curve of the longest learned run at the same body, N and C (its final top-1 past its end),
+      the curve of the longest learned run at the same body, N and C (`learned_run`; its final top-1 past its
+      end),
     - `gap`: learned_top1 minus this run's top-1 (points; 0 for the longest learned run),
     - `c_over_n`: C / N, and `capacity`: C x N / the backbone's parameters (what a learned head holds that a
       fixed one asks the backbone to absorb),
@@ -334,9 +334,11 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     # the baseline: a learned head that learns everything else, its longest run (the last, among equals)
     freeze = d["config.freeze.freeze"] if "config.freeze.freeze" in d else pd.Series("none", index=d.index)
     learned = d[(d["config.model.head"] == "learned") & freeze.fillna("none").map(learns_everything)]
-    curves = longest_curves(learned, keys, "spc")
+    base = longest_runs(learned, keys, "spc")
+    curves = base["accuracy.curve"].to_dict()
     at = [tuple(k) for k in d[keys].itertuples(index=False)]
     nan = float("nan")
+    d["learned_run"] = [base.at[k, "run_id"] if k in curves else None for k in at]
     d["learned_top1"] = [curve_at(curves[k], s) if k in curves else nan for k, s in zip(at, d["spc"], strict=True)]
     final = [curves[k][-1]["top1"] if k in curves else nan for k in at]  # the final evaluation ends a curve
     d["learned_flat"] = [flattened(curves.get(k)) for k in at]
@@ -344,7 +346,7 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     d["spc_to_90"] = [curve_reach(c, 0.9 * t) for c, t in zip(d["accuracy.curve"], final, strict=True)]
     d["flat"] = [flattened(c) for c in d["accuracy.curve"]]
     cols = [*keys, "head_label", "c_over_n", "capacity", "accuracy.top1", "learned_top1", "gap", "spc",
-            "spc_to_90", "flat", "learned_flat", "run_id"]  # fmt: skip
+            "spc_to_90", "flat", "learned_flat", "run_id", "learned_run"]  # fmt: skip
     return d[cols].sort_values([*keys, "head_label"]).reset_index(drop=True)
 
 
@@ -376,7 +378,7 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     oracle = d["accuracy.oracle_loss"] if "accuracy.oracle_loss" in d else pd.Series(float("nan"), index=d.index)
     d["excess_loss"] = d["loss"] - oracle.astype(float)
     keys = ["dataset", "body", "V"]
-    curves = longest_curves(d[d["config.model.head"] == "learned"], keys, "tokens_per_entry")
+    curves = longest_runs(d[d["config.model.head"] == "learned"], keys, "tokens_per_entry")["accuracy.curve"].to_dict()
     at = list(zip(d[keys].itertuples(index=False, name=None), d["tokens_per_entry"], strict=True))
     d["loss_vs_learned"] = d["loss"] - [curve_at(curves.get(k), b, "eval_loss") for k, b in at]
     d["gap"] = 100 * ([curve_at(curves.get(k), b) for k, b in at] - d["accuracy.top1"])

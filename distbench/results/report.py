@@ -295,21 +295,14 @@ def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
     # per body, N and C: the fixed heads trained longest (the study's longer lines), the best of them
     longest = fixed[fixed["spc"] == fixed.groupby(["body", "N", "C"])["spc"].transform("max")]
     best = longest.loc[longest.groupby(["body", "N", "C"])["accuracy.top1"].idxmax()]
-    learned = (
-        table[table["head_label"] == "learned"].sort_values("spc").drop_duplicates(["body", "N", "C"], keep="last")
-    )
     curves = df.set_index("run_id")["accuracy.curve"]
     for i, ((body, n), group) in enumerate(best.groupby(["body", "N"])):
         g = group.sort_values("C")
         style = {"color": f"C{i % 10}", "marker": "o" if body == "tiny" else "s"}
         left.plot(g["c_over_n"], g["gap"], label=f"{body}, N = {n}", **style)
         middle.plot(g["capacity"], g["gap"], linestyle="none", **style)
-        top = g.iloc[-1]
-        pair = [(top["run_id"], "--")]
-        pair += [
-            (r, "-")
-            for r in learned[(learned["body"] == body) & (learned["N"] == n) & (learned["C"] == top["C"])]["run_id"]
-        ]
+        top = g.iloc[-1]  # its gap was read against `learned_run`, whose curve is drawn beside it
+        pair = [(top["run_id"], "--")] + ([(top["learned_run"], "-")] if top["learned_run"] else [])
         for run_id, line in pair:
             x = [p["samples_per_class"] for p in curves[run_id]]
             y = [100 * p["top1"] for p in curves[run_id]]
