@@ -339,6 +339,20 @@ def flat_reference(tmp_path_factory):
     return record, tmp / "ckpt"
 
 
+def test_progress_of_a_run_that_may_end_flat_counts_to_its_cap(caplog):
+    """The progress line of a run under --until-flat says its step count and time left are at most."""
+    from distbench.runtime.engines.base import Place
+    from distbench.runtime.loop import Progress
+
+    place = Place(0, 1, 0, torch.device("cpu"), "gloo")
+    with caplog.at_level("INFO", logger="distbench"):
+        for capped in (False, True):
+            with Progress(place, 10, 4, every_s=0.0, capped=capped) as progress:
+                progress.update()
+    lines = [r.getMessage() for r in caplog.records if "samples/s" in r.getMessage()]
+    assert lines[0].startswith("step 1 of 10,") and lines[1].startswith("step 1 of at most 10,"), lines
+
+
 def test_until_flat_ends_the_run_at_its_first_flat_point(flat_reference):
     record, _ = flat_reference
     validate(record)

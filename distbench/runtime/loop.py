@@ -299,10 +299,14 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 class Progress:
     """Rank 0's progress through the steps: tqdm's bar on a terminal; elsewhere (a Slurm log, CI) one line every
-    `every_s` seconds, step, samples/s and time left, so a log shows a run is alive before it ends."""
+    `every_s` seconds, step, samples/s and time left, so a log shows a run is alive before it ends. A `capped`
+    run (one that may end when its curve is flat) counts to its cap, and says so."""
 
-    def __init__(self, place: Place, total: int, samples_per_step: int, every_s: float = 30.0) -> None:
+    def __init__(
+        self, place: Place, total: int, samples_per_step: int, every_s: float = 30.0, capped: bool = False
+    ) -> None:
         self.total, self.samples_per_step, self.every_s = total, samples_per_step, every_s
+        self.of = "of at most" if capped else "of"
         self.quiet = place.rank != 0
         self.bar = None
         if not self.quiet and sys.stderr.isatty():
@@ -324,7 +328,8 @@ class Progress:
         done = self.step - self.first_step
         rate = done / (now - self.started) if now > self.started else 0.0
         left = f"{(self.total - self.step) / rate / 60:,.1f} min left" if rate > 0 else "time left unknown"
-        log.info("step %d of %d, %.1f samples/s, %s", self.step, self.total, rate * self.samples_per_step, left)
+        rate *= self.samples_per_step
+        log.info("step %d %s %d, %.1f samples/s, %s", self.step, self.of, self.total, rate, left)
 
     def resume_at(self, step: int) -> None:
         """Start counting at `step` (a resumed run): its rate is of this process's steps only."""
@@ -418,7 +423,8 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
 
     # --eval-every K samples per class: a step shows every class B x W / C times on average.
     eval_steps = max(1, round(tc.eval_every / seen_per_step)) if tc.eval_every else 0
-    with Progress(place, total + tc.nosync_steps, tc.batch_size * place.world_size) as progress:
+    width = tc.batch_size * place.world_size
+    with Progress(place, total + tc.nosync_steps, width, capped=bool(tc.until_flat)) as progress:
         progress.resume_at(state.step)
         train_steps(
             engine,
