@@ -126,27 +126,6 @@ NOTEBOOKS = {
         ),
         new_code_cell("report.fig_accuracy(df);"),
         new_markdown_cell(
-            "## Heads at many classes\n\n"
-            "Top-1 on the synthetic task against the number of classes, per head, with the Bayes-optimal oracle "
-            "(the nearest class code to each held-out sample's noisy code) dashed: the oracle says how learnable the "
-            "task is, the gap to it is the network's. Each head at a class count sees the same samples."
-        ),
-        new_code_cell(
-            'big = df[df["config.data.dataset"] == "synthetic"] if len(df) else df\n'
-            "cols = [\n"
-            '    "config.model.num_classes",\n'
-            '    "config.model.head",\n'
-            '    "accuracy.top1",\n'
-            '    "accuracy.top5",\n'
-            '    "accuracy.oracle_top1",\n'
-            '    "comm.payload_bytes_per_step",\n'
-            '    "perf.samples_per_s",\n'
-            '    "perf.peak_memory_bytes",\n'
-            "]\n"
-            "big.reindex(columns=cols).sort_values(cols[:2])"
-        ),
-        new_code_cell("report.fig_large_classes(df);"),
-        new_markdown_cell(
             "## The price of fixing the head (issue 24's study)\n\n"
             "Learned against fixed heads over C / N at two feature widths N and two bodies, the same samples per "
             "class for every fixed head at a class count (`analysis/head_scaling.toml`; longer lines in "

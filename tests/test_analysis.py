@@ -234,20 +234,3 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     loss_panel, cost_panel = fig.axes[0], fig.axes[1]
     assert len(loss_panel.lines) == 3 + 1  # learned, tied, fixed and the entropy rate
     assert len(cost_panel.lines) == 3 + 1  # a point per run and the zero line
-
-
-def test_samples_per_class_counts_the_steps_a_run_took():
-    """A run that ended on a flat curve (--until-flat) saw fewer samples than its --steps say."""
-    from distbench.results.report import samples_per_class
-
-    df = pd.DataFrame(
-        {
-            "config.train.warmup_steps": [5, 5],
-            "config.train.steps": [395, 395],
-            "config.train.batch_size": [128, 128],
-            "env.world_size": [2, 2],
-            "config.model.num_classes": [256, 256],
-            "accuracy.flat_at_step": [None, 200],
-        }
-    )
-    assert list(samples_per_class(df)) == [400.0, 200.0]

@@ -218,65 +218,6 @@ def fig_accuracy(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def samples_per_class(df: pd.DataFrame) -> pd.Series:
-    """Training samples each class was shown: (steps taken) x batch x ranks / C (exact under the synthetic
-    task's balanced class stream, whole epochs or not). Steps taken: warm-up + timed steps, or fewer where the
-    run ended on a flat curve (`accuracy.flat_at_step`, --until-flat)."""
-    steps = df["config.train.warmup_steps"] + df["config.train.steps"]
-    if "accuracy.flat_at_step" in df:
-        steps = df["accuracy.flat_at_step"].fillna(steps)
-    return steps * df["config.train.batch_size"] * df["env.world_size"] / df["config.model.num_classes"]
-
-
-def fig_large_classes(df: pd.DataFrame) -> plt.Figure:
-    """Top-1 against the number of classes on the synthetic task: one line per model and head run at two
-    or more class counts (every conv learned), and the Bayes-optimal oracle on the same held-out samples
-    dashed. The oracle says how learnable the task is; the gap to it is the network's. Lines join each
-    head's shortest run per class count; longer runs of the same head (more samples per class) are open
-    markers labelled with their samples per class. Only records that carry an oracle are drawn (real data
-    has none, and older synthetic records used an earlier task)."""
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    d = df.iloc[0:0]
-    if "accuracy.oracle_top1" in df:
-        d = df[df["accuracy.oracle_top1"].notna() & (df["params.conv_learned_fraction"] >= 1.0)]
-    keys = ["config.model.model", "config.model.head"]
-    if not d.empty:
-        d = (
-            d.assign(spc=samples_per_class(d))
-            .groupby(keys)
-            .filter(lambda g: g["config.model.num_classes"].nunique() >= 2)
-        )
-    if d.empty:
-        _empty(ax, "synthetic runs at several class counts")
-        return fig
-    for i, ((model, head), group) in enumerate(d.groupby(keys)):
-        g = group.sort_values(["config.model.num_classes", "spc"])
-        first = g.groupby("config.model.num_classes").head(1)
-        color = f"C{i % 10}"
-        ax.plot(
-            first["config.model.num_classes"],
-            100 * first["accuracy.top1"],
-            marker="o",
-            color=color,
-            label=f"{model}, {head} head",
-        )
-        for _, run in g.drop(first.index).iterrows():
-            x, y = run["config.model.num_classes"], 100 * run["accuracy.top1"]
-            ax.plot([x], [y], marker="o", mfc="none", color=color, linestyle="none")
-            ax.annotate(f"{run['spc']:.0f}/class", (x, y), textcoords="offset points", xytext=(6, 2), fontsize=7)
-    oracle = d.groupby("config.model.num_classes")["accuracy.oracle_top1"].mean()
-    ax.plot(oracle.index, 100 * oracle, "k--", label="oracle (Bayes-optimal nearest code)")
-    ax.set_xscale("log")
-    ax.set_xlabel("classes")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title("Heads at many classes (synthetic task, one seed)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
     """The price of fixing the head (issue 24's study): learned minus best fixed top-1, in points, against C / N
     (left) and against C x N / backbone parameters (middle), one line per body and feature width N: at each C
@@ -459,7 +400,6 @@ FIGURES = {
     "comm_savings": fig_comm_savings,
     "buckets": fig_buckets,
     "accuracy": fig_accuracy,
-    "large_classes": fig_large_classes,
     "head_scaling": fig_price_of_fixing,
     "lm_heads": fig_lm_heads,
     "lm_corpus": functools.partial(fig_lm_heads, title="the Python standard library (BPE)"),
@@ -468,7 +408,6 @@ FIGURES = {
 # directory has it: runs of other studies at the same class counts (short timing runs) would read as results.
 STUDIES = {
     "accuracy": "fashion_mnist.jsonl",
-    "large_classes": "large_classes.jsonl",
     "head_scaling": "head_scaling.jsonl",
     "lm_heads": "lm_heads.jsonl",
     "lm_corpus": "lm_corpus.jsonl",
