@@ -151,11 +151,11 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
 
     from distbench.results.analysis import head_scaling
 
-    def run(run_id, head, init, top1s, every=8.0):
+    def run(run_id, head, init, top1s, every=8.0, classes=1024):
         curve = [{"step": 10 * i, "samples_per_class": every * i, "top1": t, "top5": t, "eval_loss": 1.0}
                  for i, t in enumerate(top1s, 1)]  # fmt: skip
         r = record(run_id=run_id, accuracy={**record()["accuracy"], "top1": top1s[-1], "curve": curve})
-        r["config"] = {"model": {"model": "tiny", "num_classes": 1024, "head": head, "head_scale_init": init}}
+        r["config"] = {"model": {"model": "tiny", "num_classes": classes, "head": head, "head_scale_init": init}}
         r["params"] = {**r["params"], "total": 1_200_000, "head_total": 1_000, "head_in_features": 128}
         return r
 
@@ -191,6 +191,10 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
     lines = fig_price_of_fixing(df).axes[2].get_lines()
     drawn = {(line.get_linestyle(), tuple(line.get_ydata())) for line in lines}
     assert drawn == {("--", (50.0, 97.0)), ("-", (50.0, 99.0, 100.0))}
+    # a larger C whose learned line has not run (yet): its fixed curve alone, and no error
+    lone = run("lone", "fixed-srht", "rule", [0.01, 0.02], classes=4096)
+    lines = fig_price_of_fixing(pd.json_normalize([*rows, lone], sep=".")).axes[2].get_lines()
+    assert {(line.get_linestyle(), tuple(line.get_ydata())) for line in lines} == {("--", (1.0, 2.0))}
 
 
 def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():

@@ -22,7 +22,7 @@ def results_dir(tmp_path_factory):
         ["--head", "fixed", "--profile-dir", str(d / "traces")],
         ["--head", "fixed", "--freeze", "fraction:0.5"],
         ["--head", "learned", "--freeze", "fraction:0.5"],
-        ["--head", "learned", "--num-classes", "20"],  # a second class count: the large-class figure's line
+        ["--head", "learned", "--num-classes", "20"],  # a second class count: tables group by it
     ]
     torchrun_many([[*FAST, "--num-classes", "10", *args] for args in variants], d / "runs.jsonl")
     # the scaling notebook fits its cost model to a real collective benchmark

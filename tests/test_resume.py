@@ -339,11 +339,14 @@ def flat_reference(tmp_path_factory):
     return record, tmp / "ckpt"
 
 
-def test_progress_of_a_run_that_may_end_flat_counts_to_its_cap(caplog):
+def test_progress_of_a_run_that_may_end_flat_counts_to_its_cap(caplog, monkeypatch):
     """The progress line of a run under --until-flat says its step count and time left are at most."""
+    import sys
+
     from distbench.runtime.engines.base import Place
     from distbench.runtime.loop import Progress
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # the log line, not a bar (pytest -s on a terminal)
     place = Place(0, 1, 0, torch.device("cpu"), "gloo")
     with caplog.at_level("INFO", logger="distbench"):
         for capped in (False, True):
@@ -351,6 +354,7 @@ def test_progress_of_a_run_that_may_end_flat_counts_to_its_cap(caplog):
                 progress.update()
     lines = [r.getMessage() for r in caplog.records if "samples/s" in r.getMessage()]
     assert lines[0].startswith("step 1 of 10,") and lines[1].startswith("step 1 of at most 10,"), lines
+    assert "at most" not in lines[0] and lines[1].endswith("min left") and "at most" in lines[1].split(",")[-1]
 
 
 def test_until_flat_ends_the_run_at_its_first_flat_point(flat_reference):

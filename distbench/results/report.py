@@ -243,12 +243,14 @@ def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
         left.plot(g["c_over_n"], g["gap"], label=f"{body}, N = {n}", **style)
         middle.plot(g["capacity"], g["gap"], linestyle="none", **style)
         top = g.iloc[-1]  # its gap was read against `learned_run`, whose curve is drawn beside it
-        pair = [(top["run_id"], "--")] + ([(top["learned_run"], "-")] if top["learned_run"] else [])
-        for run_id, line in pair:
+        # no learned run at this C (yet): the table has NaN there, which pandas may hold in a str column
+        baseline = top["learned_run"] if isinstance(top["learned_run"], str) else None
+        pair = ([(baseline, "-")] if baseline else []) + [(top["run_id"], "--")]
+        for j, (run_id, line) in enumerate(pair):
             x = [p["samples_per_class"] for p in curves[run_id]]
             y = [100 * p["top1"] for p in curves[run_id]]
             right.plot(x, y, linestyle=line, color=style["color"], marker=".",
-                       label=f"{body}, N = {n}, C = {top['C']:,}" if line == "-" else None)  # fmt: skip
+                       label=None if j else f"{body}, N = {n}, C = {top['C']:,}")  # fmt: skip
     for ax, xlabel in ((left, "C / N (classes per feature)"), (middle, "C x N / backbone parameters")):
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)

@@ -306,13 +306,13 @@ class Progress:
         self, place: Place, total: int, samples_per_step: int, every_s: float = 30.0, capped: bool = False
     ) -> None:
         self.total, self.samples_per_step, self.every_s = total, samples_per_step, every_s
-        self.of = "of at most" if capped else "of"
+        self.capped = capped
         self.quiet = place.rank != 0
         self.bar = None
         if not self.quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="steps", leave=False)
+            self.bar = tqdm(total=total, desc="steps (at most)" if capped else "steps", leave=False)
         self.step, self.started, self.last = 0, time.monotonic(), time.monotonic()
         self.first_step = 0
 
@@ -327,9 +327,10 @@ class Progress:
         self.last = now
         done = self.step - self.first_step
         rate = done / (now - self.started) if now > self.started else 0.0
-        left = f"{(self.total - self.step) / rate / 60:,.1f} min left" if rate > 0 else "time left unknown"
+        at_most = "at most " if self.capped else ""
+        left = f"{at_most}{(self.total - self.step) / rate / 60:,.1f} min left" if rate > 0 else "time left unknown"
         rate *= self.samples_per_step
-        log.info("step %d %s %d, %.1f samples/s, %s", self.step, self.of, self.total, rate, left)
+        log.info("step %d of %s%d, %.1f samples/s, %s", self.step, at_most, self.total, rate, left)
 
     def resume_at(self, step: int) -> None:
         """Start counting at `step` (a resumed run): its rate is of this process's steps only."""
