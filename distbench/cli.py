@@ -110,11 +110,12 @@ def generated_docs() -> dict[Path, str]:
 
 def write_docs(check: bool = False) -> list[Path]:
     """Every generated page and block that differs from what its sources make now: written unless `check`.
-    The pages (cli.md, record.md) come from the code; the engines table in docs/engines.md and the benchmark
+    The pages (cli.md, record.md) come from the code; the engines table in docs/engines.md, the head-scaling
+    table in docs/results.md and the benchmark
     tables in README.md and benchmarks/README.md from the committed records (benchmarks/tables.py, in a
     checkout)."""
     from distbench.results.blocks import update_block
-    from distbench.results.report import engines_block
+    from distbench.results.report import engines_block, head_scaling_block
 
     stale = []
     for path, text in generated_docs().items():
@@ -126,6 +127,7 @@ def write_docs(check: bool = False) -> list[Path]:
 
     blocks = [
         (ROOT / "docs" / "engines.md", "engines-table", engines_block()),
+        (ROOT / "docs" / "results.md", "head-scaling-table", head_scaling_block()),
         (ROOT / "docs" / "structure.md", "counts-table", table(list(COUNTS_MODELS), 1000)),
     ]
     tables = ROOT / "benchmarks" / "tables.py"

@@ -184,6 +184,11 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
     assert table.loc["long", "spc_to_90"] == 40.0  # 90% of the learned head's final top-1
     assert set(table["learned_run"]) == {"l"}  # the longest learned run is every run's baseline
     assert table.loc["l-short", "gap"] == pytest.approx(10.0)  # 0.5 at its 8 per class, against its 0.4
+    # the results page's table: the shortest fixed budget, the best longer line, where 90% is first reached
+    from distbench.results.analysis import head_scaling_markdown
+
+    row = head_scaling_markdown(head_scaling(df)).splitlines()[2]
+    assert row == "| tiny | 128 | 1,024 | 8 | 0.109 | 100.0% (24) | 50.0% (12) | 97.0% (40) | 16 / 24 |", row
 
     # The figure's curves: at the largest C, the learned head's (solid) and the best longest fixed head's (dashed)
     from distbench.results.report import fig_price_of_fixing

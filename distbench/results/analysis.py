@@ -350,6 +350,53 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     return d[cols].sort_values([*keys, "head_label"]).reset_index(drop=True)
 
 
+def _per_class(x: float) -> str:
+    """Samples per class as a table shows them: 25,600, 62.5, 40 (39.99 is the balanced stream's 40)."""
+    r = round(float(x), 1)
+    return f"{int(r):,}" if r == int(r) else f"{r:,.1f}"
+
+
+def _top1_range(values: pd.Series) -> str:
+    lo, hi = 100 * values.min(), 100 * values.max()
+    return f"{lo:.1f}%" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}%"
+
+
+def head_scaling_markdown(table: pd.DataFrame) -> str:
+    """Markdown, one row per body, N and C of `head_scaling(...)`: C / N, capacity, the baseline learned run's
+    top-1 and budget, the fixed heads' top-1 at their grid budget (the range over the heads) and the best of any
+    longer fixed line, and where the learned and the best fixed curve first reach 90% of the learned head's
+    final top-1 ("not in X": not within the longest fixed line's X per class)."""
+    rows = [
+        "| body | N | C | C / N | capacity | learned top-1 (per class) | fixed top-1, the heads' range (per class) "
+        "| fixed, longer (per class) | 90% of learned by (per class): learned / best fixed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (body, n, c), g in table.groupby(["body", "N", "C"], sort=True):
+        learned = g[g["run_id"] == g["learned_run"]]
+        fixed = g[g["head_label"] != "learned"]
+        base = learned.iloc[0] if len(learned) else None
+        cells = [body, f"{n:,}", f"{c:,}", f"{g['c_over_n'].iloc[0]:,.3g}", f"{g['capacity'].iloc[0]:,.3g}"]
+        cells.append(f"{100 * base['accuracy.top1']:.1f}% ({_per_class(base['spc'])})" if base is not None else "")
+        if len(fixed):
+            short = fixed[fixed["spc"] == fixed["spc"].min()]
+            longer = fixed[fixed["spc"] > fixed["spc"].min()]
+            cells.append(f"{_top1_range(short['accuracy.top1'])} ({_per_class(short['spc'].iloc[0])})")
+            if len(longer):
+                top = longer.loc[longer["accuracy.top1"].idxmax()]
+                cells.append(f"{100 * top['accuracy.top1']:.1f}% ({_per_class(top['spc'])})")
+            else:
+                cells.append("")
+            reach = fixed["spc_to_90"].min()
+            best = _per_class(reach) if pd.notna(reach) else f"not in {_per_class(fixed['spc'].max())}"
+        else:
+            cells += ["", ""]
+            best = ""
+        mine = _per_class(base["spc_to_90"]) if base is not None and pd.notna(base["spc_to_90"]) else ""
+        cells.append(f"{mine} / {best}" if best else mine)
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def loss_flattened(curve: list, nats: float = 0.02) -> bool:
     """Whether a language model's held-out loss moved by at most `nats` between its last two curve points."""
     losses = [p.get("eval_loss") for p in curve or []]

@@ -19,6 +19,7 @@ import pandas as pd
 from distbench.results.analysis import (
     engine_table,
     head_scaling,
+    head_scaling_markdown,
     lm_heads,
     load_runs,
     studies,
@@ -468,6 +469,14 @@ ENGINES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "engines.md"
 def engines_block(records: str | os.PathLike = ENGINES_RECORDS) -> str:
     """docs/engines.md's "What each engine sends" table, from the committed records."""
     return engine_table(load_runs(records))
+
+
+HEAD_SCALING_RECORDS = ENGINES_RECORDS.with_name("head_scaling.jsonl")
+
+
+def head_scaling_block(records: str | os.PathLike = HEAD_SCALING_RECORDS) -> str:
+    """docs/results.md's head-scaling table, from the committed records."""
+    return head_scaling_markdown(head_scaling(load_runs(records)))
 
 
 def main(argv: list[str] | None = None) -> int:
