@@ -162,6 +162,30 @@ def _fwht_short(f: Figures) -> str:
     return "; ".join(parts)
 
 
+def _shapes(f: Figures) -> list[tuple[str, str]]:
+    """(`BxC` as printed in figure names, "B x C" for a reader) per shape of the cross-entropy script."""
+    out = []
+    for shape in str(f.arg("shapes")).split(","):
+        b, c = shape.lower().split("x")
+        out.append((f"{b}x{c}", f"{int(b):,} x {_label(c)}"))
+    return out
+
+
+def _cross_entropy(f: Figures) -> str:
+    return (
+        "; ".join(
+            f"{text}: torch {f(f'torch_{key}_ms', '.0f')} ms, fused {f(f'fused_{key}_ms', '.0f')} ms, "
+            f"**{f(f'torch_over_fused_{key}', '.2f')}**"
+            for key, text in _shapes(f)
+        )
+        + f" ({f.arg('threads')} thread, {f.arg('reps')} reps)"
+    )
+
+
+def _cross_entropy_short(f: Figures) -> str:
+    return ", ".join(f"{text}: {f(f'torch_over_fused_{key}', '.2f')}" for key, text in _shapes(f))
+
+
 def _data_rate(f: Figures) -> str:
     return (
         f"{f('generate_batch_ms', '.2f')} ms per batch ({f.num('generated_samples_per_s'):,.0f} samples/s) vs "
@@ -226,6 +250,17 @@ BENCHES = (
         _fwht,
         "forward+backward of the four fixed heads alone, N = 2048, at C = 100K (batch 256) and 1M (batch 64)",
         _fwht_short,
+    ),
+    Bench(
+        "cross_entropy",
+        "forward+backward of the training loss alone, float32 logits: torch's `F.cross_entropy` / distbench's "
+        "(`distbench.model.loss`: the forward keeps each row's logsumexp, the backward writes softmax minus "
+        "one-hot once, a cache-sized block of rows at a time), at 128 x 100K (one rank of the 100K-class image "
+        "study) and 1024 x 32K (16 x 64 tokens at a 32K vocabulary), one thread",
+        ">= 1.5 on CPU",
+        _cross_entropy,
+        "training loss, torch's / distbench's fused, forward+backward, one thread",
+        _cross_entropy_short,
     ),
     Bench(
         "data_rate",

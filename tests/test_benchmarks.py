@@ -173,6 +173,17 @@ def test_fwht_transform_heads_hold_no_dense_buffer(tmp_path):
 
 
 @pytest.mark.slow
+def test_cross_entropy_times_both_losses_at_each_shape(tmp_path):
+    out, record = bench(tmp_path, "cross_entropy", "--shapes", "8x1000,32x500", "--reps", "2")
+    assert record["ratio_name"] == "torch_over_fused" and record["env"]["backend"] == "none"
+    assert record["args"] == {"shapes": "8x1000,32x500", "reps": 2, "threads": 1}
+    assert out["device"].endswith("threads: 1, reps: 2")
+    for shape in ("8x1000", "32x500"):
+        consistent(out, f"torch_over_fused_{shape}", lambda a, b: a / b, f"torch_{shape}_ms", f"fused_{shape}_ms")
+    assert out["torch_over_fused"] == out["torch_over_fused_8x1000"]  # the headline is the first shape
+
+
+@pytest.mark.slow
 def test_split_forward_compares_both_forms_at_both_shares(tmp_path):
     out, record = bench(tmp_path, "split_forward")
     assert record["ratio_name"] == "p0.5_cat_weights_over_cat_outputs"
@@ -355,7 +366,7 @@ def test_tables_are_made_from_the_records_and_check_finds_a_stale_file(tmp_path)
     assert rows[:2] == ["| script | ratio | target | last |", "|---|---|---|---|"]
     assert [r.split(" | ")[0] for r in rows[2:]] == [
         f"| `python benchmarks/{n}.py`"
-        for n in ("meter_overhead", "harness_overhead", "head_speedup", "fwht", "data_rate")
+        for n in ("meter_overhead", "harness_overhead", "head_speedup", "fwht", "cross_entropy", "data_rate")
     ]
     by_script = {r.split("`")[1]: r for r in rows[2:]}
     assert by_script["python benchmarks/harness_overhead.py"] == (
@@ -363,14 +374,13 @@ def test_tables_are_made_from_the_records_and_check_finds_a_stale_file(tmp_path)
         "| 0.991 (2026-11-22, CPU (x86_64), 2 ranks) |"
     )
     assert by_script["python benchmarks/data_rate.py"].endswith("| >= 20 | 49.4 (2026-11-22, CPU (x86_64), 2 ranks) |")
-    for name in ("meter_overhead", "head_speedup", "fwht"):
+    for name in ("meter_overhead", "head_speedup", "fwht", "cross_entropy"):
         assert by_script[f"python benchmarks/{name}.py"].endswith("| no committed record |")
 
     full_rows = full.read_text().split("<!-- bench-table:start -->\n")[1].split("\n<!-- bench-table:end -->")[0]
     full_rows = {r.split("`")[1]: r for r in full_rows.splitlines()[2:]}
-    assert sorted(full_rows) == sorted(
-        f"{n}.py" for n in ("meter_overhead", "harness_overhead", "head_speedup", "fwht", "data_rate", "split_forward")
-    )
+    scripts = ("meter_overhead", "harness_overhead", "head_speedup", "fwht", "cross_entropy", "data_rate")
+    assert sorted(full_rows) == sorted(f"{n}.py" for n in (*scripts, "split_forward"))
     assert full_rows["harness_overhead.py"].endswith(
         "| 107.98 / 108.94 ms: **0.991** (95% interval 0.943 to 1.056). 2026-11-22, CPU (x86_64), 2 ranks, ci, "
         "git 0123456 |"

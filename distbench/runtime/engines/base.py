@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from distbench.comm.meter import CommMeter
 from distbench.config import Registry
+from distbench.model.loss import cross_entropy
 
 __all__ = [
     "ENGINES",
@@ -191,7 +192,7 @@ class Engine:
         """Top-k class ids (B x k) and per-sample cross-entropy (B) of this rank's held-out batch."""
         logits = self.module(x).float()
         top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-        return top, torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        return top, cross_entropy(logits, y, reduction="none")
 
     def save_checkpoint(self, directory: Path) -> None:
         """Write this rank's model, optimizer and loss-scaler state into `directory` (every rank calls it;

@@ -7,7 +7,6 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distbench.comm.expected import step_traffic
@@ -15,6 +14,7 @@ from distbench.comm.meter import CommMeter
 from distbench.comm.taps import COMM_HOOKS, DDP_COLLECTIVES, Tap, counting_buckets
 from distbench.model.contracts import LanguageModel, is_sharded
 from distbench.model.counts import named_fixed_weights, tensor_bytes, trainable
+from distbench.model.loss import cross_entropy
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.engines.collectives import Collectives
@@ -96,7 +96,7 @@ class DDPEngine(Engine):
             if self.head is not None:
                 loss = self.head.loss(self.ddp(x), y)
             else:
-                loss = F.cross_entropy(self.ddp(x), y)
+                loss = cross_entropy(self.ddp(x), y)
         with region("backward"):
             self.scaler.scale(loss).backward()  # returns once DDP has waited for every bucket's reduction
         self.meter.backward_done()

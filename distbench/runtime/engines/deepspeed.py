@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from distbench.comm.expected import step_traffic
 from distbench.comm.meter import CommMeter
 from distbench.comm.taps import Counted, Tap
 from distbench.model.counts import named_fixed_weights, trainable
+from distbench.model.loss import cross_entropy
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.optim import autocast_dtype, build_optimizer
@@ -166,7 +166,7 @@ class DeepSpeedEngine(Engine):
         if x.is_floating_point():
             x = x.to(next(self.engine.module.parameters()).dtype)
         with region("forward"):
-            loss = F.cross_entropy(self.engine(x).float(), y)
+            loss = cross_entropy(self.engine(x).float(), y)
         with region("backward"):
             self.engine.backward(loss)
         self.meter.backward_done()

@@ -31,7 +31,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distbench.comm.expected import shard_rows, shard_units, step_traffic, unit_param_dtype
@@ -39,6 +38,7 @@ from distbench.comm.meter import CommMeter
 from distbench.comm.taps import Counted, Tap
 from distbench.model.contracts import MasksFilters
 from distbench.model.counts import named_fixed_weights, trainable
+from distbench.model.loss import cross_entropy
 from distbench.runtime.checkpoint import atomic_save, load_tensors
 from distbench.runtime.engines.base import ENGINES, Engine, Place
 from distbench.runtime.optim import autocast, autocast_dtype, build_optimizer
@@ -135,7 +135,7 @@ class FSDPEngine(Engine):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         with region("forward"), autocast(self.place.device, self.amp_dtype):
-            loss = F.cross_entropy(self.module(x), y)
+            loss = cross_entropy(self.module(x), y)
         with region("backward"):
             self.scaler.scale(loss).backward()
         self.meter.backward_done()
