@@ -254,12 +254,16 @@ def _stopped_since(directory: Path, since: float) -> bool:
     return latest is not None and bool(latest.get("stopped") or latest["reason"].startswith("SIG")) and stamp >= since
 
 
-def run_line(line: dict[str, Any], force: bool = False) -> int:
+def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = None) -> int:
     """Run one sweep line unless an ok record for it exists. If the run ends without writing a record
     (bad config: exit 2; a crash before the record), append a `failed` record with its last error line.
 
     Every line checkpoints (`checkpoint_dir`): a line stopped by a signal exits EXIT_STOPPED with no
-    record, and running it again resumes it. The checkpoint is removed once the line has its ok record."""
+    record, and running it again resumes it. The checkpoint is removed once the line has its ok record.
+    `relay`: the walk's signal relay (`run_all`); alone, the line has its own."""
+    if relay is None:
+        with _relaying_signals() as own:
+            return run_line(line, force, own)
     out = line["config"]["output"]["out"]
     if not force and statuses([line])[line["run_id"]] == "ok":
         print(f"skip {line['run_id']}: an ok record exists in {out}")
@@ -271,15 +275,16 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
     before = {r["run_id"] for r in results.read_records(out)} if Path(out).exists() else set()
     started, since = results.now(), time.time() - 1  # file times have coarser steps than time.time()
     # Its own session: a Ctrl-C in the terminal reaches torchrun once, passed on from here, not twice.
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    with _passing_signals_to(proc):
-        tail: list[str] = []
-        for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
-            sys.stderr.write(text)
-            tail = [*tail[-199:], text.rstrip()]
-        code = proc.wait()
+    proc = relay.start(cmd)
+    tail: list[str] = []
+    for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
+        sys.stderr.write(text)
+        tail = [*tail[-199:], text.rstrip()]
+    code = relay.wait()
     wrote = Path(out).exists() and line["run_id"] in {r["run_id"] for r in results.read_records(out)} - before
-    if code != 0 and not wrote and _stopped_since(ckpt, since):
+    if code != 0 and not wrote and (_stopped_since(ckpt, since) or relay.received):
+        # A signal that reached torchrun before it could handle one (its start-up) ends it at once, with no
+        # checkpoint: the line was stopped, not failed, and starts again next time.
         print(f"stopped {line['run_id']}: checkpoint in {ckpt}; run the line again to resume", flush=True)
         return stop.EXIT_STOPPED
     if code != 0 and not wrote:
@@ -293,31 +298,61 @@ def run_line(line: dict[str, Any], force: bool = False) -> int:
 
 def run_all(lines: list[dict[str, Any]]) -> int:
     """Every line in turn, as `run_line` runs one: lines with an ok record are skipped and stopped ones resume
-    from their checkpoints, so the same command after an interruption goes on where it stopped. A line stopped
-    by a signal ends the walk (EXIT_STOPPED); a failed line is recorded and the walk goes on."""
+    from their checkpoints, so the same command after an interruption goes on where it stopped. A signal, at
+    any moment of the walk, ends it (EXIT_STOPPED) once the line it reached has stopped (or finished); a failed
+    line is recorded and the walk goes on."""
     failed = 0
-    for line in lines:
-        code = run_line(line)
-        if code == stop.EXIT_STOPPED:
-            return code
-        failed += code != 0
+    with _relaying_signals() as relay:
+        for line in lines:
+            if relay.received:
+                print(f"run-all: stopped by {signal.Signals(relay.received).name} between lines", flush=True)
+                return stop.EXIT_STOPPED
+            code = run_line(line, relay=relay)
+            if code == stop.EXIT_STOPPED or relay.received:
+                return stop.EXIT_STOPPED
+            failed += code != 0
     print(f"run-all: {len(lines)} lines, {failed} failed", flush=True)
     return 1 if failed else 0
 
 
+class _Relay:
+    """The signals a sweep receives while it walks: the first one is noted (it ends the walk) and each is passed
+    to the running line's torchrun, which passes it to the ranks. Inside a Slurm job step, Slurm signals every
+    process of the step, the run's ranks included: there they are only noted."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, cmd: list[str]) -> subprocess.Popen:
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        if self.received:  # it came while the child was being made: the child has not seen it
+            self._pass(self.received)
+        return self.proc
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def handle(self, signum: int, frame) -> None:
+        self.received = self.received or signum
+        self._pass(signum)
+
+    def _pass(self, signum: int) -> None:
+        if self.proc is not None and "SLURM_STEP_ID" not in os.environ:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+
 @contextlib.contextmanager
-def _passing_signals_to(proc: subprocess.Popen):
-    """SIGTERM, SIGINT and SIGUSR1 must not end this process before its run has checkpointed. Inside a Slurm
-    job step, Slurm signals every process of the step, the run's ranks included: here they are only noted.
-    Elsewhere (a shell, another launcher) they are passed on to torchrun, which passes them to the ranks."""
-
-    def handle(signum, frame):
-        if "SLURM_STEP_ID" not in os.environ:
-            proc.send_signal(signum)
-
-    previous = {s: signal.signal(s, handle) for s in stop.SIGNALS}
+def _relaying_signals():
+    """SIGTERM, SIGINT and SIGUSR1 must not end this process before its run has checkpointed: for as long as
+    the walk lasts (between lines too), they go to a `_Relay`."""
+    relay = _Relay()
+    previous = {s: signal.signal(s, relay.handle) for s in stop.SIGNALS}
     try:
-        yield
+        yield relay
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
