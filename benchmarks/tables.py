@@ -167,7 +167,7 @@ def _shapes(f: Figures) -> list[tuple[str, str]]:
     out = []
     for shape in str(f.arg("shapes")).split(","):
         b, c = shape.lower().split("x")
-        out.append((f"{b}x{c}", f"{int(b):,} x {_label(c)}"))
+        out.append((f"{b}x{c}", f"{int(b):,} x {int(c):,}"))
     return out
 
 
