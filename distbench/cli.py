@@ -10,11 +10,12 @@ knows which one is wanted (a run must install its signal handling before torch l
     distbench commbench --max-bytes 4M                      # under torchrun for several ranks
     distbench fit analysis/data/commbench_measured.jsonl    # the `measured` interconnect preset
     distbench corpus --vocab 8192 --out data/pystdlib-8k    # token files for --dataset tokens
-    distbench docs [--check]                                # docs/cli.md and docs/record.md
+    distbench docs [--check]                                # the generated pages and tables
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,8 +78,9 @@ def _corpus(argv: list[str]) -> int:
 def _docs(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="distbench docs", description="write docs/cli.md and docs/record.md")
-    p.add_argument("--check", action="store_true", help="change nothing; exit 1 when either is out of date")
+    about = "write the generated pages (docs/cli.md, docs/record.md) and the tables made from the committed records"
+    p = argparse.ArgumentParser(prog="distbench docs", description=about)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 when any is out of date")
     args = p.parse_args(argv)
     stale = write_docs(check=args.check)
     for path in stale:
@@ -95,7 +97,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "commbench": (_commbench, "collective micro-benchmark (nccl-tests style), under torchrun"),
     "fit": (_fit, "fit the `measured` interconnect preset to commbench records"),
     "corpus": (_corpus, "a real text corpus for the language models: the Python standard library, BPE-tokenized"),
-    "docs": (_docs, "write the generated references docs/cli.md and docs/record.md (--check: only compare)"),
+    "docs": (_docs, "write the generated pages and the tables made from the records (--check: only compare)"),
 }
 
 
@@ -110,12 +112,11 @@ def generated_docs() -> dict[Path, str]:
 
 def write_docs(check: bool = False) -> list[Path]:
     """Every generated page and block that differs from what its sources make now: written unless `check`.
-    The pages (cli.md, record.md) come from the code; the engines table in docs/engines.md, the head-scaling
-    table in docs/results.md and the benchmark
-    tables in README.md and benchmarks/README.md from the committed records (benchmarks/tables.py, in a
-    checkout)."""
+    The pages (cli.md, record.md) come from the code; the engines table in docs/engines.md, the heads and
+    head-scaling tables in docs/results.md and the benchmark tables in README.md and benchmarks/README.md from
+    the committed records (benchmarks/tables.py, in a checkout)."""
     from distbench.results.blocks import update_block
-    from distbench.results.report import engines_block, head_scaling_block
+    from distbench.results.report import engines_block, head_scaling_block, heads_block
 
     stale = []
     for path, text in generated_docs().items():
@@ -127,6 +128,7 @@ def write_docs(check: bool = False) -> list[Path]:
 
     blocks = [
         (ROOT / "docs" / "engines.md", "engines-table", engines_block()),
+        (ROOT / "docs" / "results.md", "heads-table", heads_block()),
         (ROOT / "docs" / "results.md", "head-scaling-table", head_scaling_block()),
         (ROOT / "docs" / "structure.md", "counts-table", table(list(COUNTS_MODELS), 1000)),
     ]
@@ -171,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"distbench: error: unknown command {name!r}{hint}; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return COMMANDS[name][0](rest)
+    try:
+        return COMMANDS[name][0](rest)
+    except BrokenPipeError:  # `distbench counts | head`: the reader has gone, so no traceback for it to miss
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the flush at exit raises again
+        return 1  # as the Python docs' recipe for SIGPIPE does
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ class ModelConfig:
     model: str = opt(
         "tiny",
         "backbone: tiny, tiny-wide, wrn-<depth>-<width>, diracnet-<depth>-<width>, any torchvision classification "
-        "model, or a language model: gpt-tiny, gpt2-small, gpt2-medium (C is then the vocabulary size V)",
+        "model, or a language model: gpt-tiny, gpt2-small, gpt2-medium, gpt2-large, gpt2-xl (C is then the "
+        "vocabulary size V)",
     )
     num_classes: int = opt(100, "classes C; the head maps the backbone's N features to C logits")
     head: str = opt(

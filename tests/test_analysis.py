@@ -105,6 +105,24 @@ def test_fraction_one_is_no_freeze():
     assert not learns_everything("fraction:0.4")
 
 
+def test_heads_table_reads_bytes_and_step_ratios_against_the_learned_head():
+    extra = {"perf.exposed_comm_ms": 1.0}
+    df = pd.DataFrame(
+        [
+            {**row("base", payload=1000), "perf.step_time_ms.p50": 300.0, **extra},
+            {**row("fixed", head="fixed", payload=20), "perf.step_time_ms.p50": 100.0, **extra},
+            {**row("fwht", head="fixed-fwht", payload=20), "perf.step_time_ms.p50": 75.0, **extra},
+        ]
+    )
+    from distbench.results.analysis import heads_markdown
+
+    md = heads_markdown(with_baselines(df))
+    rows = md.splitlines()
+    assert [r.split(" | ")[1] for r in rows[2:5]] == ["learned", "fixed", "fixed-fwht"]  # most bytes first
+    assert "| 98.0% |" in rows[3] and "| 0.0% |" in rows[2]
+    assert rows[-1].endswith("1,000 classes: 3.0x with fixed, 4.0x with fixed-fwht.")
+
+
 def test_engine_table_is_generated_from_the_committed_records():
     """docs/engines.md's "What each engine sends" table is made by `distbench docs` from
     analysis/data/engines.jsonl, never typed: regenerate it after rerunning the study."""

@@ -197,3 +197,24 @@ def test_checkpoint_the_package_never_unpickles_code():
 
     sources = [p for p in (ROOT / "distbench").rglob("*.py") if "weights_only=False" in p.read_text()]
     assert sources == []
+
+
+# ------------------------------------------------------------------------------------------ a closed pipe
+def test_bad_input_a_reader_that_left_is_no_traceback():
+    """`distbench counts | head`: the reader may close the pipe before the table is written. No traceback,
+    and a non-zero exit (as Python's recipe for SIGPIPE), not a hang."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # no reader at all: the first write fails, whenever it comes
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "distbench", "counts", "--models", "tiny", "--num-classes", "10"],
+            check=False, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

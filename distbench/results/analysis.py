@@ -261,6 +261,34 @@ def engine_table(df: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
+def heads_markdown(df: pd.DataFrame) -> str:
+    """docs/results.md's head comparison: per class count and head, what is trained and sent, and the step
+    time beside its learned baseline's, with a closing line naming the step-time ratios. `df`: load_runs'."""
+    ok = df.sort_values(["config.model.num_classes", "comm.payload_bytes_per_step"], ascending=[True, False])
+    rows = [
+        "| classes | head | trainable params | bytes/step | bytes saved | samples/s | p50 step (ms) "
+        "| exposed comm (ms) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = []
+    for c, g in ok.groupby("config.model.num_classes", sort=True):
+        for _, r in g.iterrows():
+            rows.append(
+                f"| {int(c):,} | {r['config.model.head']} | {int(r['params.trainable']):,} "
+                f"| {int(r['comm.payload_bytes_per_step']):,} | {100 * r['bytes_saved_frac']:.1f}% "
+                f"| {r['perf.samples_per_s']:,.0f} | {r['perf.step_time_ms.p50']:,.0f} "
+                f"| {r['perf.exposed_comm_ms']:,.1f} |"
+            )
+        others = g[g["run_id"] != g["baseline_run_id"]]
+        faster = [f"{r['base_step_p50'] / r['perf.step_time_ms.p50']:.1f}x with {r['config.model.head']}"
+                  for _, r in others.iterrows()]  # fmt: skip
+        if faster:
+            ratios.append(f"{int(c):,} classes: {', '.join(faster)}")
+    if ratios:
+        rows += ["", "The learned head's p50 step over each other head's: " + "; ".join(ratios) + "."]
+    return "\n".join(rows)
+
+
 # ------------------------------------------------------------------------------------------- head scaling
 FIXED_LABELS = {
     ("fixed-srht", "authors"): "fixed-srht, authors' alpha",

@@ -20,6 +20,7 @@ from distbench.results.analysis import (
     engine_table,
     head_scaling,
     head_scaling_markdown,
+    heads_markdown,
     lm_heads,
     load_runs,
     studies,
@@ -472,6 +473,12 @@ def engines_block(records: str | os.PathLike = ENGINES_RECORDS) -> str:
 
 
 HEAD_SCALING_RECORDS = ENGINES_RECORDS.with_name("head_scaling.jsonl")
+HEADS_RECORDS = ENGINES_RECORDS.with_name("heads.jsonl")
+
+
+def heads_block(records: str | os.PathLike = HEADS_RECORDS) -> str:
+    """docs/results.md's head comparison table, from the committed records."""
+    return heads_markdown(load_runs(records))
 
 
 def head_scaling_block(records: str | os.PathLike = HEAD_SCALING_RECORDS) -> str:
