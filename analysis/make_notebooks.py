@@ -27,8 +27,10 @@ NOTEBOOKS = {
     "comm_savings": [
         new_markdown_cell(
             "# What each technique saves on the wire\n\n"
-            "`payload` is what the comm hook really handed to the collective per step; `expected` is the sum of the "
-            "trainable parameters' bytes. They must be equal: a saving counts only if the bytes really drop (a "
+            "`payload` is what the comm hook really handed to the collective per step; `expected` is what the model "
+            "says must be sent (`distbench.comm.expected`: the trainable parameters' bytes under DDP, padded to the "
+            "ranks under FSDP2 and ZeRO-3, activations for a sharded head). They must be equal: a saving counts "
+            "only if the bytes really drop (a "
             "gradient masked to zero is still sent). `bytes_saved_frac` compares each run with its learned-head, "
             "no-freeze baseline of the same settings."
         ),
@@ -130,7 +132,7 @@ NOTEBOOKS = {
             "Learned against fixed heads over C / N at two feature widths N and two bodies, the same samples per "
             "class for every fixed head at a class count (`analysis/head_scaling.toml`; longer lines in "
             "`head_scaling_long.toml`, 100K classes in `head_scaling_100k.toml`); the learned head's lines from "
-            "N = 128 on end when their curve is flat (`--until-flat`). `learned_top1` is the learned "
+            "N = 128, C = 256 on end when their curve is flat (`--until-flat`). `learned_top1` is the learned "
             "head's top-1 at this run's samples per class (`spc`), from its longest run's curve (its last point "
             "past the curve's end); `gap` that minus "
             "this head's top-1, in points; `capacity` is C x N over the backbone's parameters (what a learned "

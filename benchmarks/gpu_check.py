@@ -1,6 +1,8 @@
 """The GPU check: everything distbench should show on one GPU, prepared to fit a short loan (under 8 minutes).
 
-In order, each step with its own time limit so that one that hangs cannot take the rest with it:
+In order, each step with its own time limit so that one that hangs cannot take the rest with it, and every
+limit cut to what is left of the check's 8 minutes (`budget`), so that a slow machine leaves steps out rather
+than run past the loan:
 1. the gpu test tier (`pytest -m gpu`): NCCL, bf16 autocast, channels-last, the fast-hadamard-transform kernel;
 2. ResNet-50 on ImageNet-shaped synthetic data (224 x 224) at 1K and 100K classes with the heads learned,
    fixed, fixed-fwht and fixed-srht: a few warm-up and 20 timed steps each, one rank per GPU; samples/s, step
@@ -43,6 +45,7 @@ def sizes(smoke: bool) -> dict:
             "meter_floor": ["--floor-blocks", "2"],
             "fwht": ["--classes", "1000", "--batch", "4", "--reps", "1"],
             "limits": {"tests": 60, "run": 120, "overhead": 180, "fwht": 120},
+            "budget": 900,  # generous: the smoke test runs on loaded CI cores, and a step left out fails it
         }
     return {
         "model": ["--model", "resnet50", "--image-size", "224"],
@@ -52,6 +55,7 @@ def sizes(smoke: bool) -> dict:
         "meter_floor": ["--floor-blocks", "6"],
         "fwht": ["--classes", "100000,1000000", "--heads", "dense,fwht,srht"],
         "limits": {"tests": 150, "run": 60, "overhead": 60, "fwht": 120},
+        "budget": 480,  # the whole check: each limit is cut to what is left of it, so a 10-minute loan holds
     }
 
 
@@ -72,9 +76,17 @@ class Check:
         self.env["DISTBENCH_BENCH_RANKS"] = str(max(1, min(self.gpus, 2))) if self.gpus else "2"
         self.lines: list[str] = [f"# GPU check on {self.device}", ""]
         self.failures: list[str] = []
+        self.budget = self.sizes["budget"]
+        self.deadline = time.monotonic() + self.budget
 
     def step(self, name: str, cmd: list[str], limit: int) -> subprocess.CompletedProcess | None:
         started = time.monotonic()
+        left = int(self.deadline - started)
+        if left < 5:
+            self.failures.append(f"{name}: no time left of the check's {self.budget} s")
+            print(f"   {name}: no time left of the check's {self.budget} s, left out", flush=True)
+            return None
+        limit = min(limit, left)
         print(f"== {name} ({self.device}): {' '.join(cmd)}", flush=True)
         try:
             done = subprocess.run(

@@ -432,3 +432,23 @@ def test_gpu_check_cpu_smoke_runs_every_step(tmp_path):
     benches = [json.loads(line)["bench"] for line in (out / "bench.jsonl").read_text().splitlines()]
     assert benches == ["harness_overhead", "meter_overhead", "fwht"]
     assert "collected" in (out / "gpu_tests.txt").read_text()
+
+
+def test_gpu_check_keeps_to_its_budget(tmp_path):
+    """A step's limit is cut to what is left of the whole check's budget, and a step with none left is named
+    and skipped: a slow loan loses its last steps, not the check's results."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        gpu_check = importlib.import_module("gpu_check")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import time
+
+    check = gpu_check.Check(tmp_path / "check", smoke=True)
+    check.deadline = time.monotonic() + 8
+    hung = [sys.executable, "-c", "import signal; signal.pause()"]  # a step that never ends by itself
+    assert check.step("hung", hung, limit=600) is None
+    assert len(check.failures) == 1 and check.failures[0].startswith("hung: over its ")
+    assert int(check.failures[0].split("over its ")[1].split()[0]) <= 8  # cut from 600 to what was left
+    assert check.step("late", [sys.executable, "-c", "pass"], limit=600) is None
+    assert check.failures[1] == f"late: no time left of the check's {check.budget} s"
