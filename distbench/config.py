@@ -242,7 +242,7 @@ class TrainConfig:
         0.0,
         "stop before --steps once the learning curve is flat: the last doubling of the samples per class seen "
         "moved top-1 by at most this (a fraction) and lowered the held-out loss by at most this x ln C, the "
-        "uniform guess's loss (needs --eval-every; 0: run every step)",
+        "uniform guess's loss; not before the third curve point (needs --eval-every; 0: run every step)",
         added=True,
         reads=True,
     )

@@ -326,8 +326,10 @@ def test_flat_judges_a_doubling_on_top1_and_loss():
     slow = curve([(s, 0.5 + 0.00125 * s, 1.0 - 0.001 * s) for s in range(40, 164, 4)])
     assert not any(flat(slow[:i], 0.01, 100) for i in range(1, len(slow) + 1))
     assert not flat(curve([(4, 0.9, 0.1)]), 0.01, classes)  # one point: nothing to compare
-    dip = curve([(20, 0.991, 0.05), (40, 0.95, 0.05)])  # an unstable stretch: top-1 fell 4 points
+    dip = curve([(10, 0.99, 0.05), (20, 0.991, 0.05), (40, 0.95, 0.05)])  # unstable: top-1 fell 4 points
     assert not flat(dip, 0.01, classes)
+    done = curve([(50, 1.0, 0.001), (100, 1.0, 0.001), (150, 1.0, 0.001)])  # at 100% from its first point
+    assert not flat(done[:2], 0.01, 1024) and flat(done, 0.01, 1024)  # a curve of three points, not two
 
 
 @pytest.fixture(scope="module")

@@ -100,8 +100,9 @@ def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
     top-1 moved by at most `tol` (a dip is no plateau) and the held-out loss fell by at most `tol` x ln C (the
     uniform guess's loss, so that one tolerance serves every class count). Judged over a doubling, not between
     neighbours, so that how often the run evaluates does not change where it stops; and on both, because a
-    curve before its take-off can sit at chance top-1 while its loss falls."""
-    if len(curve) < 2:
+    curve before its take-off can sit at chance top-1 while its loss falls. Three points at least: a record's
+    curve should show its plateau, not one step onto it (a run at 100% from its first point ended at its second)."""
+    if len(curve) < 3:
         return False
     last = curve[-1]
     half = [p for p in curve[:-1] if p["samples_per_class"] <= last["samples_per_class"] / 2]
