@@ -4,8 +4,11 @@ never a traceback, a hang, or lost results. Checkpoints are data, never code (is
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,10 +206,6 @@ def test_checkpoint_the_package_never_unpickles_code():
 def test_bad_input_a_reader_that_left_is_no_traceback():
     """`distbench counts | head`: the reader may close the pipe before the table is written. No traceback,
     and a non-zero exit (as Python's recipe for SIGPIPE), not a hang."""
-    import os
-    import subprocess
-    import sys
-
     read, write = os.pipe()
     os.close(read)  # no reader at all: the first write fails, whenever it comes
     try:

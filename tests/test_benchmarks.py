@@ -14,6 +14,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -437,14 +438,7 @@ def test_gpu_check_cpu_smoke_runs_every_step(tmp_path):
 def test_gpu_check_keeps_to_its_budget(tmp_path):
     """A step's limit is cut to what is left of the whole check's budget, and a step with none left is named
     and skipped: a slow loan loses its last steps, not the check's results."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        gpu_check = importlib.import_module("gpu_check")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    import time
-
-    check = gpu_check.Check(tmp_path / "check", smoke=True)
+    check = _script_module("gpu_check").Check(tmp_path / "check", smoke=True)
     check.deadline = time.monotonic() + 8
     hung = [sys.executable, "-c", "import signal; signal.pause()"]  # a step that never ends by itself
     assert check.step("hung", hung, limit=600) is None

@@ -264,14 +264,14 @@ def engine_table(df: pd.DataFrame) -> str:
 def heads_markdown(df: pd.DataFrame) -> str:
     """docs/results.md's head comparison: per class count and head, what is trained and sent, and the step
     time beside its learned baseline's, with a closing line naming the step-time ratios. `df`: load_runs'."""
-    ok = df.sort_values(["config.model.num_classes", "comm.payload_bytes_per_step"], ascending=[True, False])
+    runs = df.sort_values(["config.model.num_classes", "comm.payload_bytes_per_step"], ascending=[True, False])
     rows = [
         "| classes | head | trainable params | bytes/step | bytes saved | samples/s | p50 step (ms) "
         "| exposed comm (ms) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = []
-    for c, g in ok.groupby("config.model.num_classes", sort=True):
+    for c, g in runs.groupby("config.model.num_classes", sort=True):
         for _, r in g.iterrows():
             rows.append(
                 f"| {int(c):,} | {r['config.model.head']} | {int(r['params.trainable']):,} "
