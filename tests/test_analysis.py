@@ -226,7 +226,7 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     loss and a top-1 line per head and a cost point per run."""
     from test_results import record
 
-    from distbench.results.analysis import lm_heads
+    from distbench.results.analysis import lm_heads, lm_heads_markdown, loss_change
     from distbench.results.report import fig_lm_heads
 
     def run(run_id, head, losses, every=32.0, oracle=2.0, payload=4_000_000, init="authors", dataset="synthetic"):
@@ -257,6 +257,14 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     assert table.loc["l", "flat"] and not table.loc["t", "flat"]
     assert table.loc["t", "mb_per_step"] == 2.0 and table.loc["t", "tokens_per_s"] == 6400.0
     assert math.isnan(table.loc["c", "excess_loss"]) and table.loc["c", "loss_vs_learned"] == 0
+    assert table.loc["l", "loss_change"] == pytest.approx(-0.01) and table.loc["f", "loss_change"] == -1.0
+    assert math.isnan(loss_change([{"eval_loss": 3.0}])) and math.isnan(loss_change([{"eval_loss": 3.0}, {}]))
+    md = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "synthetic-text"])).splitlines()
+    assert [r.split(" | ")[1] for r in md[2:]] == ["learned", "tied", "fixed-srht, alpha from the rule"]
+    assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | -0.010 | yes |")
+    assert md[3].endswith("| +0.510 | 40.0% | -0.100 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
+    real = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "real-text"])).splitlines()
+    assert "entropy" not in real[0] and real[2].startswith("| 8,192 | learned | 64 | 4.00 | 5.000 |")
     fig = fig_lm_heads(df[df["config.data.dataset"] == "synthetic-text"])
     loss_panel, cost_panel = fig.axes[0], fig.axes[1]
     assert len(loss_panel.lines) == 3 + 1  # learned, tied, fixed and the entropy rate

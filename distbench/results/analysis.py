@@ -9,6 +9,7 @@ has the same other settings (model, class count, data, batch, engine, world size
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -425,10 +426,16 @@ def head_scaling_markdown(table: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
+def loss_change(curve: list) -> float:
+    """A language model's held-out loss at its last curve point minus that at the one before (negative: still
+    falling); NaN with fewer than two points with a loss."""
+    losses = [p.get("eval_loss") for p in curve or []]
+    return float("nan") if len(losses) < 2 or None in losses[-2:] else losses[-1] - losses[-2]
+
+
 def loss_flattened(curve: list, nats: float = 0.02) -> bool:
     """Whether a language model's held-out loss moved by at most `nats` between its last two curve points."""
-    losses = [p.get("eval_loss") for p in curve or []]
-    return len(losses) >= 2 and None not in losses[-2:] and abs(losses[-1] - losses[-2]) <= nats
+    return abs(loss_change(curve)) <= nats  # NaN compares false
 
 
 def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
@@ -437,7 +444,8 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     entry), with `excess_loss` = held-out loss minus the task's entropy rate (NaN on real text: no oracle),
     `loss_vs_learned` = its loss minus the learned head's at the same V and budget (read from the learned run's
     curve), `gap` = the learned head's top-1 there minus this run's (points), `mb_per_step` (payload per rank),
-    `tokens_per_s` and `peak_mb`; `flat`: its loss moved by at most 0.02 nats between its last two curve points."""
+    `tokens_per_s` and `peak_mb`; `loss_change`: its loss at the last curve point minus the one before, and `flat`
+    when that moved by at most 0.02 nats."""
     d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
     if d.empty or "accuracy.perplexity" not in d:
         return d.iloc[0:0]
@@ -460,10 +468,40 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     d["mb_per_step"] = d["comm.payload_bytes_per_step"] / 1e6
     d["tokens_per_s"] = d["perf.samples_per_s"] * d["config.model.seq_len"]
     d["peak_mb"] = d["perf.peak_memory_bytes"] / 1e6
+    d["loss_change"] = [loss_change(c) for c in d["accuracy.curve"]]
     d["flat"] = [loss_flattened(c) for c in d["accuracy.curve"]]
     cols = [*keys, "head_label", "tokens_per_entry", "loss", "excess_loss", "loss_vs_learned", "gap", "accuracy.top1",
-            "accuracy.oracle_top1", "mb_per_step", "tokens_per_s", "peak_mb", "flat", "run_id"]  # fmt: skip
+            "accuracy.oracle_top1", "mb_per_step", "tokens_per_s", "peak_mb", "loss_change", "flat",
+            "run_id"]  # fmt: skip
     for c in cols:
         if c not in d:
             d[c] = float("nan")
     return d[cols].sort_values([*keys, "head_label", "tokens_per_entry"]).reset_index(drop=True)
+
+
+# The order a language-model table lists its heads in: the baseline, then by bytes sent and loss given up.
+LM_HEAD_ORDER = ("learned", "sharded", "tied", "fixed-srht, alpha from the rule", "fixed-srht, authors' alpha")
+
+
+def lm_heads_markdown(table: pd.DataFrame) -> str:
+    """Markdown of `lm_heads(...)` for one data set, one row per run by V, then head (LM_HEAD_ORDER), then budget:
+    bytes per step and rank, held-out loss and perplexity, the loss above the entropy rate (a column only where
+    the task has one), against the learned head at the same tokens, top-1, and the last curve step with `flat`."""
+    oracle = bool(table["excess_loss"].notna().any())
+    order = {h: i for i, h in enumerate(LM_HEAD_ORDER)}
+    runs = table.assign(_order=table["head_label"].map(lambda h: order.get(h, len(order))))
+    runs = runs.sort_values(["V", "_order", "head_label", "tokens_per_entry"])
+    head = ["V", "head", "tokens / entry", "MB / step / rank", "held-out loss (nats)", "perplexity"]
+    head += ["above the entropy rate"] * oracle + ["vs learned", "top-1", "last step (nats)", "flat"]
+    rows = ["| " + " | ".join(head) + " |", "|---:|---|" + "---:|" * (len(head) - 3) + ":-:|"]
+    for _, r in runs.iterrows():
+        cells = [f"{r['V']:,}", r["head_label"], _per_class(r["tokens_per_entry"]), f"{r['mb_per_step']:.2f}",
+                 f"{r['loss']:.3f}", f"{math.exp(r['loss']):,.1f}"]  # fmt: skip
+        if oracle:
+            cells.append(f"{r['excess_loss']:.3f}")
+        vs = r["loss_vs_learned"]
+        cells += ["" if pd.isna(vs) else "0" if r["head_label"] == "learned" else f"{vs:+.3f}",
+                  f"{100 * r['accuracy.top1']:.1f}%", "" if pd.isna(r["loss_change"]) else f"{r['loss_change']:+.3f}",
+                  "yes" if r["flat"] else "no"]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

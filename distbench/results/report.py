@@ -22,6 +22,7 @@ from distbench.results.analysis import (
     head_scaling_markdown,
     heads_markdown,
     lm_heads,
+    lm_heads_markdown,
     load_runs,
     studies,
     summary_table,
@@ -484,6 +485,14 @@ def heads_block(records: str | os.PathLike = HEADS_RECORDS) -> str:
 def head_scaling_block(records: str | os.PathLike = HEAD_SCALING_RECORDS) -> str:
     """docs/results.md's head-scaling table, from the committed records."""
     return head_scaling_markdown(head_scaling(load_runs(records)))
+
+
+LM_PAGE_BLOCKS = {"lm-heads-table": "lm_heads.jsonl", "lm-corpus-table": "lm_corpus.jsonl"}
+
+
+def lm_block(name: str) -> str:
+    """docs/language-models.md's table `name` (a key of LM_PAGE_BLOCKS), from the committed records."""
+    return lm_heads_markdown(lm_heads(load_runs(ENGINES_RECORDS.with_name(LM_PAGE_BLOCKS[name]))))
 
 
 def main(argv: list[str] | None = None) -> int:
