@@ -157,8 +157,10 @@ NOTEBOOKS = {
             "fixed-srht and sharded vocabulary heads, every head of a vocabulary seeing the same tokens. "
             "`excess_loss` is the held-out loss above the entropy rate (NaN on real text), `loss_vs_learned` the loss "
             "minus the learned head's at the same tokens per vocabulary entry, `mb_per_step` what a rank sends; "
-            "`flat`: the loss moved at most 0.02 nats between the last two curve points. Each figure draws its own "
-            "study's records only."
+            "`loss_fell` how far the loss fell over the line's last doubling of tokens, and `flat` the `--until-flat` "
+            "rule at the language models' tolerance (`analysis.LM_FLAT`: 0.0025 ln V nats per doubling, 0.25 points "
+            "of top-1). Longer lines, each until flat: `lm_heads_long.toml`, `lm_corpus_long.toml`. Each figure "
+            "draws its own study's records only."
         ),
         new_code_cell(
             "lm = {}\n"

@@ -220,19 +220,34 @@ def test_head_scaling_reads_the_price_of_fixing_from_records():
     assert {(line.get_linestyle(), tuple(line.get_ydata())) for line in lines} == {("--", (1.0, 2.0))}
 
 
+def test_longer_lm_lines_end_by_the_rule_their_tables_judge_them_by():
+    """The language-model study's longer grids stop each line where the tables call it flat: their
+    --until-flat is analysis.LM_FLAT, and every line writes into its study's own records."""
+    from distbench.results.analysis import LM_FLAT
+    from distbench.sweep import expand
+
+    for grid, out in (("lm_heads_long", "lm_heads"), ("lm_corpus_long", "lm_corpus")):
+        lines, _ = expand(ROOT / "analysis" / f"{grid}.toml")
+        assert [line["config"]["train"]["until_flat"] for line in lines] == [LM_FLAT] * 3, grid
+        assert {line["config"]["output"]["out"] for line in lines} == {str(ROOT / "analysis" / "data" / f"{out}.jsonl")}
+
+
 def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     """Language-model runs at one vocabulary: loss above the entropy rate, loss against the learned head's at the
     same token budget (from its curve), bytes and tokens per second; real text has no oracle. The figure draws a
     loss and a top-1 line per head and a cost point per run."""
     from test_results import record
 
-    from distbench.results.analysis import lm_heads, lm_heads_markdown, loss_change
+    from distbench.results.analysis import lm_heads, lm_heads_markdown
+    from distbench.results.curves import loss_fell
     from distbench.results.report import fig_lm_heads
 
-    def run(run_id, head, losses, every=32.0, oracle=2.0, payload=4_000_000, init="authors", dataset="synthetic"):
-        curve = [{"step": 10 * i, "samples_per_class": every * i, "top1": 0.1 * i, "top5": 0.2, "eval_loss": x}
-                 for i, x in enumerate(losses, 1)]  # fmt: skip
-        accuracy = {**record()["accuracy"], "eval_loss": losses[-1], "top1": 0.1 * len(losses), "curve": curve,
+    def run(run_id, head, losses, every=32.0, oracle=2.0, payload=4_000_000, init="authors", dataset="synthetic",
+            top1=None):  # fmt: skip
+        top1 = top1 or [0.1 * i for i in range(1, len(losses) + 1)]
+        curve = [{"step": 10 * i, "samples_per_class": every * i, "top1": t, "top5": 0.2, "eval_loss": x}
+                 for i, (x, t) in enumerate(zip(losses, top1, strict=True), 1)]  # fmt: skip
+        accuracy = {**record()["accuracy"], "eval_loss": losses[-1], "top1": top1[-1], "curve": curve,
                     "oracle_loss": oracle, "oracle_top1": 0.3, "perplexity": math.exp(losses[-1])}  # fmt: skip
         r = record(run_id=run_id, accuracy=accuracy)
         r["config"] = {"model": {"model": "gpt-tiny", "num_classes": 8192, "head": head, "head_scale_init": init,
@@ -242,7 +257,7 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
         return r
 
     rows = [
-        run("l", "learned", [5.0, 3.0, 2.5, 2.49]),
+        run("l", "learned", [5.0, 2.51, 2.5, 2.49], top1=[0.1, 0.4, 0.4, 0.4]),  # flat: -0.02 nats since 64
         run("t", "tied", [6.0, 4.0, 3.1, 3.0], payload=2_000_000),
         run("f", "fixed-srht", [7.0, 6.0], init="rule", payload=2_100_000),  # a shorter run: 64 per entry
         run("c", "learned", [6.0, 5.0], oracle=None, dataset="real"),
@@ -251,18 +266,20 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     table = lm_heads(df).set_index("run_id")
     assert table.loc["l", "excess_loss"] == pytest.approx(0.49) and table.loc["l", "loss_vs_learned"] == 0
     assert table.loc["t", "loss_vs_learned"] == pytest.approx(0.51)
-    assert table.loc["f", "loss_vs_learned"] == pytest.approx(3.0)  # against the learned loss at 64, not at 128
-    assert table.loc["f", "gap"] == pytest.approx(0.0)  # top-1 likewise: 20% at 64 per entry, not the final 40%
+    assert table.loc["f", "loss_vs_learned"] == pytest.approx(3.49)  # against the learned loss at 64, not at 128
+    assert table.loc["f", "gap"] == pytest.approx(20.0)  # top-1 likewise: 40% at 64 per entry, not its 10% at 32
     assert table.loc["f", "head_label"] == "fixed-srht, alpha from the rule" and table.loc["t", "head_label"] == "tied"
     assert table.loc["l", "flat"] and not table.loc["t", "flat"]
     assert table.loc["t", "mb_per_step"] == 2.0 and table.loc["t", "tokens_per_s"] == 6400.0
     assert math.isnan(table.loc["c", "excess_loss"]) and table.loc["c", "loss_vs_learned"] == 0
-    assert table.loc["l", "loss_change"] == pytest.approx(-0.01) and table.loc["f", "loss_change"] == -1.0
-    assert math.isnan(loss_change([{"eval_loss": 3.0}])) and math.isnan(loss_change([{"eval_loss": 3.0}, {}]))
+    assert table.loc["l", "loss_fell"] == pytest.approx(0.02) and table.loc["t", "loss_fell"] == pytest.approx(1.0)
+    assert table.loc["f", "loss_fell"] == 1.0 and not table.loc["f", "flat"]  # two points: a doubling, no plateau
+    one, two = {"samples_per_class": 32, "eval_loss": 3.0}, {"samples_per_class": 48, "eval_loss": 2.0}
+    assert math.isnan(loss_fell([one])) and math.isnan(loss_fell([one, two]))  # 48 is no doubling of 32
     md = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "synthetic-text"])).splitlines()
     assert [r.split(" | ")[1] for r in md[2:]] == ["learned", "tied", "fixed-srht, alpha from the rule"]
-    assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | -0.010 | yes |")
-    assert md[3].endswith("| +0.510 | 40.0% | -0.100 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
+    assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | 0.020 | yes |")
+    assert md[3].endswith("| +0.510 | 40.0% | 1.000 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
     real = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "real-text"])).splitlines()
     assert "entropy" not in real[0] and real[2].startswith("| 8,192 | learned | 64 | 4.00 | 5.000 |")
     fig = fig_lm_heads(df[df["config.data.dataset"] == "synthetic-text"])

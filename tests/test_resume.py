@@ -21,10 +21,10 @@ from conftest import _records, finish, flags, python_run, start_torchrun, wait_f
 from distbench.comm.meter import StepTraffic
 from distbench.config import RunConfig
 from distbench.results import validate
+from distbench.results.curves import flat
 from distbench.runtime import checkpoint
 from distbench.runtime.checkpoint import Checkpoints, LoopState, read_latest
 from distbench.runtime.data import Shard, build_dataset
-from distbench.runtime.loop import flat
 from distbench.runtime.stop import EXIT_STOPPED, StopRequest
 from distbench.runtime.timing import StepTimer
 

@@ -30,6 +30,7 @@ from distbench.model import build_model
 from distbench.model.contracts import LanguageModel, example_input, positions
 from distbench.model.counts import param_counts
 from distbench.results import SCHEMA, environment, new_run_id, now
+from distbench.results.curves import flat
 from distbench.runtime.checkpoint import Checkpoints, LoopState
 from distbench.runtime.data import Batch, Shard, build_dataset
 from distbench.runtime.engines import (
@@ -93,24 +94,6 @@ def slow_rank_seconds() -> float:
         return 0.0
     rank, _, seconds = spec.partition(":")
     return float(seconds) if rank == os.environ.get("RANK", "0") else 0.0
-
-
-def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
-    """Whether a learning curve has flattened (--until-flat): since the point at half its samples per class,
-    top-1 moved by at most `tol` (a dip is no plateau) and the held-out loss fell by at most `tol` x ln C (the
-    uniform guess's loss, so that one tolerance serves every class count). Judged over a doubling, not between
-    neighbours, so that how often the run evaluates does not change where it stops; and on both, because a
-    curve before its take-off can sit at chance top-1 while its loss falls. Three points at least: a record's
-    curve should show its plateau, not one step onto it (a run at 100% from its first point ended at its second)."""
-    if len(curve) < 3:
-        return False
-    last = curve[-1]
-    half = [p for p in curve[:-1] if p["samples_per_class"] <= last["samples_per_class"] / 2]
-    if not half:
-        return False
-    rose = last["top1"] - half[-1]["top1"]
-    fell = half[-1]["eval_loss"] - last["eval_loss"]
-    return abs(rose) <= tol and fell <= tol * math.log(classes)
 
 
 def train_steps(
