@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt  # no backend forced: Agg when headless, inline in notebooks
 import pandas as pd
+from matplotlib.ticker import ScalarFormatter
 
 from distbench.results.analysis import (
     engine_table,
@@ -302,6 +303,8 @@ def fig_lm_heads(df: pd.DataFrame, title: str = "synthetic text") -> plt.Figure:
                 ax.plot(x, y, marker=".", color=colors[row["head_label"]], label=row["head_label"])
             if oracle.notna().any():
                 ax.axhline(scale * oracle.dropna().mean(), color="black", linestyle="--", linewidth=1, label="oracle")
+            ax.set_xscale("log", base=2)  # a doubling of tokens, which the flat rule judges, is one step right
+            ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.grid(alpha=0.3)
         axes[0][i].set_title(f"V = {v:,}")
         axes[1][i].set_xlabel("target tokens per vocabulary entry")
@@ -318,6 +321,8 @@ def fig_lm_heads(df: pd.DataFrame, title: str = "synthetic text") -> plt.Figure:
                         textcoords="offset points", fontsize=7)  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][-1].set_title("what a head saves against what it costs")
