@@ -243,15 +243,15 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     from distbench.results.report import fig_lm_heads
 
     def run(run_id, head, losses, every=32.0, oracle=2.0, payload=4_000_000, init="authors", dataset="synthetic",
-            top1=None):  # fmt: skip
+            top1=None, lr=1e-3):  # fmt: skip
         top1 = top1 or [0.1 * i for i in range(1, len(losses) + 1)]
         curve = [{"step": 10 * i, "samples_per_class": every * i, "top1": t, "top5": 0.2, "eval_loss": x}
                  for i, (x, t) in enumerate(zip(losses, top1, strict=True), 1)]  # fmt: skip
         accuracy = {**record()["accuracy"], "eval_loss": losses[-1], "top1": top1[-1], "curve": curve,
                     "oracle_loss": oracle, "oracle_top1": 0.3, "perplexity": math.exp(losses[-1])}  # fmt: skip
         r = record(run_id=run_id, accuracy=accuracy)
-        r["config"] = {"model": {"model": "gpt-tiny", "num_classes": 8192, "head": head, "head_scale_init": init,
-                                 "seq_len": 64}, "data": {"dataset": f"{dataset}-text"}}  # fmt: skip
+        model = {"model": "gpt-tiny", "num_classes": 8192, "head": head, "head_scale_init": init, "seq_len": 64}
+        r["config"] = {"model": model, "data": {"dataset": f"{dataset}-text"}, "train": {"lr": lr}}
         r["comm"] = {**r["comm"], "payload_bytes_per_step": payload}
         r["perf"] = {**r["perf"], "samples_per_s": 100.0, "peak_memory_bytes": 2_000_000}
         return r
@@ -277,11 +277,26 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     one, two = {"samples_per_class": 32, "eval_loss": 3.0}, {"samples_per_class": 48, "eval_loss": 2.0}
     assert math.isnan(loss_fell([one])) and math.isnan(loss_fell([one, two]))  # 48 is no doubling of 32
     md = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "synthetic-text"])).splitlines()
+    assert "| lr |" not in md[0]  # one rate: no column
     assert [r.split(" | ")[1] for r in md[2:]] == ["learned", "tied", "fixed-srht, alpha from the rule"]
     assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | 0.020 | yes |")
     assert md[3].endswith("| +0.510 | 40.0% | 1.000 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
     real = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "real-text"])).splitlines()
     assert "entropy" not in real[0] and real[2].startswith("| 8,192 | learned | 64 | 4.00 | 5.000 |")
+    # A learning-rate check: each head is held against the learned head at its own rate, and the rate is a column.
+    check = pd.json_normalize([*rows[:2], run("l3", "learned", [4.0, 2.2, 2.1, 2.0], lr=3e-3),
+                               run("t3", "tied", [4.0, 2.5, 2.3, 2.2], lr=3e-3)], sep=".")  # fmt: skip
+    rates = lm_heads(check).set_index("run_id")
+    assert rates.loc["t", "loss_vs_learned"] == pytest.approx(0.51) and rates.loc[
+        "t3", "loss_vs_learned"
+    ] == pytest.approx(0.2)
+    by_rate = lm_heads_markdown(lm_heads(check)).splitlines()
+    assert by_rate[0].startswith("| V | lr | head |") and [r.split(" | ")[1:3] for r in by_rate[2:]] == [
+        ["0.001", "learned"],
+        ["0.001", "tied"],
+        ["0.003", "learned"],
+        ["0.003", "tied"],
+    ]
     fig = fig_lm_heads(df[df["config.data.dataset"] == "synthetic-text"])
     loss_panel, cost_panel = fig.axes[0], fig.axes[1]
     assert len(loss_panel.lines) == 3 + 1  # learned, tied, fixed and the entropy rate

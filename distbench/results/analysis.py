@@ -451,11 +451,12 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     d["V"] = d["config.model.num_classes"].astype(int)
     d["body"] = d["config.model.model"]
     d["dataset"] = d["config.data.dataset"]
+    d["lr"] = d["config.train.lr"] if "config.train.lr" in d else float("nan")
     d["tokens_per_entry"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]
     d["loss"] = d["accuracy.eval_loss"]
     oracle = d["accuracy.oracle_loss"] if "accuracy.oracle_loss" in d else pd.Series(float("nan"), index=d.index)
     d["excess_loss"] = d["loss"] - oracle.astype(float)
-    keys = ["dataset", "body", "V"]
+    keys = ["dataset", "body", "V", "lr"]  # a head is held against the learned head at its own rate
     curves = longest_runs(d[d["config.model.head"] == "learned"], keys, "tokens_per_entry")["accuracy.curve"].to_dict()
     at = list(zip(d[keys].itertuples(index=False, name=None), d["tokens_per_entry"], strict=True))
     d["loss_vs_learned"] = d["loss"] - [curve_at(curves.get(k), b, "eval_loss") for k, b in at]
@@ -479,20 +480,25 @@ LM_HEAD_ORDER = ("learned", "sharded", "tied", "fixed-srht, alpha from the rule"
 
 
 def lm_heads_markdown(table: pd.DataFrame) -> str:
-    """Markdown of `lm_heads(...)` for one data set, one row per run by V, then head (LM_HEAD_ORDER), then budget:
+    """Markdown of `lm_heads(...)` for one data set, one row per run by V, learning rate (a column where there are
+    several), then head (LM_HEAD_ORDER), then budget:
     bytes per step and rank, held-out loss and perplexity, the loss above the entropy rate (a column only where
     the task has one), against the learned head at the same tokens, top-1, and the fall over the last doubling
     with `flat`."""
     oracle = bool(table["excess_loss"].notna().any())
+    rates = table["lr"].nunique() > 1  # a learning-rate check: the rate is a column
     order = {h: i for i, h in enumerate(LM_HEAD_ORDER)}
     runs = table.assign(_order=table["head_label"].map(lambda h: order.get(h, len(order))))
-    runs = runs.sort_values(["V", "_order", "head_label", "tokens_per_entry"])
-    head = ["V", "head", "tokens / entry", "MB / step / rank", "held-out loss (nats)", "perplexity"]
+    runs = runs.sort_values(["V", "lr", "_order", "head_label", "tokens_per_entry"])
+    head = ["V", *["lr"] * rates, "head", "tokens / entry", "MB / step / rank", "held-out loss (nats)", "perplexity"]
     head += ["above the entropy rate"] * oracle + ["vs learned", "top-1", "fell over the last doubling", "flat"]
-    rows = ["| " + " | ".join(head) + " |", "|---:|---|" + "---:|" * (len(head) - 3) + ":-:|"]
+    rows = [
+        "| " + " | ".join(head) + " |",
+        "|---:|" + "---:|" * rates + "---|" + "---:|" * (len(head) - 3 - rates) + ":-:|",
+    ]
     for _, r in runs.iterrows():
-        cells = [f"{r['V']:,}", r["head_label"], _per_class(r["tokens_per_entry"]), f"{r['mb_per_step']:.2f}",
-                 f"{r['loss']:.3f}", f"{math.exp(r['loss']):,.1f}"]  # fmt: skip
+        cells = [f"{r['V']:,}", *[f"{r['lr']:g}"] * rates, r["head_label"], _per_class(r["tokens_per_entry"]),
+                 f"{r['mb_per_step']:.2f}", f"{r['loss']:.3f}", f"{math.exp(r['loss']):,.1f}"]  # fmt: skip
         if oracle:
             cells.append(f"{r['excess_loss']:.3f}")
         vs = r["loss_vs_learned"]

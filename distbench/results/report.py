@@ -422,9 +422,10 @@ STUDIES = {
     "lm_heads": "lm_heads.jsonl",
     "lm_corpus": "lm_corpus.jsonl",
 }
-# Studies of accuracy over many class counts of one small model: their bytes add a bar per class count and say
-# nothing the bytes studies do not, so the bytes figures and the summary table leave them out.
-ACCURACY_ONLY = ("head_scaling.jsonl", "head_scaling_lr.jsonl")
+# Studies of accuracy over many class counts of one small model, and learning-rate checks: their bytes add a bar
+# per class count or rate and say nothing the bytes studies do not, so the bytes figures and the summary table
+# leave them out.
+ACCURACY_ONLY = ("head_scaling.jsonl", "head_scaling_lr.jsonl", "lm_heads_lr.jsonl")
 
 
 def write_report(results_dir: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
