@@ -138,8 +138,8 @@ NOTEBOOKS = {
             "this head's top-1, in points; `capacity` is C x N over the backbone's parameters (what a learned "
             "head holds that a fixed one asks the backbone to absorb); `spc_to_90` the samples per class at which "
             "the curve first reaches 90% of the learned head's final top-1 (NaN: not within the budget); `flat`: "
-            "the last two curve points within 2 points (`learned_flat`: the baseline's). Only this study's records "
-            "are drawn."
+            "the curve is flat by the study's `--until-flat` rule at 0.01 (`analysis.HEAD_SCALING_FLAT`; "
+            "`learned_flat`: the baseline's). Only this study's records are drawn."
         ),
         new_code_cell(
             "import os\n\n"

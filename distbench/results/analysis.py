@@ -329,9 +329,8 @@ def longest_runs(runs: pd.DataFrame, keys: list[str], budget: str) -> pd.DataFra
     return runs.sort_values([budget, "finished_at"]).drop_duplicates(keys, keep="last").set_index(keys)
 
 
-def flattened(curve: list, points: float = 0.02) -> bool:
-    """Whether the curve's last two points are within `points` of top-1 (the study's plateau test)."""
-    return len(curve or []) >= 2 and abs(curve[-1]["top1"] - curve[-2]["top1"]) <= points
+# The head-scaling study's --until-flat (analysis/head_scaling.toml), by which its tables judge every line.
+HEAD_SCALING_FLAT = 0.01
 
 
 def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
@@ -346,7 +345,7 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
       fixed one asks the backbone to absorb),
     - `spc_to_90`: samples per class at the first curve point reaching 90% of the longest learned run's
       final top-1 (NaN: not within the budget),
-    - `flat`: its last two curve points within 2 points of top-1; `learned_flat`: the same for the baseline."""
+    - `flat`: its curve is flat by the --until-flat rule at HEAD_SCALING_FLAT; `learned_flat`: the baseline's."""
     d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
     if "params.head_in_features" in d:
         d = d[d["params.head_in_features"].notna()]  # records from before the field: N unknown
@@ -371,10 +370,10 @@ def head_scaling(df: pd.DataFrame) -> pd.DataFrame:
     d["learned_run"] = [base.at[k, "run_id"] if k in curves else None for k in at]
     d["learned_top1"] = [curve_at(curves[k], s) if k in curves else nan for k, s in zip(at, d["spc"], strict=True)]
     final = [curves[k][-1]["top1"] if k in curves else nan for k in at]  # the final evaluation ends a curve
-    d["learned_flat"] = [flattened(curves.get(k)) for k in at]
+    d["learned_flat"] = [flat(curves.get(k), HEAD_SCALING_FLAT, k[2]) for k in at]
     d["gap"] = 100 * (d["learned_top1"] - d["accuracy.top1"])
     d["spc_to_90"] = [curve_reach(c, 0.9 * t) for c, t in zip(d["accuracy.curve"], final, strict=True)]
-    d["flat"] = [flattened(c) for c in d["accuracy.curve"]]
+    d["flat"] = [flat(c, HEAD_SCALING_FLAT, n) for c, n in zip(d["accuracy.curve"], d["C"], strict=True)]
     cols = [*keys, "head_label", "c_over_n", "capacity", "accuracy.top1", "learned_top1", "gap", "spc",
             "spc_to_90", "flat", "learned_flat", "run_id", "learned_run"]  # fmt: skip
     return d[cols].sort_values([*keys, "head_label"]).reset_index(drop=True)
@@ -451,7 +450,7 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     d["V"] = d["config.model.num_classes"].astype(int)
     d["body"] = d["config.model.model"]
     d["dataset"] = d["config.data.dataset"]
-    d["lr"] = d["config.train.lr"] if "config.train.lr" in d else float("nan")
+    d["lr"] = [_setting(r, "config.train.lr") for _, r in d.iterrows()]  # a record without one ran the default
     d["tokens_per_entry"] = [c[-1]["samples_per_class"] if c else float("nan") for c in d["accuracy.curve"]]
     d["loss"] = d["accuracy.eval_loss"]
     oracle = d["accuracy.oracle_loss"] if "accuracy.oracle_loss" in d else pd.Series(float("nan"), index=d.index)
@@ -485,6 +484,8 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
     bytes per step and rank, held-out loss and perplexity, the loss above the entropy rate (a column only where
     the task has one), against the learned head at the same tokens, top-1, and the fall over the last doubling
     with `flat`."""
+    if table.empty:
+        return "no language-model runs"
     oracle = bool(table["excess_loss"].notna().any())
     rates = table["lr"].nunique() > 1  # a learning-rate check: the rate is a column
     order = {h: i for i, h in enumerate(LM_HEAD_ORDER)}
@@ -502,7 +503,7 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
         if oracle:
             cells.append(f"{r['excess_loss']:.3f}")
         vs = r["loss_vs_learned"]
-        cells += ["" if pd.isna(vs) else "0" if r["head_label"] == "learned" else f"{vs:+.3f}",
+        cells += ["" if pd.isna(vs) else "0" if vs == 0 else f"{vs:+.3f}",
                   f"{100 * r['accuracy.top1']:.1f}%", "" if pd.isna(r["loss_fell"]) else f"{r['loss_fell']:.3f}",
                   "yes" if r["flat"] else "no"]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")

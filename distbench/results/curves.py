@@ -1,5 +1,5 @@
 """When a learning curve (a record's `accuracy.curve`) has flattened: the one rule that ends a run early
-(--until-flat) and that the tables judge a finished run by."""
+(--until-flat) and that the study tables (`results.analysis`) judge a finished run by."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
     uniform guess's loss, so that one tolerance serves every class count). Judged over a doubling, not between
     neighbours, so that how often the run evaluates does not change where it stops; and on both, because a
     curve before its take-off can sit at chance top-1 while its loss falls. Three points at least: a record's
-    curve should show its plateau, not one step onto it (a run at 100% from its first point ended at its second)."""
-    if len(curve) < 3 or (half := _half(curve)) is None:
+    curve should show its plateau, not one step onto it (a run at 100% from its first point ended at its second).
+    A loss that rises while top-1 holds counts as flat: over-fitting, where more samples would not help."""
+    if not curve or len(curve) < 3 or (half := _half(curve)) is None:
         return False
     rose = curve[-1]["top1"] - half["top1"]
     return abs(rose) <= tol and loss_fell(curve) <= tol * math.log(classes)
