@@ -493,12 +493,20 @@ def head_scaling_block(records: str | os.PathLike = HEAD_SCALING_RECORDS) -> str
     return head_scaling_markdown(head_scaling(load_runs(records)))
 
 
-LM_PAGE_BLOCKS = {"lm-heads-table": "lm_heads.jsonl", "lm-corpus-table": "lm_corpus.jsonl"}
+LM_PAGE_BLOCKS = {
+    "lm-heads-table": "lm_heads.jsonl",
+    "lm-corpus-table": "lm_corpus.jsonl",
+    "lm-lr-table": "lm_heads_lr.jsonl",
+}
 
 
 def lm_block(name: str) -> str:
-    """docs/language-models.md's table `name` (a key of LM_PAGE_BLOCKS), from the committed records."""
-    return lm_heads_markdown(lm_heads(load_runs(ENGINES_RECORDS.with_name(LM_PAGE_BLOCKS[name]))))
+    """docs/language-models.md's table `name` (a key of LM_PAGE_BLOCKS), from the committed records (a line
+    saying so where a study has none yet)."""
+    records = ENGINES_RECORDS.with_name(LM_PAGE_BLOCKS[name])
+    if not records.is_file():
+        return f"No records yet (`analysis/data/{records.name}`)."
+    return lm_heads_markdown(lm_heads(load_runs(records)))
 
 
 def main(argv: list[str] | None = None) -> int:
