@@ -112,8 +112,9 @@ def generated_docs() -> dict[Path, str]:
 
 def write_docs(check: bool = False) -> list[Path]:
     """Every generated page and block that differs from what its sources make now: written unless `check`.
-    The pages (cli.md, record.md) come from the code; the engines table in docs/engines.md, the heads and
-    head-scaling tables in docs/results.md, the study tables in docs/language-models.md and the benchmark tables
+    The pages (cli.md, record.md) and the planner's projection in docs/language-models.md come from the code;
+    the engines table in docs/engines.md, the heads and head-scaling tables in docs/results.md, the study tables
+    in docs/language-models.md and the benchmark tables
     in README.md and benchmarks/README.md from the committed records (benchmarks/tables.py, in a checkout)."""
     from distbench.results.blocks import update_block
     from distbench.results.report import LM_PAGE_BLOCKS, engines_block, head_scaling_block, heads_block, lm_block
@@ -125,6 +126,7 @@ def write_docs(check: bool = False) -> list[Path]:
             if not check:
                 path.write_text(text)
     from distbench.perfmodel.counts import COUNTS_MODELS, table
+    from distbench.perfmodel.plan import lm_plan_block
 
     blocks = [
         (ROOT / "docs" / "engines.md", "engines-table", engines_block()),
@@ -132,6 +134,7 @@ def write_docs(check: bool = False) -> list[Path]:
         (ROOT / "docs" / "results.md", "head-scaling-table", head_scaling_block()),
         (ROOT / "docs" / "structure.md", "counts-table", table(list(COUNTS_MODELS), 1000)),
         *((ROOT / "docs" / "language-models.md", name, lm_block(name)) for name in LM_PAGE_BLOCKS),
+        (ROOT / "docs" / "language-models.md", "lm-plan-table", lm_plan_block()),
     ]
     tables = ROOT / "benchmarks" / "tables.py"
     if tables.exists():

@@ -232,6 +232,21 @@ def test_longer_lm_lines_end_by_the_rule_their_tables_judge_them_by():
         assert {line["config"]["output"]["out"] for line in lines} == {str(ROOT / "analysis" / "data" / f"{out}.jsonl")}
 
 
+def test_head_scaling_lines_end_by_the_rule_their_table_judges_them_by():
+    """The head-scaling grids stop the learned line where the study's table calls it flat: every --until-flat
+    they set is analysis.HEAD_SCALING_FLAT."""
+    from distbench.results.analysis import HEAD_SCALING_FLAT
+    from distbench.sweep import expand
+
+    for grid in ("head_scaling", "head_scaling_100k"):
+        lines, _ = expand(ROOT / "analysis" / f"{grid}.toml")
+        rules = {line["config"]["train"]["until_flat"] for line in lines} - {0.0}
+        assert rules == {HEAD_SCALING_FLAT}, grid
+        assert {line["config"]["model"]["head"] for line in lines if line["config"]["train"]["until_flat"]} == {
+            "learned"
+        }, grid
+
+
 def test_lm_lines_are_flat_by_the_language_model_tolerance():
     """A language-model line is flat by the --until-flat rule at LM_FLAT: 0.05 nats per doubling at V = 8K is flat
     at the image study's 0.01 but not here, and neither is a top-1 that moved 0.3 points; a record without a

@@ -73,10 +73,32 @@ def test_plan_json_and_bad_input(capsys):
         (["--cluster", "nope"], "--cluster"),
         (["--model", "x"], "--model"),
         (["--freeze", "fraction:2"], "--freeze"),
+        (["--model", "tiny,x"], "--model"),
+        (["--model", ","], "--model"),
+        (["--num-classes", "1000,1"], "--num-classes"),
+        (["--num-classes", "1000,x"], "--num-classes"),
+        (["--gpus", "0"], "--gpus"),
+        (["--model", "resnet18,gpt-tiny", "--heads", "learned,tied"], "--heads"),
     ):
         code, _, err = plan_main(capsys, *args)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and f"error: {flag}:" in lines[0], err
+
+
+def test_plan_takes_several_models_and_class_counts(capsys):
+    """Every model at every class count, one group each, in the order given: the language models' table
+    (docs/language-models.md) is one such command."""
+    code, out, _ = plan_main(capsys, "--model", "gpt-tiny,gpt2-small", "--num-classes", "1000,4096",
+                             "--heads", "learned,tied", "--gpus", "8", "--json")  # fmt: skip
+    assert code == 0
+    rows = json.loads(out)
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    assert groups == [f"{m}, {v:,} classes" for m in ("gpt-tiny", "gpt2-small") for v in (1000, 4096)]
+    by = {(r["group"], r["head"]): r["bytes_per_step"] for r in rows}
+    # the tied head sends its matrix once: V x d fewer gradient bytes than the learned head (fp32)
+    for m, d in (("gpt-tiny", 64), ("gpt2-small", 768)):
+        for v in (1000, 4096):
+            assert by[f"{m}, {v:,} classes", "learned head"] - by[f"{m}, {v:,} classes", "tied head"] == 4 * d * v
 
 
 # ------------------------------------------------------------------------------------------- from records
@@ -152,3 +174,17 @@ def test_plan_figure_has_one_panel_per_model_and_labels_its_lines():
         assert len(ax.lines) == 2  # one per head
         labels = [t.get_text() for t in ax.texts]
         assert "learned" in labels and any(t.startswith("fixed ") and t.endswith("x") for t in labels)
+
+
+def test_the_language_models_table_names_the_command_that_prints_it():
+    """docs/language-models.md shows `lm_plan_command()` above the table made from LM_PLAN: the command parses
+    back to LM_PLAN, so it prints that table (`main` and the page both go through spec_rows)."""
+    import shlex
+
+    from distbench.perfmodel.plan import LM_PLAN, _validate, lm_plan_command, parse_args
+
+    words = shlex.split(lm_plan_command())
+    assert words[:2] == ["distbench", "plan"]
+    args = parse_args(words[2:])
+    _validate(args)
+    assert [args.model, args.num_classes, args.heads, args.gpus, args.cluster] == list(LM_PLAN.values())

@@ -3,6 +3,8 @@
     python -m distbench.perfmodel.plan --model resnet50 --num-classes 100000 --heads learned,fixed \\
         --gpus 8,64,1024 --cluster h100-ib-ndr
     python -m distbench.perfmodel.plan --records analysis/data --gpus 8,64,1024 --cluster h100-ib-ndr
+    python -m distbench.perfmodel.plan --model gpt2-small,gpt2-medium,gpt2-xl --num-classes 50257,128256,262144 \\
+        --heads learned,tied,fixed-srht --gpus 64      # the language models' table (docs/language-models.md)
 
 Each configuration is a `Workload`: its gradient bytes per step, its compute time and the window in which
 DDP's bucketed all-reduce can hide behind the backward pass. The step is then predicted on `--gpus` GPUs
@@ -290,6 +292,37 @@ def plan(
     return rows
 
 
+def spec_rows(
+    models: list[str], classes: list[int], heads: list[str], gpus: list[int], cluster: str, **kw
+) -> list[dict]:
+    """`plan` for every model at every class count, model by model: one group of rows each."""
+    return [row for m in models for c in classes for row in plan(m, c, heads, gpus, cluster, **kw)]
+
+
+# The language models' projection in docs/language-models.md: GPT-2 small and medium and GPT-2 XL (1.5B, the
+# ~1B configuration) at GPT-2's, Llama 3's and a 256K vocabulary, on 64 H100s; the page prints this command.
+LM_PLAN = {
+    "models": ["gpt2-small", "gpt2-medium", "gpt2-xl"],
+    "classes": [50_257, 128_256, 262_144],
+    "heads": ["learned", "tied", "fixed-srht"],
+    "gpus": [64],
+    "cluster": "h100-ib-ndr",
+}
+
+
+def lm_plan_command() -> str:
+    lists = {k: ",".join(map(str, v)) for k, v in LM_PLAN.items() if k != "cluster"}
+    return (
+        f"distbench plan --model {lists['models']} --num-classes {lists['classes']} --heads {lists['heads']} "
+        f"--gpus {lists['gpus']} --cluster {LM_PLAN['cluster']}"
+    )
+
+
+def lm_plan_block() -> str:
+    """docs/language-models.md's projection: the command, then the table it prints."""
+    return f"`{lm_plan_command()}`\n\n{table(spec_rows(**LM_PLAN))}"
+
+
 def plan_records(path: str | os.PathLike, gpus: list[int], cluster: str) -> tuple[list[dict], int]:
     workloads, skipped = record_workloads(path, cluster)
     return project(workloads, gpus, cluster, None), skipped
@@ -324,16 +357,16 @@ def _ints(text: str) -> list[int]:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like run.py
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+    def error(self, message: str):  # one line, exit 2, like run.py and the checks below: "error: --flag: why"
+        print(f"{self.prog}: error: {message.removeprefix('argument ')}", file=sys.stderr)
         raise SystemExit(2)
 
 
 def parse_args(argv: list[str] | None):
     p = _Parser(prog="python -m distbench.perfmodel.plan", description=__doc__.split("\n\n")[0])
     spec = p.add_argument_group("from a model spec (built on the meta device)")
-    spec.add_argument("--model", default=None, help="default resnet50")
-    spec.add_argument("--num-classes", type=int, default=None, help="default 100000")
+    spec.add_argument("--model", default=None, help="comma-separated model names (default resnet50)")
+    spec.add_argument("--num-classes", type=_ints, default=None, help="comma-separated class counts (default 100000)")
     spec.add_argument("--heads", default=None, help="comma-separated head names (default learned,fixed)")
     spec.add_argument("--freeze", action="append", default=None, help="a freeze rule; repeat for several")
     spec.add_argument("--batch-size", type=int, default=32, help="samples per GPU per step")
@@ -349,7 +382,7 @@ def parse_args(argv: list[str] | None):
 
 def _validate(args) -> None:
     """ConfigError naming the first bad flag."""
-    from distbench.model.backbones import check_model_name
+    from distbench.model.backbones import check_model_name, is_language_model
     from distbench.model.heads import HEADS
     from distbench.model.structure.freeze import parse_rule
     from distbench.runtime.checks import known
@@ -363,13 +396,18 @@ def _validate(args) -> None:
         if not os.path.exists(args.records):
             raise ConfigError("records", f"no such file or directory: {args.records}")
         return
-    args.model = args.model or "resnet50"
-    args.num_classes = args.num_classes or 100_000
+    args.model = [m.strip() for m in (args.model or "resnet50").split(",") if m.strip()]
+    args.num_classes = args.num_classes or [100_000]
     args.heads = [h.strip() for h in (args.heads or "learned,fixed").split(",") if h.strip()]
     args.freeze = args.freeze or ["none"]
-    known("model", check_model_name, args.model)
+    if not args.model:
+        raise ConfigError("model", "name at least one model")
+    for m in args.model:
+        known("model", check_model_name, m)
     for h in args.heads:
         known("heads", HEADS.get, h)
+    if "tied" in args.heads and not all(map(is_language_model, args.model)):
+        raise ConfigError("heads", "tied reuses a language model's token embedding: plan it for gpt-* models only")
     for f in args.freeze:
         known("freeze", parse_rule, f)
     if args.device is None and args.cluster not in CLUSTER_DEVICE:
@@ -377,7 +415,7 @@ def _validate(args) -> None:
                           f"{', '.join(DEVICES)}, or plan from --records")  # fmt: skip
     if args.device is not None and args.device not in DEVICES:
         raise ConfigError("device", f"unknown device {args.device!r}; choose from: {', '.join(DEVICES)}")
-    for name, ok in (("num_classes", args.num_classes >= 2), ("batch_size", args.batch_size >= 1),
+    for name, ok in (("num_classes", min(args.num_classes) >= 2), ("batch_size", args.batch_size >= 1),
                      ("mfu", 0 < args.mfu <= 1), ("bucket_cap_mb", args.bucket_cap_mb > 0)):  # fmt: skip
         if not ok:
             raise ConfigError(name, f"out of range: {getattr(args, name)}")
@@ -407,11 +445,13 @@ def main(argv: list[str] | None = None) -> int:
             f"not explain is kept on that interconnect only.\n"
         )
     else:
-        rows = plan(args.model, args.num_classes, args.heads, args.gpus, args.cluster, args.batch_size,
-                    args.bucket_cap_mb, args.mfu, tuple(args.freeze), args.device)  # fmt: skip
+        rows = spec_rows(args.model, args.num_classes, args.heads, args.gpus, args.cluster,
+                         batch_size=args.batch_size, bucket_cap_mb=args.bucket_cap_mb, mfu=args.mfu,
+                         freezes=tuple(args.freeze), device=args.device)  # fmt: skip
         device = DEVICES[args.device or CLUSTER_DEVICE[args.cluster]]
         header = (
-            f"{args.model}, {args.num_classes:,} classes, batch {args.batch_size} per GPU, DDP buckets of "
+            f"{', '.join(args.model)}, {', '.join(f'{c:,}' for c in args.num_classes)} classes, "
+            f"batch {args.batch_size} per GPU, DDP buckets of "
             f"{args.bucket_cap_mb:g} MiB, on {args.cluster} ({preset.gpus_per_node} GPUs per node)\n"
             f"Assumed: compute from FLOPs at {args.mfu:.0%} of {device.name}'s {device.peak_flops / 1e12:,.0f} "
             f"TFLOPS (bf16 dense; an assumption: a real step can be 2x either way, so step times and speed-ups "
