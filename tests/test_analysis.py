@@ -333,7 +333,7 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | 0.020 | yes |")
     assert md[3].endswith("| +0.510 | 40.0% | 1.000 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
     real = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "real-text"])).splitlines()
-    assert "entropy" not in real[0] and real[2].startswith("| 8,192 | learned | 64 | 4.00 | 5.000 |")
+    assert "entropy" not in real[0] and real[2].startswith("| 8,192 | learned | 64 | 4.00 | 6,400 | 2 | 5.000 |")
     # A learning-rate check: each head is held against the learned head at its own rate, and the rate is a column.
     check = pd.json_normalize([*rows[:2], run("l3", "learned", [4.0, 2.2, 2.1, 2.0], lr=3e-3),
                                run("t3", "tied", [4.0, 2.5, 2.3, 2.2], lr=3e-3)], sep=".")  # fmt: skip

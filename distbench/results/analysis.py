@@ -474,6 +474,10 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     return d[cols].sort_values([*keys, "head_label", "tokens_per_entry"]).reset_index(drop=True)
 
 
+def _maybe(value, spec: str) -> str:
+    return "" if pd.isna(value) else format(value, spec)
+
+
 # The order a language-model table lists its heads in: the baseline, then by bytes sent and loss given up.
 LM_HEAD_ORDER = ("learned", "sharded", "tied", "fixed-srht, alpha from the rule", "fixed-srht, authors' alpha")
 
@@ -481,7 +485,8 @@ LM_HEAD_ORDER = ("learned", "sharded", "tied", "fixed-srht, alpha from the rule"
 def lm_heads_markdown(table: pd.DataFrame) -> str:
     """Markdown of `lm_heads(...)` for one data set, one row per run by V, learning rate (a column where there are
     several), then head (LM_HEAD_ORDER), then budget:
-    bytes per step and rank, held-out loss and perplexity, the loss above the entropy rate (a column only where
+    bytes per step and rank, tokens per second (all ranks) and peak memory (MB, max over ranks), held-out loss and
+    perplexity, the loss above the entropy rate (a column only where
     the task has one), against the learned head at the same tokens, top-1, and the fall over the last doubling
     with `flat`."""
     if table.empty:
@@ -491,7 +496,8 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
     order = {h: i for i, h in enumerate(LM_HEAD_ORDER)}
     runs = table.assign(_order=table["head_label"].map(lambda h: order.get(h, len(order))))
     runs = runs.sort_values(["V", "lr", "_order", "head_label", "tokens_per_entry"])
-    head = ["V", *["lr"] * rates, "head", "tokens / entry", "MB / step / rank", "held-out loss (nats)", "perplexity"]
+    head = ["V", *["lr"] * rates, "head", "tokens / entry", "MB / step / rank", "tokens / s", "peak MB"]
+    head += ["held-out loss (nats)", "perplexity"]
     head += ["above the entropy rate"] * oracle + ["vs learned", "top-1", "fell over the last doubling", "flat"]
     rows = [
         "| " + " | ".join(head) + " |",
@@ -499,7 +505,8 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
     ]
     for _, r in runs.iterrows():
         cells = [f"{r['V']:,}", *[f"{r['lr']:g}"] * rates, r["head_label"], _per_class(r["tokens_per_entry"]),
-                 f"{r['mb_per_step']:.2f}", f"{r['loss']:.3f}", f"{math.exp(r['loss']):,.1f}"]  # fmt: skip
+                 f"{r['mb_per_step']:.2f}", _maybe(r["tokens_per_s"], ",.0f"), _maybe(r["peak_mb"], ",.0f"),
+                 f"{r['loss']:.3f}", f"{math.exp(r['loss']):,.1f}"]  # fmt: skip
         if oracle:
             cells.append(f"{r['excess_loss']:.3f}")
         vs = r["loss_vs_learned"]
