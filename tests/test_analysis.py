@@ -332,6 +332,9 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     assert [r.split(" | ")[1] for r in md[2:]] == ["learned", "tied", "fixed-srht, alpha from the rule"]
     assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | 0.020 | yes |")
     assert md[3].endswith("| +0.510 | 40.0% | 1.000 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
+    near = lm_heads(df[df["config.data.dataset"] == "synthetic-text"])
+    near["loss_vs_learned"] = near["head_label"].map({"learned": 0.0, "tied": -0.0004}).fillna(0.51)
+    assert [r.split(" | ")[-4] for r in lm_heads_markdown(near).splitlines()[2:]] == ["0", "+0.000", "+0.510"]
     real = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "real-text"])).splitlines()
     assert "entropy" not in real[0] and real[2].startswith("| 8,192 | learned | 64 | 4.00 | 6,400 | 2 | 5.000 |")
     # A learning-rate check: each head is held against the learned head at its own rate, and the rate is a column.
