@@ -486,9 +486,8 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
     """Markdown of `lm_heads(...)` for one data set, one row per run by V, learning rate (a column where there are
     several), then head (LM_HEAD_ORDER), then budget:
     bytes per step and rank, tokens per second (all ranks) and peak memory (MB, max over ranks), held-out loss and
-    perplexity, the loss above the entropy rate (a column only where
-    the task has one), against the learned head at the same tokens, top-1, and the fall over the last doubling
-    with `flat`."""
+    perplexity, the loss above the entropy rate (a column only where the task has one), against the learned head
+    at the same tokens, top-1, and the fall over the last doubling with `flat`."""
     if table.empty:
         return "no language-model runs"
     oracle = bool(table["excess_loss"].notna().any())
