@@ -510,7 +510,7 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
             cells.append(f"{r['excess_loss']:.3f}")
         vs = r["loss_vs_learned"]
         cells += ["" if pd.isna(vs) else "0" if vs == 0 else f"{round(vs, 3) + 0.0:+.3f}",  # no "-0.000"
-                  f"{100 * r['accuracy.top1']:.1f}%", "" if pd.isna(r["loss_fell"]) else f"{r['loss_fell']:.3f}",
+                  f"{100 * r['accuracy.top1']:.1f}%", _maybe(r["loss_fell"], ".3f"),
                   "yes" if r["flat"] else "no"]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
