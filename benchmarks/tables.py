@@ -186,6 +186,26 @@ def _cross_entropy_short(f: Figures) -> str:
     return ", ".join(f"{text}: {f(f'torch_over_fused_{key}', '.2f')}" for key, text in _shapes(f))
 
 
+def _srht_shapes(f: Figures) -> list[tuple[str, str]]:
+    """(`RxNxC` as printed in figure names, "N = n, C = c, R rows" for a reader) per shape of srht_paths.py."""
+    out = []
+    for shape in str(f.arg("shapes")).split(","):
+        r, n, c = shape.lower().split("x")
+        out.append((f"{r}x{n}x{c}", f"N = {int(n):,}, C = {int(c):,} ({int(r):,} rows)"))
+    return out
+
+
+def _srht_paths(f: Figures) -> str:
+    return (
+        "; ".join(
+            f"{text}: transform {f(f'transform_{key}_ms', '.0f')} ms, dense {f(f'dense_{key}_ms', '.0f')} ms, "
+            f"**{f(f'transform_over_dense_{key}', '.2f')}** (head picks {f.get(f'head_picks_{key}')})"
+            for key, text in _srht_shapes(f)
+        )
+        + f" ({f.arg('threads')} thread, {f.arg('reps')} reps)"
+    )
+
+
 def _data_rate(f: Figures) -> str:
     return (
         f"{f('generate_batch_ms', '.2f')} ms per batch ({f.num('generated_samples_per_s'):,.0f} samples/s) vs "
@@ -261,6 +281,16 @@ BENCHES = (
         _cross_entropy,
         "training loss, torch's / distbench's fused, forward+backward, one thread",
         _cross_entropy_short,
+    ),
+    Bench(
+        "srht_paths",
+        "forward+backward of the `fixed-srht` head alone (no bias, learned alpha): its transform "
+        "(`hadamard.srht`, one FWHT of size m per block of classes) / its dense path (one product with the C x N "
+        "matrix, rebuilt each forward), at the language-model study's shapes (1,024 rows, N = 64, V = 8K and 32K), "
+        "the image study's (256 rows, N = 128, 100K classes) and N = 128 to 1,024 at 8K classes; the path the "
+        "head picks at each (`hadamard.dense_pays`), one thread",
+        "the head picks the faster path",
+        _srht_paths,
     ),
     Bench(
         "data_rate",

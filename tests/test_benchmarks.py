@@ -185,6 +185,20 @@ def test_cross_entropy_times_both_losses_at_each_shape(tmp_path):
 
 
 @pytest.mark.slow
+def test_srht_paths_times_both_paths_and_names_the_heads_choice(tmp_path):
+    out, record = bench(tmp_path, "srht_paths", "--shapes", "32x64x1000,8x300x500", "--reps", "2")
+    assert record["ratio_name"] == "transform_over_dense" and record["env"]["backend"] == "none"
+    assert record["args"] == {"shapes": "32x64x1000,8x300x500", "reps": 2, "threads": 1}
+    assert out["head_picks_32x64x1000"] == "dense" and out["head_picks_8x300x500"] == "transform"
+    for shape in ("32x64x1000", "8x300x500"):
+        assert float(out[f"max_abs_diff_{shape}"]) < 1e-4  # the same logits either way
+        consistent(
+            out, f"transform_over_dense_{shape}", lambda a, b: a / b, f"transform_{shape}_ms", f"dense_{shape}_ms"
+        )
+    assert out["transform_over_dense"] == out["transform_over_dense_32x64x1000"]  # the headline is the first shape
+
+
+@pytest.mark.slow
 def test_split_forward_compares_both_forms_at_both_shares(tmp_path):
     out, record = bench(tmp_path, "split_forward")
     assert record["ratio_name"] == "p0.5_cat_weights_over_cat_outputs"
@@ -381,7 +395,7 @@ def test_tables_are_made_from_the_records_and_check_finds_a_stale_file(tmp_path)
     full_rows = full.read_text().split("<!-- bench-table:start -->\n")[1].split("\n<!-- bench-table:end -->")[0]
     full_rows = {r.split("`")[1]: r for r in full_rows.splitlines()[2:]}
     scripts = ("meter_overhead", "harness_overhead", "head_speedup", "fwht", "cross_entropy", "data_rate")
-    assert sorted(full_rows) == sorted(f"{n}.py" for n in (*scripts, "split_forward"))
+    assert sorted(full_rows) == sorted(f"{n}.py" for n in (*scripts, "srht_paths", "split_forward"))
     assert full_rows["harness_overhead.py"].endswith(
         "| 107.98 / 108.94 ms: **0.991** (95% interval 0.943 to 1.056). 2026-11-22, CPU (x86_64), 2 ranks, ci, "
         "git 0123456 |"
@@ -391,6 +405,7 @@ def test_tables_are_made_from_the_records_and_check_finds_a_stale_file(tmp_path)
         in full_rows["data_rate.py"]
     )
     assert full_rows["split_forward.py"].endswith("| no committed record |")
+    assert full_rows["srht_paths.py"].endswith("| no committed record |")
 
     assert tables(*paths, "--check").returncode == 0  # up to date
     with (data / "data_rate.jsonl").open("a") as fh:  # a newer run is committed

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from distbench.model import heads
 from distbench.model.counts import fixed_weights, param_counts, trainable
 from distbench.model.heads import SRHTHead, build_head, hadamard
 from distbench.model.heads.hadamard import hadamard_block, random_signs, srht
@@ -40,6 +41,27 @@ def dense_logits(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: to
     xhat = x / (x.norm(2, -1, keepdim=True) + 1e-8)
     out = -scale * (xhat @ w.T)
     return out if bias is None else out + bias
+
+
+@pytest.fixture(params=["transform", "dense"])
+def path(request, monkeypatch):
+    """Run a head-level check on each of forward's two paths (`hadamard.dense_pays` picks one per shape)."""
+    monkeypatch.setattr(heads, "dense_pays", lambda n, c: request.param == "dense")
+    return request.param
+
+
+def test_dense_pays_for_small_features_and_a_bounded_matrix():
+    for n, c, dense in [
+        (64, 8192, True),  # the language-model study at 8K
+        (64, 262_144, True),  # 64 MiB exactly: the cap
+        (64, 262_145, False),
+        (128, 100_000, True),  # the image study's N = 128 at 100K classes
+        (hadamard.DENSE_MAX_FEATURES, 100, True),
+        (hadamard.DENSE_MAX_FEATURES + 1, 100, False),
+        (2048, 1000, False),
+    ]:
+        assert hadamard.dense_pays(n, c) is dense, (n, c)
+        assert build_head("fixed-srht", n, c).dense is dense
 
 
 # (N, C): non-powers of two for both; C < m, C = m, C > m, C = 10 m + 3, C >> m; N = 1 (m = 1) and N = m
@@ -88,8 +110,9 @@ def test_dense_weight_matches_the_definition(n, c):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("lead", [(7,), (2, 3)])
 @pytest.mark.parametrize("n,c", SHAPES)
-def test_srht_head_matches_dense_forward_and_backward(n, c, lead, bias):
+def test_srht_head_matches_dense_forward_and_backward(n, c, lead, bias, path):
     head = build_head("fixed-srht", n, c, bias=bias, seed=c).double()
+    assert head.dense is (path == "dense")
     gen = torch.Generator().manual_seed(n * c)
     with torch.no_grad():  # learned values, not the initial ones
         head.scale.fill_(0.7)
@@ -119,7 +142,7 @@ def test_srht_head_matches_dense_forward_and_backward(n, c, lead, bias):
         assert head.bias is None
 
 
-def test_srht_head_gradcheck():
+def test_srht_head_gradcheck(path):
     head = build_head("fixed-srht", 5, 19, seed=3).double()  # m = 8, three blocks, the last partial
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -191,7 +214,7 @@ def test_signs_are_seeded_and_leave_the_global_rng_alone():
         assert torch.equal(srht.bias, ref.bias) and torch.equal(srht.scale, ref.scale)
 
 
-def test_signs_are_a_non_persistent_buffer():
+def test_signs_are_a_non_persistent_buffer(path):
     head = build_head("fixed-srht", 24, 100)
     assert [name for name, _ in head.named_buffers()] == ["signs"]
     assert sorted(head.state_dict()) == ["bias", "scale"]
@@ -233,7 +256,7 @@ def test_a_million_classes_hold_no_class_by_feature_matrix():
 
 
 @pytest.mark.parametrize("n,c", [(100, 1000), (64, 64), (12, 5)])
-def test_srht_head_float32_and_bf16_inputs(n, c):
+def test_srht_head_float32_and_bf16_inputs(n, c, path):
     head = build_head("fixed-srht", n, c, seed=4)
     with torch.no_grad():
         head.scale.fill_(0.7)
@@ -261,7 +284,7 @@ def test_srht_head_float32_and_bf16_inputs(n, c):
 
 
 @pytest.mark.parametrize("shape", [(0, 12), (2, 0, 12)])
-def test_empty_batch(shape):
+def test_empty_batch(shape, path):
     assert build_head("fixed-srht", 12, 37)(torch.zeros(shape)).shape == (*shape[:-1], 37)
 
 
@@ -299,11 +322,12 @@ def test_srht_matches_dense_in_any_chunking(m, c, bias, chunk_blocks):
 
 
 def test_srht_head_across_chunk_boundaries(monkeypatch):
-    """The head with chunks of two blocks (a float64 row of one block: 16 x 8 bytes), the last chunk one
-    partial block: forward and backward as the dense C x N matrix, leading dims kept."""
+    """The head's transform path with chunks of two blocks (a float64 row of one block: 16 x 8 bytes), the last
+    chunk one partial block: forward and backward as the dense C x N matrix, leading dims kept."""
     n, c = 12, 163  # m = 16: ten whole blocks and three classes of an eleventh
     monkeypatch.setitem(hadamard.CHUNK_BYTES, "cpu", 2 * 6 * 16 * 8)
     head = build_head("fixed-srht", n, c, seed=2).double()
+    head.dense = False
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         head.bias.copy_(torch.randn(c, dtype=torch.float64, generator=gen))
@@ -323,7 +347,7 @@ def test_srht_head_across_chunk_boundaries(monkeypatch):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n,c", [(12, 163), (100, 5), (64, 128)])
-def test_srht_head_with_a_fixed_scale_matches_dense(n, c, bias):
+def test_srht_head_with_a_fixed_scale_matches_dense(n, c, bias, path):
     head = build_head("fixed-srht", n, c, bias=bias, fixed_scale=2.5, seed=1).double()
     assert "scale" not in dict(head.named_parameters())
     x = torch.randn(4, n, dtype=torch.float64, generator=torch.Generator().manual_seed(c))
@@ -356,9 +380,10 @@ def test_srht_gradcheck_across_chunks(bias):
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
-def test_srht_keeps_nothing_class_sized_for_backward():
-    """Backward recomputes the transform from the logits' gradient: what the forward saves is the signs and
-    the B x m input's own graph, not a B x C product or transform stage."""
+def test_srht_keeps_nothing_class_sized_for_backward(path):
+    """The transform's backward recomputes it from the logits' gradient: what the forward saves is the signs
+    and the B x m input's own graph, not a B x C product or transform stage. The dense path saves its C x N
+    matrix (capped by DENSE_MAX_BYTES), never B x C either."""
     b, n, c = 4, 64, 20_000
     head = build_head("fixed-srht", n, c)
     saved = []
@@ -366,7 +391,10 @@ def test_srht_keeps_nothing_class_sized_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         out = head(x)
     assert out.shape == (b, c)
-    assert max(saved) <= head.signs.numel() < b * c, saved
+    if path == "dense":
+        assert max(saved) == c * n and b * c not in saved, saved
+    else:
+        assert max(saved) <= head.signs.numel() < b * c, saved
     out.backward(torch.randn(b, c))
     assert x.grad.shape == (b, n) and head.bias.grad.shape == (c,)
 
@@ -408,6 +436,7 @@ def test_the_cpu_takes_the_radix_stages_even_with_the_kernel_installed(fake_kern
     x = torch.randn(4, 2048)
     assert hadamard.hadamard_kernel(x) is None and hadamard.hadamard_kernel(x.double()) is None
     head = build_head("fixed-srht", 100, 1000)
+    head.dense = False
     xr = torch.randn(3, 100, requires_grad=True)
     head(xr).backward(torch.randn(3, 1000))
     assert calls == [] and xr.grad is not None
@@ -429,6 +458,7 @@ def test_srht_head_on_cuda_uses_the_kernel_and_matches_dense(n, c):
     pytest.importorskip("fast_hadamard_transform", reason="the gpu extra (fast-hadamard-transform) is not installed")
     hadamard._load_kernel.cache_clear()
     head = build_head("fixed-srht", n, c, seed=3)
+    head.dense = False  # the transform, whose kernel this checks (the dense path is a plain matmul)
     with torch.no_grad():
         head.scale.fill_(0.7)
     x = torch.randn(8, n, generator=torch.Generator().manual_seed(c))

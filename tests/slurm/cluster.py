@@ -3,7 +3,8 @@
 Runs as root with no systemd: a munged of its own under `runuser -u munge`, slurmctld and slurmd with a slurm.conf in
 a temporary directory. proctrack/linuxproc with task/none (the cgroup plugins fail here: no freezer
 cgroup), select/cons_tres with CR_Core so array tasks share the node, no accounting, and
-`cred_expire=10` (Slurm holds a requeued job that long before it may start again; 120 s by default).
+`cred_expire=10` (Slurm holds a requeued job that long before it may start again; 120 s by default) with
+`bf_interval=1` (the backfill pass, which is what starts a requeued job, every second instead of every 30).
 Daemons this helper started are stopped by PID.
 
 Given `nodes` (tests/hosts.py's two hosts, say), it is a cluster of those nodes instead: one slurmd per
@@ -96,6 +97,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=1
 ReturnToService=2
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none

@@ -28,7 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from distbench.config import Registry
-from distbench.model.heads.hadamard import fwht, hadamard_block, random_signs, srht
+from distbench.model.heads.hadamard import (
+    dense_pays,
+    fwht,
+    hadamard_block,
+    no_autocast,
+    random_signs,
+    srht,
+    srht_matrix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -312,21 +320,29 @@ class SRHTHead(_ScaledHead):
         self.block = 1 << max(in_features - 1, 0).bit_length()  # m
         blocks = -(-num_classes // self.block)
         self.register_buffer("signs", random_signs(blocks, self.block, seed), persistent=False)
+        # How forward computes the same logits: a product with the C x N matrix, rebuilt per step, where N is
+        # small (hadamard.dense_pays), else the transform. An attribute, so tests and benchmarks can force either.
+        self.dense = dense_pays(in_features, num_classes)
 
     def dense_weight(self) -> torch.Tensor:
-        """The C x N matrix the head implies (for tests and inspection; never built in training)."""
-        h = hadamard_block(self.block, self.block, torch.float64)
-        rows = (h.unsqueeze(0) * self.signs.double().unsqueeze(1)).reshape(-1, self.block)
-        return rows[: self.num_classes, : self.in_features]
+        """The C x N matrix the head implies, float64 (for tests and inspection)."""
+        return srht_matrix(self.signs, self.num_classes, self.in_features, torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, n, c = self.block, self.in_features, self.num_classes
         lead = x.shape[:-1]
         xhat = self.normalize(x.reshape(-1, n).to(torch.promote_types(x.dtype, torch.float32)))
-        # alpha on the B x m input rather than the B x C output: the same logits, one pass fewer.
-        u = F.pad((self.sign * self.scale) * xhat, (0, m - n))
-        # b goes in with the transform, so each logit is written once and b's gradient is summed per chunk.
-        return srht(u, self.signs, self.bias, c).view(*lead, c)
+        # alpha on the B x N input rather than the B x C output: the same logits, one pass fewer.
+        u = (self.sign * self.scale) * xhat
+        if self.dense:
+            # In u's dtype even under autocast, as `srht` is: both paths give the same logits to rounding.
+            with no_autocast(u.device):
+                w = srht_matrix(self.signs, c, n, u.dtype)
+                logits = F.linear(u, w, None if self.bias is None else self.bias.to(u.dtype))
+        else:
+            # b goes in with the transform, so each logit is written once and b's gradient is summed per chunk.
+            logits = srht(F.pad(u, (0, m - n)), self.signs, self.bias, c)
+        return logits.view(*lead, c)
 
 
 @HEADS.register("fixed-fwht")

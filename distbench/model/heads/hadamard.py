@@ -49,7 +49,7 @@ def _hadamard(r: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return hadamard_block(r, r, dtype).to(device)
 
 
-def _no_autocast(device: torch.device):
+def no_autocast(device: torch.device):
     """In the working dtype even under autocast, which would run the stages' matmuls in bf16/fp16 and round
     every stage: the transform is a sum, not a matmul worth lower precision."""
     kind = device.type
@@ -66,10 +66,9 @@ def _stages(x: torch.Tensor) -> torch.Tensor:
     k = x.shape[-1]
     if k == 1:
         return x.clone()  # a fresh tensor, as for every other K: callers may write into it
-    no_autocast = _no_autocast(x.device)
     y = x.reshape(-1, k)
     inner = 1
-    with no_autocast:
+    with no_autocast(x.device):
         while inner < k:
             r = min(k // inner, RADIX)
             h = _hadamard(r, x.dtype, x.device)  # symmetric, so h or h.T alike
@@ -238,7 +237,7 @@ class _SRHT(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(signs)
         ctx.chunk_blocks = chunk_blocks
-        with _no_autocast(u.device):
+        with no_autocast(u.device):
             return _srht(u, signs, bias, c, chunk_blocks)
 
     @staticmethod
@@ -263,7 +262,7 @@ class _SRHTAdjoint(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         ctx.save_for_backward(signs)
         ctx.chunk_blocks, ctx.shape = chunk_blocks, g.shape
-        with _no_autocast(g.device):
+        with no_autocast(g.device):
             return _srht_adjoint(g, signs, want_u, want_bias, chunk_blocks)
 
     @staticmethod
@@ -273,6 +272,35 @@ class _SRHTAdjoint(torch.autograd.Function):
         if grad_u is None:  # only the bias's gradient was differentiated: its adjoint is a broadcast
             grad_u = torch.zeros(rows, signs.shape[1], dtype=grad_bias.dtype, device=grad_bias.device)
         return _SRHT.apply(grad_u, signs, grad_bias, c, ctx.chunk_blocks), None, None, None, None
+
+
+def srht_matrix(signs: torch.Tensor, num_classes: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """The num_classes x in_features matrix W of `srht`'s transform: srht(u, signs, None, C) equals
+    u[:, :in_features] @ W.T when u's other columns are zero (the head's padding). Row b m + i is the first
+    in_features entries of row i of H D_b; built from the cached m x m H in one pass."""
+    m = signs.shape[1]
+    h = _hadamard(m, dtype, signs.device)
+    return (h.unsqueeze(0) * signs.to(dtype).unsqueeze(1)).view(-1, m)[:num_classes, :in_features]
+
+
+# ------------------------------------------------------------------- the same logits as one matrix product
+# Where N is small the transform's O(B C log m) arithmetic is not what costs: its calls per chunk, the sign
+# product and the copies are, while a product with the C x N matrix itself, B C N multiply-adds, runs at the
+# BLAS's full rate. Measured by benchmarks/srht_paths.py (2-core CPU, 1 thread, forward + backward of the head,
+# 1,024 rows, 8K classes), transform against dense: 227 against 32 ms at N = 64 (the language-model study; its
+# m = 64 leaves a radix-4 stage of 65K tiny products), 90 / 46 at 128, 90 / 73 at 256, 92 / 125 at 512,
+# 106 / 260 at 1,024; at the image study's 256 x 128 x 100K, 227 / 182. So the product up to N = 256. The
+# matrix is rebuilt by every forward (a pass over C x N, a few percent of the product) and freed after
+# backward, so the head still holds no C x N tensor between steps and nothing that DDP, a checkpoint or the
+# byte counts would see; DENSE_MAX_BYTES caps the one it builds.
+DENSE_MAX_FEATURES = 256
+DENSE_MAX_BYTES = 64 << 20
+
+
+def dense_pays(in_features: int, num_classes: int) -> bool:
+    """Whether `fixed-srht` computes its logits as one product with its float32 C x N matrix (small N, a
+    matrix of at most DENSE_MAX_BYTES) rather than by `srht`'s transform; the logits are the same."""
+    return in_features <= DENSE_MAX_FEATURES and num_classes * in_features * 4 <= DENSE_MAX_BYTES
 
 
 def srht(
