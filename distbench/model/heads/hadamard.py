@@ -287,9 +287,10 @@ def srht_matrix(signs: torch.Tensor, num_classes: int, in_features: int, dtype: 
 # Where N is small the transform's O(B C log m) arithmetic is not what costs: its calls per chunk, the sign
 # product and the copies are, while a product with the C x N matrix itself, B C N multiply-adds, runs at the
 # BLAS's full rate. Measured by benchmarks/srht_paths.py (2-core CPU, 1 thread, forward + backward of the head,
-# 1,024 rows, 8K classes), transform against dense: 227 against 32 ms at N = 64 (the language-model study; its
-# m = 64 leaves a radix-4 stage of 65K tiny products), 90 / 46 at 128, 90 / 73 at 256, 92 / 125 at 512,
-# 106 / 260 at 1,024; at the image study's 256 x 128 x 100K, 227 / 182. So the product up to N = 256. The
+# 1,024 rows, 8K classes; the record in benchmarks/data), transform against dense: 221 against 26 ms at N = 64
+# (the language-model study; its m = 64 leaves a radix-4 stage of 65K tiny products), 96 / 50 at 128, 86 / 77 at
+# 256, 93 / 127 at 512, 112 / 262 at 1,024; at the image study's 256 x 128 x 100K, 253 / 195. So the product
+# up to N = 256. The
 # matrix is rebuilt by every forward (a pass over C x N, a few percent of the product) and freed after
 # backward, so the head still holds no C x N tensor between steps and nothing that DDP, a checkpoint or the
 # byte counts would see; DENSE_MAX_BYTES caps the one it builds.
