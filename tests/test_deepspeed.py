@@ -59,15 +59,17 @@ def test_every_engine_takes_the_same_step(tmp_path):
         assert a["eval_loss"] == pytest.approx(ddp["eval_loss"], rel=1e-4), name
 
 
+# The default tier takes each stage once (stage 1 with a language model in tests/test_lm.py), the rest of the
+# matrix is slow: every case is a 2-rank DeepSpeed job of about 10 s.
 @pytest.mark.parametrize(
     "stage,case",
     [
         (0, "learned"),
-        (1, "learned"),
-        (2, "learned"),
+        pytest.param(1, "learned", marks=pytest.mark.slow),
+        pytest.param(2, "learned", marks=pytest.mark.slow),
         (2, "fixed+freeze"),
-        (0, "fixed+freeze"),
-        pytest.param(3, "learned", id="zero3-learned"),
+        pytest.param(0, "fixed+freeze", marks=pytest.mark.slow),
+        pytest.param(3, "learned", id="zero3-learned", marks=pytest.mark.slow),
         pytest.param(3, "fixed+freeze", id="zero3-fixed+freeze"),
     ],
 )

@@ -138,6 +138,7 @@ def test_a_rank_slowed_on_purpose_shows_as_the_slow_rank(tmp_path):
     assert rec["perf"]["exposed_comm_ms_direct"] == pytest.approx(slow["wait_ms"], abs=100)
 
 
+@pytest.mark.slow  # two 100K-class jobs (25 s): a check of the two measures' agreement, as the benchmarks are
 def test_direct_exposed_communication_agrees_with_the_no_sync_differential(tmp_path):
     """Where communication dominates (learned head at 100K classes: 205 MB per step, 2 ranks) the two
     measures agree when the all-reduce cannot overlap the backward (one bucket, sent at its end): both then

@@ -160,6 +160,40 @@ def test_plan_freeze_rules_cut_the_bytes_of_every_head():
     assert by["fixed head, fraction:0.1"]["speedup_vs_learned"] > 1
 
 
+@pytest.mark.parametrize(
+    "model,classes,head,freeze",
+    [
+        ("gpt-tiny", 512, "learned", "none"),
+        ("gpt-tiny", 512, "tied", "none"),  # the head's weight is the backbone's embedding
+        ("gpt-tiny", 512, "tied", "embedding"),  # ... and frozen
+        ("gpt-tiny", 512, "fixed-srht", "bn"),
+        ("resnet18", 1000, "learned", "fraction:0.1"),
+        ("resnet18", 1000, "fixed", "none"),
+    ],
+)
+def test_plan_flops_are_the_whole_models_count(model, classes, head, freeze):
+    """The planner counts a backbone once per freeze rule and adds each head's part; the sum is the count of
+    the whole model, forward and backward, as FlopCounterMode gives it."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from distbench.config import FreezeConfig, ModelConfig
+    from distbench.model import build_model
+    from distbench.model.contracts import example_input
+    from distbench.perfmodel import plan as plan_module
+
+    with torch.device("meta"):
+        net = build_model(ModelConfig(model=model, num_classes=classes, head=head), FreezeConfig(freeze=freeze))
+        with FlopCounterMode(display=False) as counter:
+            logits = net(example_input(net.backbone, 1))
+            F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long)).backward()
+    whole = counter.get_total_flops()
+    assert whole > 0
+    assert spec_workload(model, classes, head, 32, 8, freeze).flops_per_sample == whole
+    assert (model, freeze) in plan_module._BACKBONE_FLOPS  # counted once, then looked up
+
+
 # ------------------------------------------------------------------------------------------------ figure
 def test_plan_figure_has_one_panel_per_model_and_labels_its_lines():
     from distbench.results.report import fig_plan
