@@ -290,10 +290,9 @@ def srht_matrix(signs: torch.Tensor, num_classes: int, in_features: int, dtype: 
 # 1,024 rows, 8K classes; the record in benchmarks/data), transform against dense: 221 against 26 ms at N = 64
 # (the language-model study; its m = 64 leaves a radix-4 stage of 65K tiny products), 96 / 50 at 128, 86 / 77 at
 # 256, 93 / 127 at 512, 112 / 262 at 1,024; at the image study's 256 x 128 x 100K, 253 / 195. So the product
-# up to N = 256. The
-# matrix is rebuilt by every forward (a pass over C x N, a few percent of the product) and freed after
-# backward, so the head still holds no C x N tensor between steps and nothing that DDP, a checkpoint or the
-# byte counts would see; DENSE_MAX_BYTES caps the one it builds.
+# up to N = 256. The matrix is rebuilt by every forward (a pass over C x N, about 2% of the product) and freed
+# after backward, so the head still holds no C x N tensor between steps and nothing that DDP, a checkpoint or
+# the byte counts would see; DENSE_MAX_BYTES caps the one it builds.
 DENSE_MAX_FEATURES = 256
 DENSE_MAX_BYTES = 64 << 20
 
