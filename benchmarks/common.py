@@ -4,6 +4,7 @@ ratio intervals, and (from records.py) the printed figures and the `--out` recor
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
@@ -28,6 +29,7 @@ __all__ = [
     "interleave",
     "ratio_ci95",
     "relaunch",
+    "shape_bench",
     "tiny_job",
     "under_torchrun",
 ]
@@ -69,6 +71,25 @@ def ratio_ci95(a: list[float], b: list[float], resamples: int = 2000) -> tuple[f
         for _ in range(resamples)
     )
     return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def shape_bench(
+    script: str, doc: str, shapes: str, shape_help: str, reps: int
+) -> tuple[argparse.Namespace, Figures, torch.device]:
+    """The start of a one-process script timed at each of `--shapes`: its flags (--shapes, --reps, --threads,
+    --out) parsed, the thread count set (one by default, as each rank of a 2-rank CPU job has), and the device
+    (CUDA when present) and settings printed as the first figure."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--shapes", default=shapes, help=shape_help)
+    ap.add_argument("--reps", type=int, default=reps, help="timed calls per variant and shape")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    add_out_flag(ap)
+    args = ap.parse_args()
+    figures = Figures(script, args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
+    figures.print(f"device: {device.type}, threads: {torch.get_num_threads()}, reps: {args.reps}")
+    return args, figures, device
 
 
 class NoProgress:

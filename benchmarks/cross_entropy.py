@@ -13,7 +13,6 @@ then about 1). One thread by default, as each rank of a 2-rank CPU job has.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from distbench.model.loss import cross_entropy
 from distbench.runtime.timing import Stopwatch
 
-from common import Figures, add_out_flag, interleave
+from common import interleave, shape_bench
 
 
 def time_shape(b: int, c: int, reps: int, device: torch.device, gen: torch.Generator) -> dict[str, float]:
@@ -44,16 +43,7 @@ def time_shape(b: int, c: int, reps: int, device: torch.device, gen: torch.Gener
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default="128x100000,1024x32768", help="comma-separated BxC")
-    ap.add_argument("--reps", type=int, default=15, help="timed calls per variant and shape")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
-    add_out_flag(ap)
-    args = ap.parse_args()
-    figures = Figures(__file__, args)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_num_threads(args.threads)
-    figures.print(f"device: {device.type}, threads: {torch.get_num_threads()}, reps: {args.reps}")
+    args, figures, device = shape_bench(__file__, __doc__, "128x100000,1024x32768", "comma-separated BxC", reps=15)
     gen = torch.Generator(device=device).manual_seed(0)
     ratios = []
     for shape in args.shapes.split(","):

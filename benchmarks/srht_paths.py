@@ -17,7 +17,6 @@ then the headline ratio at the first shape, `transform_over_dense`. One thread b
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
@@ -25,7 +24,7 @@ import torch
 from distbench.model.heads import build_head
 from distbench.runtime.timing import Stopwatch
 
-from common import Figures, add_out_flag, interleave
+from common import interleave, shape_bench
 
 SHAPES = "1024x64x8192,1024x64x32768,256x128x100000,1024x128x8192,1024x256x8192,1024x512x8192,1024x1024x8192"
 
@@ -59,16 +58,7 @@ def time_shape(rows: int, n: int, c: int, reps: int, device: torch.device, gen: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default=SHAPES, help="comma-separated RxNxC (rows x features x classes)")
-    ap.add_argument("--reps", type=int, default=10, help="timed calls per path and shape")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
-    add_out_flag(ap)
-    args = ap.parse_args()
-    figures = Figures(__file__, args)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_num_threads(args.threads)
-    figures.print(f"device: {device.type}, threads: {torch.get_num_threads()}, reps: {args.reps}")
+    args, figures, device = shape_bench(__file__, __doc__, SHAPES, "comma-separated RxNxC (rows x N x C)", reps=10)
     gen = torch.Generator(device=device).manual_seed(0)
     ratios = []
     for shape in args.shapes.split(","):

@@ -162,13 +162,18 @@ def _fwht_short(f: Figures) -> str:
     return "; ".join(parts)
 
 
-def _shapes(f: Figures) -> list[tuple[str, str]]:
-    """(`BxC` as printed in figure names, "B x C" for a reader) per shape of the cross-entropy script."""
+def _shapes(f: Figures, describe: Callable[..., str]) -> list[tuple[str, str]]:
+    """(the shape as printed in figure names, `describe(*its sizes)` for a reader) per shape in the script's
+    `--shapes` (`BxC` for cross_entropy.py, `RxNxC` for srht_paths.py)."""
     out = []
     for shape in str(f.arg("shapes")).split(","):
-        b, c = shape.lower().split("x")
-        out.append((f"{b}x{c}", f"{int(b):,} x {int(c):,}"))
+        sizes = shape.lower().split("x")
+        out.append(("x".join(sizes), describe(*(int(v) for v in sizes))))
     return out
+
+
+def _batch_shapes(f: Figures) -> list[tuple[str, str]]:
+    return _shapes(f, lambda b, c: f"{b:,} x {c:,}")
 
 
 def _cross_entropy(f: Figures) -> str:
@@ -176,23 +181,14 @@ def _cross_entropy(f: Figures) -> str:
         "; ".join(
             f"{text}: torch {f(f'torch_{key}_ms', '.0f')} ms, fused {f(f'fused_{key}_ms', '.0f')} ms, "
             f"**{f(f'torch_over_fused_{key}', '.2f')}**"
-            for key, text in _shapes(f)
+            for key, text in _batch_shapes(f)
         )
         + f" ({f.arg('threads')} thread, {f.arg('reps')} reps)"
     )
 
 
 def _cross_entropy_short(f: Figures) -> str:
-    return ", ".join(f"{text}: {f(f'torch_over_fused_{key}', '.2f')}" for key, text in _shapes(f))
-
-
-def _srht_shapes(f: Figures) -> list[tuple[str, str]]:
-    """(`RxNxC` as printed in figure names, "N = n, C = c, R rows" for a reader) per shape of srht_paths.py."""
-    out = []
-    for shape in str(f.arg("shapes")).split(","):
-        r, n, c = shape.lower().split("x")
-        out.append((f"{r}x{n}x{c}", f"N = {int(n):,}, C = {int(c):,} ({int(r):,} rows)"))
-    return out
+    return ", ".join(f"{text}: {f(f'torch_over_fused_{key}', '.2f')}" for key, text in _batch_shapes(f))
 
 
 def _srht_paths(f: Figures) -> str:
@@ -200,7 +196,7 @@ def _srht_paths(f: Figures) -> str:
         "; ".join(
             f"{text}: transform {f(f'transform_{key}_ms', '.0f')} ms, dense {f(f'dense_{key}_ms', '.0f')} ms, "
             f"**{f(f'transform_over_dense_{key}', '.2f')}** (head picks {f.get(f'head_picks_{key}')})"
-            for key, text in _srht_shapes(f)
+            for key, text in _shapes(f, lambda r, n, c: f"N = {n:,}, C = {c:,} ({r:,} rows)")
         )
         + f" ({f.arg('threads')} thread, {f.arg('reps')} reps)"
     )
