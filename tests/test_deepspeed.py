@@ -155,6 +155,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # DeepSpeed's own launcher, the alternative to torchrun (which the default tier runs it under)
 def test_deepspeed_launcher(tmp_path):
     launcher = shutil.which("deepspeed", path=os.path.dirname(sys.executable))
     out = tmp_path / "runs.jsonl"
