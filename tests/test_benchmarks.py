@@ -156,7 +156,13 @@ def test_fwht_transform_heads_hold_no_dense_buffer(tmp_path):
     # terabytes, so the script must skip them, not try
     out, record = bench(tmp_path, "fwht", "--classes", "20000,1000000000", "--batch", "64", "--reps", "2")
     assert record["ratio_name"] == "dense_over_fwht" and out["headline_classes"] == "20000"
-    assert record["args"] == {"classes": "20000,1000000000", "batch": 64, "reps": 2, "max_gflop": 600}
+    assert record["args"] == {
+        "classes": "20000,1000000000",
+        "batch": 64,
+        "reps": 2,
+        "max_gflop": 600,
+        "heads": ["dense", "fwht", "orthogonal", "srht"],
+    }
     assert out["shape_20000"] == "batch 64, in_features 2048, num_classes 20000"  # 10.5 GFLOP: not capped
     dense = float(out["dense_20000_buffer_MB"])
     assert dense == float(out["orthogonal_20000_buffer_MB"]) == pytest.approx(20000 * 2048 * 4 / 1e6, abs=0.05)
