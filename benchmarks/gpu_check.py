@@ -104,7 +104,8 @@ class Check:
         return done
 
     def tests(self) -> None:
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"]
+        # one test at a time (-n 0): the tier shares one GPU, and some of it times kernels
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", "gpu", "tests"]
         if self.smoke:  # no GPU: the tier collects and skips; that it still collects is the point
             cmd += ["--collect-only"]
         done = self.step("gpu test tier", cmd, self.sizes["limits"]["tests"])
