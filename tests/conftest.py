@@ -171,9 +171,5 @@ def head_pair(tmp_path_factory) -> dict[str, dict]:
     depend on image size)."""
     out = tmp_path_factory.mktemp("pair") / "runs.jsonl"
     common = flags(model="resnet18", num_classes=100_000, image_size=32, **SHORT | {"nosync_steps": 1})
-    records = {}
-    for head in ("learned", "fixed"):
-        r = torchrun([*common, "--head", head], out)
-        assert r.returncode == 0, r.stderr[-3000:]
-        records[head] = r.records[-1]
-    return records
+    heads = ("learned", "fixed")
+    return dict(zip(heads, torchrun_many([[*common, "--head", head] for head in heads], out), strict=True))
