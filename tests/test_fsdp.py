@@ -158,8 +158,8 @@ def test_fsdp_all_gather_bytes_follow_the_gradient_back():
     assert fsdp_all_gather_bytes(model, 1) == 0
 
 
-def test_fsdp_refuses_comm_hooks_and_deepspeed_flags():
-    assert parse_and_check(["--backend", "fsdp"]).dist.backend == "fsdp"
+def test_fsdp_refuses_comm_hooks_and_deepspeed_flags(tmp_path):
+    assert parse_and_check(["--backend", "fsdp", "--out", str(tmp_path / "r.jsonl")]).dist.backend == "fsdp"
     for argv, field, text in [
         (["--backend", "fsdp", "--comm-hook", "fp16"], "dist.comm_hook", "FSDP reduce-scatters gradients itself"),
         (["--backend", "fsdp", "--zero-stage", "1"], "dist.zero_stage", "only with --backend deepspeed"),

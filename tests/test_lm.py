@@ -333,6 +333,6 @@ def test_corpus_splits_by_file_and_round_trips_through_its_vocabulary(tmp_path):
     tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
     assert tokenizer.decode(val[: list(val).index(eot)].tolist()) == first.read_text()
     parse_and_check(["--model", "gpt-tiny", "--dataset", "tokens", "--data-dir", str(out), "--num-classes",
-                     str(vocab), "--seq-len", "8"])  # fmt: skip
+                     str(vocab), "--seq-len", "8", "--out", str(out / "r.jsonl")])  # fmt: skip
     with pytest.raises(SystemExit):
         main(["--vocab", "100", "--out", str(out), "--source", str(src)])  # below 256 bytes + end-of-text
