@@ -33,6 +33,14 @@ def test_fused_cross_entropy_is_torchs(monkeypatch, block, rows, classes):
         assert torch.autograd.gradcheck(lambda z: loss.cross_entropy(z, target), (logits.detach().requires_grad_(),))
 
 
+def test_a_second_backward_through_the_same_loss_gets_the_same_gradient():
+    """The first backward turns the forward's softmax into the gradient; a second (retain_graph) recomputes it."""
+    logits = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
+    mine = loss.cross_entropy(logits, torch.arange(6))
+    first = torch.autograd.grad(mine, logits, retain_graph=True)[0]
+    torch.testing.assert_close(torch.autograd.grad(mine, logits)[0], first, rtol=0, atol=0)
+
+
 def test_float32_stays_float32_and_keeps_torchs_tolerance():
     logits = torch.randn(64, 4096, requires_grad=True)
     target = torch.randint(0, 4096, (64,))

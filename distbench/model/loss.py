@@ -2,10 +2,13 @@
 
 At many classes the loss is a large share of a CPU step. torch's `cross_entropy` is `log_softmax`, which writes
 B x C log-probabilities, then `nll_loss`, whose backward writes a B x C one-hot gradient that `log_softmax`'s
-backward reads back with its output: about three passes over B x C memory each way. Here the forward keeps only
-each row's logsumexp (B floats) and the backward writes softmax minus one-hot once, a block of rows at a time
-small enough to stay in the cache between its passes: 1.7-1.8x faster at 128 x 100K and 1024 x 32K (one thread)
-(`benchmarks/cross_entropy.py`). On CUDA, and for dtypes below float32, torch's own kernels stand.
+backward reads back with its output: about three passes over B x C memory each way. Here the forward writes the
+softmax once, a block of rows at a time small enough to stay in the cache between its passes (max, exp, sum,
+divide), and the backward scales it in place into the gradient and subtracts the one-hot: one pass, where a
+backward from the logits takes the exp again over memory long out of the cache. Against torch's: 1.7-1.75x at
+128 x 100K and 1024 x 32K (one thread, `benchmarks/cross_entropy.py`); against the earlier fusion, whose backward
+took the exp again: 1.16x at 1024 x 32K and 1.33x at 1024 x 8K on a quiet machine, 1.37x at 32K with the other
+core busy, as a 2-rank job keeps it. On CUDA, and for dtypes below float32, torch's own kernels stand.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 # Elements of one block of rows (fp32: 2 MB; a row longer than this is a block of its own). Measured (2-core CPU,
-# 1 thread, forward+backward, medians of 9, the other core busy): at 1024 x 32K, 2^15: 159 ms, 2^17: 148,
-# 2^19: 134, 2^21: 164 (torch: 253); at 128 x 100K, 73, 73, 66, 62 (torch: 109).
+# quiet, 1 thread, forward+backward, medians of 9): at 1024 x 32K, 2^15: 145 ms, 2^17: 137, 2^19: 135, 2^21: 128;
+# at 128 x 100K, 48, 48, 49, 48 (torch: 225 and 90). Flat from 2^17 on; a block stays well inside the cache.
 BLOCK_ELEMENTS = 1 << 19
 
 
@@ -25,32 +28,45 @@ def _blocks(rows: int, cols: int):
     return ((i, min(i + step, rows)) for i in range(0, rows, step))
 
 
-def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
+def _softmax_and_logsumexp(logits: torch.Tensor, probs: torch.Tensor | None) -> torch.Tensor:
+    """Each row's logsumexp; with `probs` (B x C), its softmax written there too."""
+    lse = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
     for lo, hi in _blocks(*logits.shape):
-        torch.logsumexp(logits[lo:hi], 1, out=out[lo:hi])
-    return out
+        if probs is None:
+            torch.logsumexp(logits[lo:hi], 1, out=lse[lo:hi])
+            continue
+        z, e = logits[lo:hi], probs[lo:hi]
+        top = torch.amax(z, 1, keepdim=True)
+        torch.sub(z, top, out=e).exp_()
+        total = e.sum(1, keepdim=True)
+        e.div_(total)
+        torch.add(top.squeeze(1), total.log_().squeeze(1), out=lse[lo:hi])
+    return lse
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
-    """mean_i (logsumexp(z_i) - z_i[y_i]); its gradient (softmax(z_i) - onehot(y_i)) / B, written once."""
+    """mean_i (logsumexp(z_i) - z_i[y_i]); its gradient (softmax(z_i) - onehot(y_i)) / B, made in the forward's
+    softmax buffer. A second backward through the same graph (retain_graph, gradcheck) computes the softmax again
+    from the logits, which are kept: the peak is the logits and one B x C buffer, as torch's."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        lse = _logsumexp(logits)
-        ctx.save_for_backward(logits, target, lse)
+        probs = torch.empty_like(logits)
+        lse = _softmax_and_logsumexp(logits, probs)
+        ctx.save_for_backward(logits, target)
+        ctx.probs = probs  # on ctx, not saved: saved tensors may not change, and this one becomes the gradient
         return (lse - logits.gather(1, target[:, None]).squeeze(1)).mean()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        logits, target, lse = ctx.saved_tensors
+        logits, target = ctx.saved_tensors
+        probs, ctx.probs = ctx.probs, None  # the gradient owns it now
+        if probs is None:  # a second backward
+            probs = torch.empty_like(logits)
+            _softmax_and_logsumexp(logits, probs)
         scale = grad / logits.shape[0]
-        out = torch.empty_like(logits)
-        for lo, hi in _blocks(*logits.shape):
-            block = out[lo:hi]
-            torch.sub(logits[lo:hi], lse[lo:hi, None], out=block)
-            block.exp_().mul_(scale)
+        out = probs.mul_(scale)
         out[torch.arange(len(target), device=out.device), target] -= scale
         return out, None
 
@@ -68,4 +84,4 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "
         return _FusedCrossEntropy.apply(logits, target)
     if logits.requires_grad and torch.is_grad_enabled():  # per-sample losses to differentiate: torch's
         return F.cross_entropy(logits, target, reduction="none")
-    return _logsumexp(logits) - logits.gather(1, target[:, None]).squeeze(1)
+    return _softmax_and_logsumexp(logits, None) - logits.gather(1, target[:, None]).squeeze(1)
