@@ -41,6 +41,11 @@ def test_a_second_backward_through_the_same_loss_gets_the_same_gradient():
     torch.testing.assert_close(torch.autograd.grad(mine, logits)[0], first, rtol=0, atol=0)
 
 
+def test_the_mean_loss_without_a_gradient_is_torchs():
+    logits, target = torch.randn(7, 300, dtype=torch.float64), torch.randint(0, 300, (7,))
+    assert loss.cross_entropy(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-12)
+
+
 def test_float32_stays_float32_and_keeps_torchs_tolerance():
     logits = torch.randn(64, 4096, requires_grad=True)
     target = torch.randint(0, 4096, (64,))

@@ -51,7 +51,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs = torch.empty_like(logits)
+        probs = torch.empty_like(logits) if ctx.needs_input_grad[0] else None  # no backward: the logsumexp alone
         lse = _softmax_and_logsumexp(logits, probs)
         ctx.save_for_backward(logits, target)
         ctx.probs = probs  # on ctx, not saved: saved tensors may not change, and this one becomes the gradient
