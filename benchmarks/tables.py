@@ -270,9 +270,9 @@ BENCHES = (
     Bench(
         "cross_entropy",
         "forward+backward of the training loss alone, float32 logits: torch's `F.cross_entropy` / distbench's "
-        "(`distbench.model.loss`: the forward keeps each row's logsumexp, the backward writes softmax minus "
-        "one-hot once, a cache-sized block of rows at a time), at 128 x 100K (one rank of the 100K-class image "
-        "study) and 1024 x 32K (16 x 64 tokens at a 32K vocabulary), one thread",
+        "(`distbench.model.loss`: the forward writes the softmax once, a cache-sized block of rows at a time, and "
+        "the backward scales it in place into the gradient, minus the one-hot), at 128 x 100K (one rank of the "
+        "100K-class image study) and 1024 x 32K (16 x 64 tokens at a 32K vocabulary), one thread",
         ">= 1.5 on CPU",
         _cross_entropy,
         "training loss, torch's / distbench's fused, forward+backward, one thread",
