@@ -10,6 +10,8 @@ Grid file:
     steps = 20
     [launch]                # how each line is started
     nproc_per_node = 2
+    [sweep]                 # how the sweep treats its lines
+    keep_checkpoints = true # a line keeps its last checkpoint: a line given more steps goes on from it
     [axes]                  # dotted config paths -> values; the sweep is their product
     "model.head" = ["learned", "fixed"]
     "model.num_classes" = [1000, 100000]
@@ -54,6 +56,8 @@ from distbench.runtime.checks import check
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DEFAULTS = {"nproc_per_node": None, "nnodes": 1}  # None: GPUs on the node, else 1
+# keep_checkpoints: a line keeps its last checkpoint after its record, for a line given more steps to go on from
+SWEEP_DEFAULTS = {"keep_checkpoints": False}
 
 
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"  # torchrun's default four, and SIGUSR1
@@ -102,9 +106,15 @@ def expand(grid_path: str | os.PathLike, results: str | None = None) -> tuple[li
         grid = tomllib.loads(grid_path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SweepError(f"{grid_path}: {e}") from None
-    unknown = set(grid) - {"base", "axes", "launch"}
+    unknown = set(grid) - {"base", "axes", "launch", "sweep"}
     if unknown:
-        raise SweepError(f"{grid_path}: unknown table(s) {sorted(unknown)}; use [base.<section>], [axes], [launch]")
+        raise SweepError(
+            f"{grid_path}: unknown table(s) {sorted(unknown)}; use [base.<section>], [axes], [launch], [sweep]"
+        )
+    # How the sweep treats its lines, not what they run: no part of a line's id.
+    sweep = {**SWEEP_DEFAULTS, **grid.get("sweep", {})}
+    if set(sweep) - set(SWEEP_DEFAULTS) or not all(isinstance(v, bool) for v in sweep.values()):
+        raise SweepError(f"{grid_path}: [sweep] takes {', '.join(f'{k} = true|false' for k in SWEEP_DEFAULTS)}")
     base = grid.get("base", {})
     launch_base = {**LAUNCH_DEFAULTS, **grid.get("launch", {})}
     if set(launch_base) - set(LAUNCH_DEFAULTS):
@@ -145,6 +155,8 @@ def expand(grid_path: str | os.PathLike, results: str | None = None) -> tuple[li
         rid = run_id_for(config, launch)
         config["output"]["run_id"] = rid
         lines.append({"index": len(lines), "run_id": rid, "launch": launch, "config": config})
+        if sweep["keep_checkpoints"]:
+            lines[-1]["keep_checkpoint"] = True
     ids = [line["run_id"] for line in lines]
     if len(set(ids)) != len(ids):
         raise SweepError("the grid repeats a configuration (two lines with the same run_id)")
@@ -210,11 +222,15 @@ def nproc_per_node(launch: dict[str, Any]) -> int:
     return int(count) if count.isdigit() and int(count) > 0 else 1
 
 
+def node_count(launch: dict[str, Any]) -> int:
+    return int(os.environ.get("SLURM_NNODES", launch.get("nnodes") or 1))
+
+
 def torchrun_argv(launch: dict[str, Any]) -> list[str]:
     """torchrun for this task: standalone on one node; on several (srun, one task per node) a c10d
     rendezvous on the first node of the allocation, at a port derived from the job id."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    nnodes = int(os.environ.get("SLURM_NNODES", launch.get("nnodes") or 1))
+    nnodes = node_count(launch)
     # SIGUSR1 too: torchrun then passes it to the ranks (which checkpoint) instead of dying of it.
     argv = [torchrun, f"--nproc_per_node={nproc_per_node(launch)}", f"--signals-to-handle={TORCHRUN_SIGNALS}"]
     if nnodes <= 1:
@@ -244,6 +260,30 @@ def checkpoint_dir(line: dict[str, Any]) -> Path:
     return Path(root) / line["run_id"]
 
 
+def continue_shorter(line: dict[str, Any], ckpt: Path) -> str | None:
+    """A line without a checkpoint of its own goes on from the furthest checkpoint beside it of the same training
+    given other --steps, at a step it has not passed (a longer line after a shorter one whose sweep keeps its
+    checkpoints): what it says, or None when there is none."""
+    if line["config"]["output"].get("checkpoint_dir") or checkpoint.read_latest(ckpt) is not None:
+        return None
+    found, ranks = [], nproc_per_node(line["launch"]) * node_count(line["launch"])
+    for other in ckpt.parent.glob(f"*/{checkpoint.LATEST}"):
+        with contextlib.suppress(checkpoint.CheckpointError):
+            latest = checkpoint.read_latest(other.parent)
+            if latest and latest["world_size"] == ranks and checkpoint.continues(latest, line["config"]):
+                found.append((latest["step"], other.parent.name, latest))
+    if not found:
+        return None
+    step, name, latest = max(found, key=lambda f: f[:2])
+    source = ckpt.parent / name
+    try:
+        checkpoint.adopt(source, latest, ckpt)
+    except OSError:  # that line, running now, moved on from this checkpoint and removed it: start afresh
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return None
+    return f"continue {line['run_id']} from {latest['run_id']} at step {step:,} (its checkpoint in {source})"
+
+
 def _stopped_since(directory: Path, since: float) -> bool:
     """Whether the run saved a checkpoint on a signal after `since` (a preempted run, not a failed one)."""
     try:
@@ -259,7 +299,9 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
     (bad config: exit 2; a crash before the record), append a `failed` record with its last error line.
 
     Every line checkpoints (`checkpoint_dir`): a line stopped by a signal exits EXIT_STOPPED with no
-    record, and running it again resumes it. The checkpoint is removed once the line has its ok record.
+    record, and running it again resumes it. The checkpoint is removed once the line has its ok record, unless
+    its sweep keeps checkpoints (`[sweep] keep_checkpoints`): a line of the same training given more steps then
+    goes on from it (`continue_shorter`).
     `relay`: the walk's signal relay (`run_all`); alone, the line has its own."""
     if relay is None:
         with _relaying_signals() as own:
@@ -269,6 +311,8 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
         print(f"skip {line['run_id']}: an ok record exists in {out}")
         return 0
     ckpt = checkpoint_dir(line)
+    if said := continue_shorter(line, ckpt):
+        print(said, flush=True)
     config = {**line["config"], "output": {**line["config"]["output"], "checkpoint_dir": str(ckpt)}}
     cmd = [*torchrun_argv(line["launch"]), str(ROOT / "launch" / "run.py"), *config_argv(config)]
     print("run", shlex.join(cmd), flush=True)
@@ -291,7 +335,7 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
         ours = [t for t in tail if t.startswith("run.py: error:")]
         error = (ours or [t for t in tail if t.strip()] or [f"exit status {code}"])[-1]
         results.append(out, results.failed_record(line["run_id"], line["config"], error, started))
-    if wrote and statuses([line])[line["run_id"]] == "ok":
+    if wrote and statuses([line])[line["run_id"]] == "ok" and not line.get("keep_checkpoint"):
         shutil.rmtree(ckpt, ignore_errors=True)
     return code
 

@@ -64,6 +64,7 @@ def record(**over):
             "warmup_steps": 2,
             "untimed_steps": 0,
             "resumed_from_steps": [],
+            "continued_from": None,
             "timed_window": "continuous",
         },
         "accuracy": {
@@ -100,7 +101,7 @@ def test_valid_record_passes_and_broken_ones_name_the_field():
 def test_fields_added_later_may_be_missing_only_from_records_written_before_them():
     old = record()
     del old["env"]["hosts"]
-    for key in ("untimed_steps", "resumed_from_steps", "timed_window"):
+    for key in ("untimed_steps", "resumed_from_steps", "continued_from", "timed_window"):
         del old["perf"][key]
     validate(old, written_before=True)  # a committed record from before those fields
     with pytest.raises(SchemaError, match=r"env\.hosts"):

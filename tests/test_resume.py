@@ -31,7 +31,9 @@ from distbench.runtime.timing import StepTimer
 # Long enough (about 3 s of steps) that a signal sent after the first checkpoint lands mid-run. A learning
 # curve point every 4 samples per class (every 25 steps: 2 ranks x 8 samples over 100 classes a step), so
 # the curve too must survive the resume.
-JOB = flags(steps=120, warmup_steps=3, nosync_steps=2, batch_size=8, eval_samples=64, checkpoint_every=4, eval_every=4)
+JOB_FLAGS = {"steps": 120, "warmup_steps": 3, "nosync_steps": 2, "batch_size": 8, "eval_samples": 64}
+JOB_FLAGS |= {"checkpoint_every": 4, "eval_every": 4}
+JOB = flags(**JOB_FLAGS)
 
 
 def model_state(ckpt: Path, rank: int) -> dict[str, torch.Tensor]:
@@ -164,6 +166,44 @@ def test_resume_of_a_recorded_run_says_so_and_appends_nothing(tmp_path, referenc
     assert code == 0, log[-3000:]
     assert out.read_text() == ""
     assert log.count("is already complete in") == 1 and "nothing to do" in log
+
+
+def test_a_finished_run_given_more_steps_goes_on_from_its_checkpoint(tmp_path, reference):
+    """The finished, recorded run's checkpoint, and the same command with twice the --steps: it goes on from
+    step 123 as a run of its own (its own id, naming the run it continued) and ends bit-identical to the longer
+    run started from scratch, so nothing trained depends on --steps. How a line that is not yet flat is
+    continued instead of run again."""
+    ref, ref_ckpt = reference
+    longer = flags(**JOB_FLAGS | {"steps": 240})
+    straight = finish(start_torchrun(longer, tmp_path / "straight.jsonl", tmp_path / "straight"))
+    ckpt = copy_checkpoint(ref_ckpt, tmp_path / "ckpt")
+    code, log = finish(start_torchrun(longer, tmp_path / "runs.jsonl", ckpt))
+    assert code == 0 and straight[0] == 0, log[-3000:] + straight[1][-3000:]
+    assert f"continuing run {ref['run_id']} from {ckpt} at step 123, to 243" in log, log[-3000:]
+    (record,), (whole,) = _records(tmp_path / "runs.jsonl"), _records(tmp_path / "straight.jsonl")
+    assert record["run_id"] != ref["run_id"] and record["perf"]["continued_from"] == ref["run_id"]
+    assert whole["perf"]["continued_from"] is None
+    assert record["perf"]["resumed_from_steps"] == [123]
+    assert [p for p in record["accuracy"]["curve"] if p["step"] < 123] == ref["accuracy"]["curve"][:-1]
+    assert_same_run(record, whole, ckpt, tmp_path / "straight")
+
+    # The same command again: that longer run is complete, and it is the one said to be.
+    code, log = finish(start_torchrun(longer, tmp_path / "runs.jsonl", ckpt))
+    assert code == 0 and f"run {record['run_id']} is already complete" in log, log[-3000:]
+    assert len(_records(tmp_path / "runs.jsonl")) == 1
+
+
+def test_resume_refuses_to_shorten_a_run_past_its_checkpoint(tmp_path):
+    """A checkpoint at a step beyond the end that --steps gives: one line naming --steps, exit 2, nothing run."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    latest = {"step": 1000, "dir": "step-00001000", "reason": "end", "world_size": 1, "run_id": "r"}
+    (ckpt / "latest").write_text(json.dumps({**latest, "config": RunConfig().to_dict()}))
+    r = python_run(["--checkpoint-dir", str(ckpt)], tmp_path / "runs.jsonl", timeout=60)
+    assert r.returncode == 2 and not (tmp_path / "runs.jsonl").exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run.py: error: --steps"), r.stderr
+    assert "at step 1,000, past the 210" in lines[0] and "not shortened" in lines[0]
 
 
 def test_rank_fail_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):

@@ -63,3 +63,110 @@ def test_a_signal_while_a_line_starts_stops_the_walk_and_records_nothing(tmp_pat
     assert proc.returncode == 75, log[-3000:]
     assert log.count("\nrun ") + log.startswith("run ") == 1 and "stopped " in log, log[-3000:]
     assert not out.exists() or not [json.loads(x) for x in out.read_text().splitlines()], "a record was written"
+
+
+CONTINUED = """\
+[base.model]
+model = "tiny"
+[base.train]
+warmup_steps = 1
+nosync_steps = 0
+batch_size = 8
+[base.data]
+eval_samples = 32
+[launch]
+nproc_per_node = 1
+[sweep]
+keep_checkpoints = true
+[axes]
+"train.steps" = [4, 9]
+"""
+
+
+def test_a_line_given_more_steps_goes_on_from_a_kept_shorter_line(tmp_path):
+    """A sweep that keeps its checkpoints: the line of 9 steps, run after the same training of 4, goes on from
+    that line's last checkpoint (step 5) instead of starting again; both records are the runs they say, and
+    both checkpoints stay."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, _env
+
+    grid, sweep, out = tmp_path / "grid.toml", tmp_path / "sweep.jsonl", tmp_path / "runs.jsonl"
+    grid.write_text(CONTINUED)
+    sweep_py = [sys.executable, str(ROOT / "launch" / "sweep.py")]
+    run = subprocess.run(
+        [*sweep_py, "expand", str(grid), "-o", str(sweep), "--results", str(out)], env=_env(), capture_output=True,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    short, long = [json.loads(x) for x in sweep.read_text().splitlines()]
+    assert short["keep_checkpoint"] and short["config"]["train"]["steps"] == 4
+    run = subprocess.run(
+        [*sweep_py, "run-all", str(sweep)], env=_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert f"continue {long['run_id']} from {short['run_id']} at step 5" in log, log[-3000:]
+    records = {r["run_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert {r["status"] for r in records.values()} == {"ok"}
+    assert records[short["run_id"]]["perf"]["continued_from"] is None
+    assert records[long["run_id"]]["perf"]["continued_from"] == short["run_id"]
+    assert records[long["run_id"]]["perf"]["resumed_from_steps"] == [5]
+    for line, step in ((short, 5), (long, 10)):
+        latest = json.loads((tmp_path / "checkpoints" / line["run_id"] / "latest").read_text())
+        assert latest["step"] == step and latest["run_id"] == line["run_id"] and latest["recorded"] == str(out)
+
+
+def test_a_sweep_table_takes_only_what_it_knows(tmp_path):
+    import pytest
+
+    from distbench.sweep import SweepError, expand
+
+    grid = tmp_path / "g.toml"
+    for bad in ('keep_checkpoints = "yes"', "keep = true"):
+        grid.write_text(f'[sweep]\n{bad}\n[axes]\n"model.head" = ["learned"]\n')
+        with pytest.raises(SweepError, match=r"\[sweep\] takes keep_checkpoints = true\|false"):
+            expand(grid)
+    grid.write_text('[axes]\n"model.head" = ["learned"]\n')
+    assert "keep_checkpoint" not in expand(grid)[0][0]  # a line of a sweep that removes them, as before
+
+
+def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end(tmp_path):
+    """Which kept checkpoint a line without its own goes on from: of the same training on as many ranks, at a
+    step it has not passed, the furthest; hard-linked, without the other run's record. Nothing else is taken."""
+    import json
+    import os
+
+    from distbench.sweep import checkpoint_dir, continue_shorter, expand
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(CONTINUED.replace("[4, 9]", "[4, 9, 20]"))
+    (short, line, longer) = expand(grid, results=str(tmp_path / "runs.jsonl"))[0]  # ends at 5, 10 and 21
+
+    def kept(name: str, source: dict, step: int, ranks: int = 1, **train) -> None:
+        config = {**source["config"], "train": {**source["config"]["train"], **train}}
+        directory = tmp_path / "checkpoints" / name / f"step-{step:08d}"
+        directory.mkdir(parents=True)
+        (directory / "loop-rank0.pt").write_text(name)
+        latest = {"step": step, "dir": directory.name, "reason": "end", "world_size": ranks, "run_id": name}
+        (directory.parent / "latest").write_text(json.dumps(latest | {"config": config, "recorded": "runs.jsonl"}))
+
+    kept("two-ranks", short, 5, ranks=2)
+    kept("other-lr", short, 5, lr=0.5)
+    kept("past-the-end", longer, 12)  # the 20-step line, stopped at step 12: past the 9-step line's end
+    ckpt = checkpoint_dir(line)
+    assert continue_shorter(line, ckpt) is None and not ckpt.exists()
+    kept("short", short, 5)
+    kept("longer", longer, 8)  # the 20-step line stopped at 8: the furthest the 9-step line may take
+    said = continue_shorter(line, ckpt)
+    assert said.startswith(f"continue {line['run_id']} from longer at step 8"), said
+    latest = json.loads((ckpt / "latest").read_text())
+    assert latest["run_id"] == "longer" and latest["step"] == 8 and "recorded" not in latest
+    adopted, source = (
+        ckpt / "step-00000008" / "loop-rank0.pt",
+        tmp_path / "checkpoints/longer/step-00000008/loop-rank0.pt",
+    )
+    assert os.stat(adopted).st_ino == os.stat(source).st_ino  # a link, not a copy
+    assert continue_shorter(line, ckpt) is None  # it has its own checkpoint now

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distbench.config import ConfigError, RunConfig, trajectory
+from distbench.config import ConfigError, RunConfig, defaults, trajectory
 from distbench.runtime.stop import hold
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ class LoopState:
     resumed_from: list[int] = field(default_factory=list)  # the step of each resume, in order
     curve: list[dict[str, Any]] = field(default_factory=list)  # the learning curve's points so far
     ended_at: int | None = None  # the step the run ended at before its --steps: its curve was flat (--until-flat)
+    continued_from: str | None = None  # the run of the same training, other --steps, whose checkpoint this went on from
 
 
 # -------------------------------------------------------------------------------------------------- files
@@ -143,14 +144,57 @@ def mark_stopped(directory: str | os.PathLike, message: str) -> None:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # Where results go and when the run stops for a flat curve may change between the first start and a
-    # resume; what is trained may not.
-    return {section: values for section, values in trajectory(config).items() if section != "output"}
+    # Where results go, when the run stops for a flat curve and how many steps it is given may change between
+    # the first start and a resume; what is trained may not. Nothing trained depends on --steps (the learning
+    # rate is constant and the data is drawn by step), so a run given more steps is the shorter run continued,
+    # and a checkpoint of one is the other's at that step. A learning-rate schedule over --steps would end
+    # that: it would have to make steps part of what is compared here again.
+    base = defaults()
+    kept = {s: {**base.get(s, {}), **v} for s, v in trajectory(config).items() if s != "output"}
+    kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k != "steps"}
+    return kept
+
+
+def end_step(config: dict[str, Any]) -> int:
+    """The step a run of `config` (as `RunConfig.to_dict` gives it) ends at: its warm-up and timed steps."""
+    train = {**defaults()["train"], **config.get("train", {})}
+    return train["warmup_steps"] + train["steps"]
+
+
+def continues(latest: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether `latest` is a checkpoint of a run of another --steps that `config` may go on from: the same
+    training, saved at a step `config` has not passed (a run can be continued, not shortened)."""
+    return (
+        end_step(latest["config"]) != end_step(config)
+        and _comparable(latest["config"]) == _comparable(config)
+        and latest["step"] <= end_step(config)
+    )
+
+
+def same_run(latest: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether `latest` is a checkpoint of this very run (its own --steps): its record, once written, is this one's."""
+    return end_step(latest["config"]) == end_step(config)
+
+
+def adopt(source: str | os.PathLike, latest: dict[str, Any], directory: str | os.PathLike) -> None:
+    """Give the empty checkpoint directory `directory` the checkpoint `latest` of `source`, as a run that goes on
+    from it (`continues`) needs it: hard links where they can be made (no file of a step directory is written
+    again once `latest` names it), copies where not, then `latest`, without another run's record or stop."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(Path(source) / latest["dir"], Path(directory) / latest["dir"], copy_function=link)
+    _write_json(Path(directory) / LATEST, {k: v for k, v in latest.items() if k not in ("recorded", "stopped")})
 
 
 def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
-    """Before any process starts: a checkpoint in --checkpoint-dir must be one of this very run, and every
-    file of it that distbench reads back must be there and load as data."""
+    """Before any process starts: a checkpoint in --checkpoint-dir must be one of this very run, or of the same
+    training given fewer or more steps and saved at a step this run has not passed (the run goes on from it),
+    and every file of it that distbench reads back must be there and load as data."""
     latest = read_latest(cfg.output.checkpoint_dir) if cfg.output.checkpoint_dir else None
     if latest is None:
         return
@@ -169,7 +213,13 @@ def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
             f"{cfg.output.checkpoint_dir} holds a checkpoint of another configuration ({', '.join(differ)} "
             "differ); use another directory",
         )
-    if latest.get("recorded"):
+    if latest["step"] > (end := end_step(cfg.to_dict())):
+        raise ConfigError(
+            "train.steps",
+            f"{cfg.output.checkpoint_dir} holds this run at step {latest['step']:,}, past the {end:,} (warm-up and "
+            "timed) that --steps gives: a run can be continued, not shortened",
+        )
+    if latest.get("recorded") and same_run(latest, cfg.to_dict()):
         return  # complete: nothing will be loaded
     step_dir = Path(cfg.output.checkpoint_dir) / latest["dir"]
     for rank in range(latest["world_size"]):

@@ -358,6 +358,10 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
     state = checkpoints.load(engine) if checkpoints else None
     if state is None:
         state = LoopState(run_id=run_id or cfg.output.run_id or new_run_id(started_at), started_at=started_at)
+    elif run_id and run_id != state.run_id:  # the same training given other --steps: a run of its own from here
+        log.info("continuing run %s from %s at step %d, to %d", state.run_id, cfg.output.checkpoint_dir, state.step,
+                 total)  # fmt: skip
+        state.continued_from, state.run_id = state.run_id, run_id
     else:
         log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, total)
     batches = dataset.train(start=state.step)
@@ -505,6 +509,7 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             "warmup_steps": tc.warmup_steps,
             "untimed_steps": state.untimed_steps,
             "resumed_from_steps": state.resumed_from,
+            "continued_from": state.continued_from,
             # split: the window's steps ran in more than one process (resumed inside it)
             "timed_window": "split" if any(s > tc.warmup_steps for s in state.resumed_from) else "continuous",
         },

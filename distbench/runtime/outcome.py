@@ -69,11 +69,12 @@ class Outcome:
     def set_config(self, cfg: config.RunConfig) -> None:
         """Called once the config is known: the run's id is fixed now, so a failed record and the ok record of
         a resumed run carry the same one."""
-        from distbench.runtime.checkpoint import read_latest
+        from distbench.runtime.checkpoint import read_latest, same_run
 
         self.cfg = cfg
         latest = read_latest(cfg.output.checkpoint_dir) if cfg.output.checkpoint_dir else None
-        self.run_id = (latest or {}).get("run_id") or cfg.output.run_id or results.new_run_id(self.started_at)
+        ours = latest["run_id"] if latest and same_run(latest, cfg.to_dict()) else None  # not a continued run's
+        self.run_id = ours or cfg.output.run_id or results.new_run_id(self.started_at)
 
     def in_force(self) -> dict[str, Any] | None:
         """The checkpoint a rerun would resume from (`latest`), or None."""
@@ -227,11 +228,11 @@ def already_recorded(cfg: config.RunConfig) -> str | None:
     """The run in --checkpoint-dir is complete and its record written: say so (nothing to run, exit 0)."""
     if not cfg.output.checkpoint_dir:
         return None
-    from distbench.runtime.checkpoint import read_latest
+    from distbench.runtime.checkpoint import read_latest, same_run
 
     latest = read_latest(cfg.output.checkpoint_dir)
-    if not latest or not latest.get("recorded"):
-        return None
+    if not latest or not latest.get("recorded") or not same_run(latest, cfg.to_dict()):
+        return None  # more --steps than the recorded run: it goes on (distbench.runtime.checkpoint.continues)
     return (
         f"run {latest['run_id']} is already complete in {cfg.output.checkpoint_dir}: its record is in "
         f"{latest['recorded']}; nothing to do (use another --checkpoint-dir to run it again)"
