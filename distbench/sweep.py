@@ -260,10 +260,11 @@ def checkpoint_dir(line: dict[str, Any]) -> Path:
     return Path(root) / line["run_id"]
 
 
-def continue_shorter(line: dict[str, Any], ckpt: Path) -> str | None:
-    """A line without a checkpoint of its own goes on from the furthest checkpoint beside it of the same training
-    given other --steps, at a step it has not passed (a longer line after a shorter one whose sweep keeps its
-    checkpoints): what it says, or None when there is none."""
+def shorter(line: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a line without one of its own would go on from: the furthest beside it of the same training
+    on as many ranks, given other --steps, at a step the line has not passed (a longer line after a shorter one
+    whose sweep keeps its checkpoints): its directory and `latest`, or None."""
+    ckpt = checkpoint_dir(line)
     if line["config"]["output"].get("checkpoint_dir") or checkpoint.read_latest(ckpt) is not None:
         return None
     found, ranks = [], nproc_per_node(line["launch"]) * node_count(line["launch"])
@@ -274,14 +275,38 @@ def continue_shorter(line: dict[str, Any], ckpt: Path) -> str | None:
                 found.append((latest["step"], other.parent.name, latest))
     if not found:
         return None
-    step, name, latest = max(found, key=lambda f: f[:2])
-    source = ckpt.parent / name
+    _, name, latest = max(found, key=lambda f: f[:2])
+    return ckpt.parent / name, latest
+
+
+def continue_shorter(line: dict[str, Any]) -> str | None:
+    """Give a line without a checkpoint the one it goes on from (`shorter`), hard-linked into its own directory:
+    what it says, or None when there is none."""
+    if (source := shorter(line)) is None:
+        return None
+    source, latest = source
+    ckpt = checkpoint_dir(line)
     try:
         checkpoint.adopt(source, latest, ckpt)
     except OSError:  # that line, running now, moved on from this checkpoint and removed it: start afresh
         shutil.rmtree(ckpt, ignore_errors=True)
         return None
-    return f"continue {line['run_id']} from {latest['run_id']} at step {step:,} (its checkpoint in {source})"
+    return f"continue {line['run_id']} from {latest['run_id']} at step {latest['step']:,} (its checkpoint in {source})"
+
+
+def progress(line: dict[str, Any], status: str) -> str:
+    """Where a line stands beyond its record's status: its checkpoint's step, or the one it would go on from."""
+    try:
+        latest = checkpoint.read_latest(checkpoint_dir(line))
+        if latest is not None:
+            kept = " kept" if status == "ok" else ""
+            stopped = " (stopped by a signal)" if latest.get("stopped") and status != "ok" else ""
+            return f"checkpoint{kept} at step {latest['step']:,} of {checkpoint.end_step(line['config']):,}{stopped}"
+        if status != "ok" and (found := shorter(line)) is not None:
+            return f"would continue {found[1]['run_id']} from step {found[1]['step']:,}"
+    except checkpoint.CheckpointError as e:
+        return str(e)
+    return ""
 
 
 def _stopped_since(directory: Path, since: float) -> bool:
@@ -310,9 +335,9 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
     if not force and statuses([line])[line["run_id"]] == "ok":
         print(f"skip {line['run_id']}: an ok record exists in {out}")
         return 0
-    ckpt = checkpoint_dir(line)
-    if said := continue_shorter(line, ckpt):
+    if said := continue_shorter(line):
         print(said, flush=True)
+    ckpt = checkpoint_dir(line)
     config = {**line["config"], "output": {**line["config"]["output"], "checkpoint_dir": str(ckpt)}}
     cmd = [*torchrun_argv(line["launch"]), str(ROOT / "launch" / "run.py"), *config_argv(config)]
     print("run", shlex.join(cmd), flush=True)
@@ -465,7 +490,9 @@ def main(argv: list[str] | None = None, prog: str = "sweep.py") -> int:
     e.add_argument("grid")
     e.add_argument("-o", "--out", required=True)
     e.add_argument("--results", help="results file for every line (default: the grid's, else results/GRID.jsonl)")
-    ls = sub.add_parser("list", help="index, run_id, status (from the results file)")
+    ls = sub.add_parser(
+        "list", help="index, run_id, status (from the results file) and where a line's checkpoint stands"
+    )
     ls.add_argument("sweep")
     r = sub.add_parser("run", help="run line INDEX unless an ok record exists")
     r.add_argument("sweep")
@@ -496,7 +523,7 @@ def main(argv: list[str] | None = None, prog: str = "sweep.py") -> int:
         elif args.cmd == "list":
             lines = read_sweep(args.sweep)
             for line, status in zip(lines, statuses(lines).values(), strict=True):
-                print(f"{line['index']:>4}  {line['run_id']:<40} {status}")
+                print(f"{line['index']:>4}  {line['run_id']:<40} {status:<8} {progress(line, status)}".rstrip())
         elif args.cmd == "run":
             lines = read_sweep(args.sweep)
             if not 0 <= args.index < len(lines):

@@ -117,6 +117,8 @@ def test_a_line_given_more_steps_goes_on_from_a_kept_shorter_line(tmp_path):
     for line, step in ((short, 5), (long, 10)):
         latest = json.loads((tmp_path / "checkpoints" / line["run_id"] / "latest").read_text())
         assert latest["step"] == step and latest["run_id"] == line["run_id"] and latest["recorded"] == str(out)
+    listed = subprocess.run([*sweep_py, "list", str(sweep)], env=_env(), capture_output=True, text=True, check=True)
+    assert listed.stdout.splitlines()[1].endswith("ok       checkpoint kept at step 10 of 10"), listed.stdout
 
 
 def test_a_sweep_table_takes_only_what_it_knows(tmp_path):
@@ -139,7 +141,7 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     import json
     import os
 
-    from distbench.sweep import checkpoint_dir, continue_shorter, expand
+    from distbench.sweep import checkpoint_dir, continue_shorter, expand, progress
 
     grid = tmp_path / "grid.toml"
     grid.write_text(CONTINUED.replace("[4, 9]", "[4, 9, 20]"))
@@ -157,10 +159,11 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     kept("other-lr", short, 5, lr=0.5)
     kept("past-the-end", longer, 12)  # the 20-step line, stopped at step 12: past the 9-step line's end
     ckpt = checkpoint_dir(line)
-    assert continue_shorter(line, ckpt) is None and not ckpt.exists()
+    assert continue_shorter(line) is None and not ckpt.exists() and progress(line, "pending") == ""
     kept("short", short, 5)
     kept("longer", longer, 8)  # the 20-step line stopped at 8: the furthest the 9-step line may take
-    said = continue_shorter(line, ckpt)
+    assert progress(line, "pending") == "would continue longer from step 8"  # what `sweep list` says
+    said = continue_shorter(line)
     assert said.startswith(f"continue {line['run_id']} from longer at step 8"), said
     latest = json.loads((ckpt / "latest").read_text())
     assert latest["run_id"] == "longer" and latest["step"] == 8 and "recorded" not in latest
@@ -169,4 +172,5 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
         tmp_path / "checkpoints/longer/step-00000008/loop-rank0.pt",
     )
     assert os.stat(adopted).st_ino == os.stat(source).st_ino  # a link, not a copy
-    assert continue_shorter(line, ckpt) is None  # it has its own checkpoint now
+    assert continue_shorter(line) is None  # it has its own checkpoint now
+    assert progress(line, "pending") == "checkpoint at step 8 of 10"
