@@ -229,7 +229,11 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(0.0, "weight decay")
     batch_size: int = opt(32, "samples per rank per step")
-    steps: int = opt(200, "timed training steps (after warm-up)")
+    steps: int = opt(
+        200,
+        "timed training steps (after warm-up); more than a finished run's, with its --checkpoint-dir: goes on from "
+        "that run's checkpoint",
+    )
     warmup_steps: int = opt(10, "untimed steps first; covers DDP's bucket rebuild after iteration 0")
     nosync_steps: int = opt(20, "steps timed again with gradient sync off, for exposed communication (0: skip)")
     eval_every: float = opt(
