@@ -112,7 +112,8 @@ def expand(grid_path: str | os.PathLike, results: str | None = None) -> tuple[li
             f"{grid_path}: unknown table(s) {sorted(unknown)}; use [base.<section>], [axes], [launch], [sweep]"
         )
     # How the sweep treats its lines, not what they run: no part of a line's id.
-    sweep = {**SWEEP_DEFAULTS, **grid.get("sweep", {})}
+    sweep = grid.get("sweep", {})
+    sweep = {**SWEEP_DEFAULTS, **sweep} if isinstance(sweep, dict) else {"": sweep}
     if set(sweep) - set(SWEEP_DEFAULTS) or not all(isinstance(v, bool) for v in sweep.values()):
         raise SweepError(f"{grid_path}: [sweep] takes {', '.join(f'{k} = true|false' for k in SWEEP_DEFAULTS)}")
     base = grid.get("base", {})
@@ -223,6 +224,7 @@ def nproc_per_node(launch: dict[str, Any]) -> int:
 
 
 def node_count(launch: dict[str, Any]) -> int:
+    """Nodes of one task: Slurm's allocation where there is one, else the grid's `[launch] nnodes`."""
     return int(os.environ.get("SLURM_NNODES", launch.get("nnodes") or 1))
 
 
@@ -261,15 +263,18 @@ def checkpoint_dir(line: dict[str, Any]) -> Path:
 
 
 def shorter(line: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint a line without one of its own would go on from: the furthest beside it of the same training
-    on as many ranks, given other --steps, at a step the line has not passed (a longer line after a shorter one
-    whose sweep keeps its checkpoints): its directory and `latest`, or None."""
+    """The checkpoint a line of a sweep that keeps its checkpoints goes on from when it has none of its own: of the
+    same training on as many ranks given other --steps, beside it, at a step the line has not passed (a line that
+    ended, kept, or one stopped), the furthest: its directory and `latest`, or None."""
     ckpt = checkpoint_dir(line)
-    if line["config"]["output"].get("checkpoint_dir") or checkpoint.read_latest(ckpt) is not None:
+    if not line.get("keep_checkpoint") or line["config"]["output"].get("checkpoint_dir"):
+        return None
+    if checkpoint.read_latest(ckpt) is not None:
         return None
     found, ranks = [], nproc_per_node(line["launch"]) * node_count(line["launch"])
     for other in ckpt.parent.glob(f"*/{checkpoint.LATEST}"):
-        with contextlib.suppress(checkpoint.CheckpointError):
+        # Another line's `latest` that does not read (mid-write elsewhere, damaged) is simply not a candidate.
+        with contextlib.suppress(checkpoint.CheckpointError, TypeError, KeyError, AttributeError, ValueError):
             latest = checkpoint.read_latest(other.parent)
             if latest and latest["world_size"] == ranks and checkpoint.continues(latest, line["config"]):
                 found.append((latest["step"], other.parent.name, latest))
@@ -280,16 +285,14 @@ def shorter(line: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
 
 
 def continue_shorter(line: dict[str, Any]) -> str | None:
-    """Give a line without a checkpoint the one it goes on from (`shorter`), hard-linked into its own directory:
+    """Give a line without a checkpoint the one it goes on from (`shorter`), linked into its own directory:
     what it says, or None when there is none."""
-    if (source := shorter(line)) is None:
+    if (found := shorter(line)) is None:
         return None
-    source, latest = source
-    ckpt = checkpoint_dir(line)
+    source, latest = found
     try:
-        checkpoint.adopt(source, latest, ckpt)
-    except OSError:  # that line, running now, moved on from this checkpoint and removed it: start afresh
-        shutil.rmtree(ckpt, ignore_errors=True)
+        checkpoint.adopt(source, latest, checkpoint_dir(line))
+    except OSError:  # that line moved on and removed it, or this line's directory gained a checkpoint meanwhile
         return None
     return f"continue {line['run_id']} from {latest['run_id']} at step {latest['step']:,} (its checkpoint in {source})"
 
@@ -335,9 +338,13 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
     if not force and statuses([line])[line["run_id"]] == "ok":
         print(f"skip {line['run_id']}: an ok record exists in {out}")
         return 0
+    ckpt = checkpoint_dir(line)
+    with contextlib.suppress(checkpoint.CheckpointError):
+        # A kept checkpoint of this very line, recorded: run again (--force, or its record gone), it starts afresh.
+        if (own := checkpoint.read_latest(ckpt)) and own.get("recorded") and checkpoint.same_run(own, line["config"]):
+            shutil.rmtree(ckpt)
     if said := continue_shorter(line):
         print(said, flush=True)
-    ckpt = checkpoint_dir(line)
     config = {**line["config"], "output": {**line["config"]["output"], "checkpoint_dir": str(ckpt)}}
     cmd = [*torchrun_argv(line["launch"]), str(ROOT / "launch" / "run.py"), *config_argv(config)]
     print("run", shlex.join(cmd), flush=True)

@@ -342,6 +342,14 @@ def test_resume_checkpoints_replace_each_other_whole(tmp_path):
     assert loaded.traffic == state.traffic and loaded.timed_ms == [1.0]
     assert read_latest(tmp_path)["reason"] == "SIGTERM"
     assert torch.equal(torch.rand(1), next_draw)  # the RNG is back where the save left it
+    # Saved again at the step it resumed at (a stop before its first step): the engine's files, which may be
+    # links into another run's checkpoint, are left as they are; the loop's state is saved anew.
+    engine_file = tmp_path / "step-00000008" / "engine-rank0.pt"
+    before = engine_file.stat().st_ino
+    engine.value = torch.tensor([9.0])  # were it saved, this would show
+    store.save(engine, loaded, "SIGINT")
+    assert engine_file.stat().st_ino == before and torch.load(engine_file).item() == 2.0
+    assert read_latest(tmp_path)["reason"] == "SIGINT"
 
 
 # A task the tiny CNN learns in a few dozen steps (8 classes), evaluated every 8 samples per class (every 4

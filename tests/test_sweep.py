@@ -120,6 +120,13 @@ def test_a_line_given_more_steps_goes_on_from_a_kept_shorter_line(tmp_path):
     listed = subprocess.run([*sweep_py, "list", str(sweep)], env=_env(), capture_output=True, text=True, check=True)
     assert listed.stdout.splitlines()[1].endswith("ok       checkpoint kept at step 10 of 10"), listed.stdout
 
+    # Run again on purpose, a line starts afresh, not from its own kept (recorded) checkpoint.
+    cmd = [*sweep_py, "run", str(sweep), "--index", "0", "--force"]
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    again = [r for r in map(json.loads, out.read_text().splitlines()) if r["run_id"] == short["run_id"]]
+    assert len(again) == 2 and again[-1]["perf"]["resumed_from_steps"] == [], (run.stdout + run.stderr)[-3000:]
+
 
 def test_a_sweep_table_takes_only_what_it_knows(tmp_path):
     import pytest
@@ -127,8 +134,8 @@ def test_a_sweep_table_takes_only_what_it_knows(tmp_path):
     from distbench.sweep import SweepError, expand
 
     grid = tmp_path / "g.toml"
-    for bad in ('keep_checkpoints = "yes"', "keep = true"):
-        grid.write_text(f'[sweep]\n{bad}\n[axes]\n"model.head" = ["learned"]\n')
+    for bad in ('[sweep]\nkeep_checkpoints = "yes"', "[sweep]\nkeep = true", "sweep = 1"):
+        grid.write_text(f'{bad}\n[axes]\n"model.head" = ["learned"]\n')
         with pytest.raises(SweepError, match=r"\[sweep\] takes keep_checkpoints = true\|false"):
             expand(grid)
     grid.write_text('[axes]\n"model.head" = ["learned"]\n')
@@ -147,26 +154,32 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     grid.write_text(CONTINUED.replace("[4, 9]", "[4, 9, 20]"))
     (short, line, longer) = expand(grid, results=str(tmp_path / "runs.jsonl"))[0]  # ends at 5, 10 and 21
 
-    def kept(name: str, source: dict, step: int, ranks: int = 1, **train) -> None:
+    def kept(name: str, source: dict, step: int, ranks: int = 1, reason: str = "end", **train) -> None:
         config = {**source["config"], "train": {**source["config"]["train"], **train}}
         directory = tmp_path / "checkpoints" / name / f"step-{step:08d}"
         directory.mkdir(parents=True)
         (directory / "loop-rank0.pt").write_text(name)
-        latest = {"step": step, "dir": directory.name, "reason": "end", "world_size": ranks, "run_id": name}
+        latest = {"step": step, "dir": directory.name, "reason": reason, "world_size": ranks, "run_id": name}
         (directory.parent / "latest").write_text(json.dumps(latest | {"config": config, "recorded": "runs.jsonl"}))
 
     kept("two-ranks", short, 5, ranks=2)
     kept("other-lr", short, 5, lr=0.5)
     kept("past-the-end", longer, 12)  # the 20-step line, stopped at step 12: past the 9-step line's end
+    kept("damaged", short, 5)
+    damaged = tmp_path / "checkpoints" / "damaged" / "latest"
+    damaged.write_text(damaged.read_text().replace('"train": {', '"train": [{').replace('}, "dist"', '}], "dist"'))
     ckpt = checkpoint_dir(line)
     assert continue_shorter(line) is None and not ckpt.exists() and progress(line, "pending") == ""
     kept("short", short, 5)
-    kept("longer", longer, 8)  # the 20-step line stopped at 8: the furthest the 9-step line may take
+    kept("longer", longer, 8, reason="SIGTERM")  # the 20-step line stopped at 8: the furthest the 9-step line may take
+    assert continue_shorter({**line, "keep_checkpoint": False}) is None  # a sweep that keeps none continues none
     assert progress(line, "pending") == "would continue longer from step 8"  # what `sweep list` says
     said = continue_shorter(line)
     assert said.startswith(f"continue {line['run_id']} from longer at step 8"), said
     latest = json.loads((ckpt / "latest").read_text())
     assert latest["run_id"] == "longer" and latest["step"] == 8 and "recorded" not in latest
+    assert latest["reason"] == "continues longer"  # not the other line's signal: this line was not stopped
+    assert sorted(p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")) == []  # nothing left aside
     adopted, source = (
         ckpt / "step-00000008" / "loop-rank0.pt",
         tmp_path / "checkpoints/longer/step-00000008/loop-rank0.pt",

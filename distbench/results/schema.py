@@ -103,8 +103,9 @@ FIELDS: tuple[Field, ...] = (
           added=True),
     Field("perf.resumed_from_steps", list, "the step each resume began at; [] for a run that ran through",
           added=True),
-    Field("perf.continued_from", (str, Null), "the run id whose checkpoint this run went on from: the same training "
-          "given other --steps (a longer run continuing a shorter one); null when it started from scratch", added=True),
+    Field("perf.continued_from", (str, Null), "the run id whose checkpoint this run went on from: the same "
+          "training given other --steps (typically a longer run continuing a shorter one); null when it started "
+          "from scratch", added=True),
     Field("perf.timed_window", str, "`continuous`, or `split` (its steps ran in more than one process)",
           added=True),
     Field("accuracy.top1", Number, "top-1 on the held-out samples (language models: next-token top-1 per "

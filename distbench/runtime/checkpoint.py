@@ -177,9 +177,11 @@ def same_run(latest: dict[str, Any], config: dict[str, Any]) -> bool:
 
 
 def adopt(source: str | os.PathLike, latest: dict[str, Any], directory: str | os.PathLike) -> None:
-    """Give the empty checkpoint directory `directory` the checkpoint `latest` of `source`, as a run that goes on
-    from it (`continues`) needs it: hard links where they can be made (no file of a step directory is written
-    again once `latest` names it), copies where not, then `latest`, without another run's record or stop."""
+    """Give `directory`, which holds no checkpoint, the checkpoint `latest` of `source`, as a run that goes on from
+    it (`continues`) needs it: hard links where they can be made (a step directory's files are replaced by
+    rename, never written again in place: `Checkpoints.save`), copies where not, and `latest` without the other
+    run's record, stop or reason. Built beside `directory` and renamed into place, so a crash leaves no half of
+    one, and a directory that gained a checkpoint meanwhile is left alone (OSError)."""
 
     def link(src: str, dst: str) -> None:
         try:
@@ -187,8 +189,15 @@ def adopt(source: str | os.PathLike, latest: dict[str, Any], directory: str | os
         except OSError:
             shutil.copy2(src, dst)
 
-    shutil.copytree(Path(source) / latest["dir"], Path(directory) / latest["dir"], copy_function=link)
-    _write_json(Path(directory) / LATEST, {k: v for k, v in latest.items() if k not in ("recorded", "stopped")})
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.adopt-{os.getpid()}")
+    try:
+        shutil.copytree(Path(source) / latest["dir"], tmp / latest["dir"], copy_function=link)
+        kept = {k: v for k, v in latest.items() if k not in ("recorded", "stopped")}
+        _write_json(tmp / LATEST, kept | {"reason": f"continues {latest['run_id']}"})
+        os.rename(tmp, directory)  # onto nothing or an empty directory only
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
@@ -216,8 +225,8 @@ def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
     if latest["step"] > (end := end_step(cfg.to_dict())):
         raise ConfigError(
             "train.steps",
-            f"{cfg.output.checkpoint_dir} holds this run at step {latest['step']:,}, past the {end:,} (warm-up and "
-            "timed) that --steps gives: a run can be continued, not shortened",
+            f"{cfg.output.checkpoint_dir} holds a checkpoint at step {latest['step']:,}, past the {end:,} (warm-up "
+            "and timed) that --steps gives: a run can be continued, not shortened",
         )
     if latest.get("recorded") and same_run(latest, cfg.to_dict()):
         return  # complete: nothing will be loaded
@@ -299,11 +308,16 @@ class Checkpoints:
                  config: dict[str, Any], barrier: Callable[[], None]) -> None:  # fmt: skip
         self.directory, self.rank, self.world_size = Path(directory), rank, world_size
         self.device, self.config, self.barrier = device, config, barrier
+        self.latest: dict[str, Any] | None = None  # the checkpoint `load` resumed from
 
     def save(self, engine, state: LoopState, reason: str) -> Path:
         step_dir = self.directory / f"step-{state.step:08d}"
         step_dir.mkdir(parents=True, exist_ok=True)
-        engine.save_checkpoint(step_dir)
+        # At the step it resumed at (a stop before the first step, a run flat where it resumed) the engine is as
+        # loaded, and its files may be hard links into another run's checkpoint (`adopt`), which an engine that
+        # writes in place (DeepSpeed's torch.save to the path) would change under it: they stay as they are.
+        if not (self.latest and self.latest["dir"] == step_dir.name):
+            engine.save_checkpoint(step_dir)
         loop = {"state": asdict(state), "rng": _rng_state(self.device)}
         atomic_save(loop, step_dir / f"loop-rank{self.rank}.pt")
         hold("save")
@@ -351,4 +365,5 @@ class Checkpoints:
             raise CheckpointError(path, f"not a distbench loop state ({e})") from None
         _set_rng_state(loop["rng"], self.device)
         state.resumed_from.append(state.step)
+        self.latest = latest
         return state

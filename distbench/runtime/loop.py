@@ -31,7 +31,7 @@ from distbench.model.contracts import LanguageModel, example_input, positions
 from distbench.model.counts import param_counts
 from distbench.results import SCHEMA, environment, new_run_id, now
 from distbench.results.curves import flat
-from distbench.runtime.checkpoint import Checkpoints, LoopState
+from distbench.runtime.checkpoint import Checkpoints, LoopState, same_run
 from distbench.runtime.data import Batch, Shard, build_dataset
 from distbench.runtime.engines import (
     Engine,
@@ -358,10 +358,11 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
     state = checkpoints.load(engine) if checkpoints else None
     if state is None:
         state = LoopState(run_id=run_id or cfg.output.run_id or new_run_id(started_at), started_at=started_at)
-    elif run_id and run_id != state.run_id:  # the same training given other --steps: a run of its own from here
+    elif not same_run(checkpoints.latest, cfg.to_dict()):  # the same training, other --steps: a run of its own
         log.info("continuing run %s from %s at step %d, to %d", state.run_id, cfg.output.checkpoint_dir, state.step,
                  total)  # fmt: skip
-        state.continued_from, state.run_id = state.run_id, run_id
+        state.continued_from = state.run_id
+        state.run_id, state.started_at = run_id or cfg.output.run_id or new_run_id(started_at), started_at
     else:
         log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, total)
     batches = dataset.train(start=state.step)

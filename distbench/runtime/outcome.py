@@ -232,7 +232,7 @@ def already_recorded(cfg: config.RunConfig) -> str | None:
 
     latest = read_latest(cfg.output.checkpoint_dir)
     if not latest or not latest.get("recorded") or not same_run(latest, cfg.to_dict()):
-        return None  # more --steps than the recorded run: it goes on (distbench.runtime.checkpoint.continues)
+        return None  # other --steps than the recorded run: it goes on from it (distbench.runtime.checkpoint.continues)
     return (
         f"run {latest['run_id']} is already complete in {cfg.output.checkpoint_dir}: its record is in "
         f"{latest['recorded']}; nothing to do (use another --checkpoint-dir to run it again)"
