@@ -228,7 +228,7 @@ def test_longer_lm_lines_end_by_the_rule_their_tables_judge_them_by():
 
     for grid, out in (("lm_heads_long", "lm_heads"), ("lm_corpus_long", "lm_corpus")):
         lines, _ = expand(ROOT / "analysis" / f"{grid}.toml")
-        assert [line["config"]["train"]["until_flat"] for line in lines] == [LM_FLAT] * 3, grid
+        assert lines and {line["config"]["train"]["until_flat"] for line in lines} == {LM_FLAT}, grid
         assert {line["config"]["output"]["out"] for line in lines} == {str(ROOT / "analysis" / "data" / f"{out}.jsonl")}
 
 
