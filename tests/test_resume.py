@@ -169,17 +169,17 @@ def test_resume_of_a_recorded_run_says_so_and_appends_nothing(tmp_path, referenc
 
 
 def test_a_finished_run_given_more_steps_goes_on_from_its_checkpoint(tmp_path, reference):
-    """The finished, recorded run's checkpoint, and the same command with twice the --steps: it goes on from
-    step 123 as a run of its own (its own id, naming the run it continued) and ends bit-identical to the longer
-    run started from scratch, so nothing trained depends on --steps. How a line that is not yet flat is
-    continued instead of run again."""
+    """The finished, recorded run's checkpoint, and the same command with more --steps: it goes on from step 123
+    as a run of its own (its own id, naming the run it continued) and ends bit-identical to the longer run
+    started from scratch, so nothing trained depends on --steps. How a line that is not yet flat is continued
+    instead of run again. (No periodic saves in the longer runs: where a run saves is no part of what it trains.)"""
     ref, ref_ckpt = reference
-    longer = flags(**JOB_FLAGS | {"steps": 240})
+    longer = flags(**JOB_FLAGS | {"steps": 200, "checkpoint_every": 0})
     straight = finish(start_torchrun(longer, tmp_path / "straight.jsonl", tmp_path / "straight"))
     ckpt = copy_checkpoint(ref_ckpt, tmp_path / "ckpt")
     code, log = finish(start_torchrun(longer, tmp_path / "runs.jsonl", ckpt))
     assert code == 0 and straight[0] == 0, log[-3000:] + straight[1][-3000:]
-    assert f"continuing run {ref['run_id']} from {ckpt} at step 123, to 243" in log, log[-3000:]
+    assert f"continuing run {ref['run_id']} from {ckpt} at step 123, to 203" in log, log[-3000:]
     (record,), (whole,) = _records(tmp_path / "runs.jsonl"), _records(tmp_path / "straight.jsonl")
     assert record["run_id"] != ref["run_id"] and record["perf"]["continued_from"] == ref["run_id"]
     assert whole["perf"]["continued_from"] is None
