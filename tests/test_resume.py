@@ -483,6 +483,21 @@ def test_a_stop_during_a_curve_evaluation_resumes_with_that_point(tmp_path, flat
     assert record["accuracy"] == ref["accuracy"]
 
 
+def test_a_continuation_under_the_id_of_the_run_it_continues_is_refused(tmp_path):
+    """Given more --steps, the run is a run of its own: the id of the run it goes on from would write a second
+    record of that id. One line naming --run-id, exit 2, nothing run."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    latest = {"step": 4, "dir": "step-00000004", "reason": "end", "world_size": 1, "run_id": "r", "recorded": "x"}
+    (ckpt / "latest").write_text(json.dumps({**latest, "config": RunConfig().to_dict()}))
+    args = ["--steps", "500", "--run-id", "r", "--checkpoint-dir", str(ckpt)]
+    r = python_run(args, tmp_path / "runs.jsonl", timeout=60)
+    assert r.returncode == 2 and not (tmp_path / "runs.jsonl").exists()
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run.py: error: --run-id"), r.stderr
+    assert "r is the run whose checkpoint this one" in lines[0]
+
+
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

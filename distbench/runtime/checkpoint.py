@@ -165,7 +165,7 @@ def continues(latest: dict[str, Any], config: dict[str, Any]) -> bool:
     """Whether `latest` is a checkpoint of a run of another --steps that `config` may go on from: the same
     training, saved at a step `config` has not passed (a run can be continued, not shortened)."""
     return (
-        end_step(latest["config"]) != end_step(config)
+        not same_run(latest, config)
         and _comparable(latest["config"]) == _comparable(config)
         and latest["step"] <= end_step(config)
     )
@@ -212,7 +212,8 @@ def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
         raise ConfigError(
             field_, f"{cfg.output.checkpoint_dir} holds a checkpoint of {latest['world_size']} ranks, not {world_size}"
         )
-    ours, theirs = _comparable(cfg.to_dict()), _comparable(latest["config"])
+    config = cfg.to_dict()
+    ours, theirs = _comparable(config), _comparable(latest["config"])
     if ours != theirs:
         differ = sorted(
             f"{s}.{k}" for s in ours for k in ours[s] if ours[s].get(k) != theirs.get(s, {}).get(k, object())
@@ -222,13 +223,19 @@ def check_resumable(cfg: RunConfig, world_size: int | None) -> None:
             f"{cfg.output.checkpoint_dir} holds a checkpoint of another configuration ({', '.join(differ)} "
             "differ); use another directory",
         )
-    if latest["step"] > (end := end_step(cfg.to_dict())):
+    if latest["step"] > (end := end_step(config)):
         raise ConfigError(
             "train.steps",
             f"{cfg.output.checkpoint_dir} holds a checkpoint at step {latest['step']:,}, past the {end:,} (warm-up "
             "and timed) that --steps gives: a run can be continued, not shortened",
         )
-    if latest.get("recorded") and same_run(latest, cfg.to_dict()):
+    if not same_run(latest, config) and cfg.output.run_id == latest["run_id"]:
+        raise ConfigError(
+            "output.run_id",
+            f"{latest['run_id']} is the run whose checkpoint this one, given other --steps, goes on from; a run "
+            "that continues another is a run of its own: give it another id, or none",
+        )
+    if latest.get("recorded") and same_run(latest, config):
         return  # complete: nothing will be loaded
     step_dir = Path(cfg.output.checkpoint_dir) / latest["dir"]
     for rank in range(latest["world_size"]):

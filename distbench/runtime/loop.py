@@ -356,13 +356,14 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
             cfg.output.checkpoint_dir, place.rank, place.world_size, place.device, cfg.to_dict(), barrier
         )
     state = checkpoints.load(engine) if checkpoints else None
+    fresh_id = run_id or cfg.output.run_id or new_run_id(started_at)
     if state is None:
-        state = LoopState(run_id=run_id or cfg.output.run_id or new_run_id(started_at), started_at=started_at)
+        state = LoopState(run_id=fresh_id, started_at=started_at)
     elif not same_run(checkpoints.latest, cfg.to_dict()):  # the same training, other --steps: a run of its own
         log.info("continuing run %s from %s at step %d, to %d", state.run_id, cfg.output.checkpoint_dir, state.step,
                  total)  # fmt: skip
         state.continued_from = state.run_id
-        state.run_id, state.started_at = run_id or cfg.output.run_id or new_run_id(started_at), started_at
+        state.run_id, state.started_at = fresh_id, started_at
     else:
         log.info("resumed from %s at step %d of %d", cfg.output.checkpoint_dir, state.step, total)
     batches = dataset.train(start=state.step)
