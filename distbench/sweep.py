@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +354,7 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
     # Its own session: a Ctrl-C in the terminal reaches torchrun once, passed on from here, not twice.
     proc = relay.start(cmd)
     tail: list[str] = []
-    for text in proc.stderr:  # pass stderr through, keep the tail for the failed record
+    for text in _without_launcher_traceback(proc.stderr):  # pass stderr through, keep the tail for the record
         sys.stderr.write(text)
         tail = [*tail[-199:], text.rstrip()]
     code = relay.wait()
@@ -370,6 +371,27 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
     if wrote and statuses([line])[line["run_id"]] == "ok" and not line.get("keep_checkpoint"):
         shutil.rmtree(ckpt, ignore_errors=True)
     return code
+
+
+_LAUNCHER_SIGNALLED = "torch.distributed.elastic.multiprocessing.api.SignalException:"
+
+
+def _without_launcher_traceback(stream: Iterable[str]) -> Iterator[str]:
+    """`stream` less torchrun's own traceback of the signal that stopped it: torchrun, signalled, passes the
+    signal on, waits for its ranks to checkpoint and exit, and then re-raises it as a `SignalException` with a
+    Python traceback of its launcher. The line stopped as it should, but the log read as a crash. Any other
+    traceback, or one cut short by another line, passes whole."""
+    held: list[str] = []
+    for text in stream:
+        if not held and not text.startswith("Traceback (most recent call last):"):
+            yield text
+            continue
+        held.append(text)
+        if len(held) > 1 and not text[:1].isspace():  # the exception's line ends a traceback
+            if not (text.startswith(_LAUNCHER_SIGNALLED) and all(t[:1].isspace() for t in held[1:-1])):
+                yield from held
+            held = []
+    yield from held
 
 
 def run_all(lines: list[dict[str, Any]]) -> int:

@@ -193,17 +193,29 @@ def test_a_finished_run_given_more_steps_goes_on_from_its_checkpoint(tmp_path, r
     assert len(_records(tmp_path / "runs.jsonl")) == 1
 
 
-def test_resume_refuses_to_shorten_a_run_past_its_checkpoint(tmp_path):
-    """A checkpoint at a step beyond the end that --steps gives: one line naming --steps, exit 2, nothing run."""
+def _latest(tmp_path: Path, step: int, **fields: object) -> Path:
+    """A checkpoint directory whose `latest` names a run "r" of the default configuration at `step` (only
+    its `latest`: refusals come before anything is loaded)."""
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    latest = {"step": 1000, "dir": "step-00001000", "reason": "end", "world_size": 1, "run_id": "r"}
+    latest = {"step": step, "dir": f"step-{step:08d}", "reason": "end", "world_size": 1, "run_id": "r", **fields}
     (ckpt / "latest").write_text(json.dumps({**latest, "config": RunConfig().to_dict()}))
-    r = python_run(["--checkpoint-dir", str(ckpt)], tmp_path / "runs.jsonl", timeout=60)
+    return ckpt
+
+
+def _refused(args: list[str], tmp_path: Path, flag: str) -> str:
+    """The one error line of run.py given `args`, which must name `flag`, exit 2 and write nothing."""
+    r = python_run(args, tmp_path / "runs.jsonl", timeout=60)
     assert r.returncode == 2 and not (tmp_path / "runs.jsonl").exists()
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("run.py: error: --steps"), r.stderr
-    assert "at step 1,000, past the 210" in lines[0] and "not shortened" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"run.py: error: {flag}"), r.stderr
+    return lines[0]
+
+
+def test_resume_refuses_to_shorten_a_run_past_its_checkpoint(tmp_path):
+    """A checkpoint at a step beyond the end that --steps gives: one line naming --steps, exit 2, nothing run."""
+    said = _refused(["--checkpoint-dir", str(_latest(tmp_path, 1000))], tmp_path, "--steps")
+    assert "at step 1,000, past the 210" in said and "not shortened" in said
 
 
 def test_rank_fail_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):
@@ -486,25 +498,10 @@ def test_a_stop_during_a_curve_evaluation_resumes_with_that_point(tmp_path, flat
 def test_a_continuation_under_the_id_of_the_run_it_continues_is_refused(tmp_path):
     """Given more --steps, the run is a run of its own: the id of the run it goes on from would write a second
     record of that id. One line naming --run-id, exit 2, nothing run."""
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    latest = {"step": 4, "dir": "step-00000004", "reason": "end", "world_size": 1, "run_id": "r", "recorded": "x"}
-    (ckpt / "latest").write_text(json.dumps({**latest, "config": RunConfig().to_dict()}))
-    args = ["--steps", "500", "--run-id", "r", "--checkpoint-dir", str(ckpt)]
-    r = python_run(args, tmp_path / "runs.jsonl", timeout=60)
-    assert r.returncode == 2 and not (tmp_path / "runs.jsonl").exists()
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("run.py: error: --run-id"), r.stderr
-    assert "r is the run whose checkpoint this one" in lines[0]
+    args = ["--steps", "500", "--run-id", "r", "--checkpoint-dir", str(_latest(tmp_path, 4, recorded="x"))]
+    assert "r is the run whose checkpoint this one" in _refused(args, tmp_path, "--run-id")
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    latest = {"step": 4, "dir": "step-00000004", "reason": "end", "world_size": 1, "run_id": "r"}
-    (ckpt / "latest").write_text(json.dumps({**latest, "config": RunConfig().to_dict()}))
-    r = python_run(["--lr", "0.1", "--checkpoint-dir", str(ckpt)], tmp_path / "runs.jsonl", timeout=60)
-    assert r.returncode == 2 and not (tmp_path / "runs.jsonl").exists()
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("run.py: error: --checkpoint-dir")
-    assert "train.lr" in lines[0]
+    args = ["--lr", "0.1", "--checkpoint-dir", str(_latest(tmp_path, 4))]
+    assert "train.lr" in _refused(args, tmp_path, "--checkpoint-dir")

@@ -187,3 +187,45 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     assert os.stat(adopted).st_ino == os.stat(source).st_ino  # a link, not a copy
     assert continue_shorter(line) is None  # it has its own checkpoint now
     assert progress(line, "pending") == "checkpoint at step 8 of 10"
+
+
+def test_a_line_stopped_in_training_says_so_without_a_traceback_and_resumes(tmp_path):
+    """SIGTERM to `sweep run-all` while its line trains: the line checkpoints and the walk ends with exit 75.
+    Its log has no traceback (torchrun re-raises the signal it passed on as a `SignalException` with one of
+    its own, which read as a crash in every stopped line's log), and the walk run again resumes the line."""
+    import json
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, _env, wait_for
+
+    grid, sweep, out = tmp_path / "grid.toml", tmp_path / "sweep.jsonl", tmp_path / "runs.jsonl"
+    grid.write_text(CONTINUED.replace("[4, 9]", "[30]").replace("keep_checkpoints = true", ""))
+    sweep_py = [sys.executable, str(ROOT / "launch" / "sweep.py")]
+    cmd = [*sweep_py, "expand", str(grid), "-o", str(sweep), "--results", str(out)]
+    assert subprocess.run(cmd, env=_env(), check=False).returncode == 0
+    (line,) = [json.loads(x) for x in sweep.read_text().splitlines()]
+    held = _env() | {"DISTBENCH_HOLD": f"training:{tmp_path}"}  # the rank waits on entering training
+    proc = subprocess.Popen(
+        [*sweep_py, "run-all", str(sweep)], env=held, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    wait_for((tmp_path / "training.rank0").exists, what="the line's rank in training", proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    wait_for((tmp_path / "training.rank0.SIGTERM").exists, what="the signal passed on to the rank", proc=proc)
+    (tmp_path / "training.go").touch()
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 75, log[-3000:]
+    said = re.search(r"stopped by SIGTERM during training, after step (\d+) of 31", log)
+    assert said, log[-3000:]
+    assert f"stopped {line['run_id']}: checkpoint in" in log and "Traceback" not in log, log[-3000:]
+    assert not out.exists()
+
+    again = subprocess.run(
+        [*sweep_py, "run-all", str(sweep)], env=_env(), capture_output=True, text=True, timeout=240, check=False
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    (record,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert record["status"] == "ok" and record["perf"]["resumed_from_steps"] == [int(said[1])]

@@ -359,7 +359,7 @@ def run(cfg: RunConfig, request: StopRequest = REQUEST, run_id: str | None = Non
     fresh_id = run_id or cfg.output.run_id or new_run_id(started_at)
     if state is None:
         state = LoopState(run_id=fresh_id, started_at=started_at)
-    elif not same_run(checkpoints.latest, cfg.to_dict()):  # the same training, other --steps: a run of its own
+    elif not same_run(checkpoints.latest, checkpoints.config):  # the same training, other --steps: a run of its own
         log.info("continuing run %s from %s at step %d, to %d", state.run_id, cfg.output.checkpoint_dir, state.step,
                  total)  # fmt: skip
         state.continued_from = state.run_id
