@@ -289,7 +289,7 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     loss and a top-1 line per head and a cost point per run."""
     from test_results import record
 
-    from distbench.results.analysis import lm_heads, lm_heads_markdown
+    from distbench.results.analysis import gap_moved, lm_heads, lm_heads_markdown
     from distbench.results.curves import loss_fell
     from distbench.results.report import fig_lm_heads
 
@@ -330,11 +330,14 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     md = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "synthetic-text"])).splitlines()
     assert "| lr |" not in md[0]  # one rate: no column
     assert [r.split(" | ")[1] for r in md[2:]] == ["learned", "tied", "fixed-srht, alpha from the rule"]
-    assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | 0.020 | yes |")
-    assert md[3].endswith("| +0.510 | 40.0% | 1.000 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
+    assert "above the entropy rate" in md[0] and md[2].endswith("| 0.490 | 0 | 40.0% | 0.020 |  | yes |")
+    assert md[3].endswith("| +0.510 | 40.0% | 1.000 | -0.980 | no |") and "| 20.1 |" in md[3]  # perplexity e^3.0
+    # Against the learned head: tied was 4.0 - 2.51 behind at 64 per entry, 0.51 at 128; fixed 2.0 at 32, 3.49 at 64.
+    assert table.loc["t", "gap_moved"] == pytest.approx(-0.98) and table.loc["f", "gap_moved"] == pytest.approx(1.49)
+    assert math.isnan(table.loc["l", "gap_moved"]) and math.isnan(gap_moved(rows[1]["accuracy"]["curve"], None))
     near = lm_heads(df[df["config.data.dataset"] == "synthetic-text"])
     near["loss_vs_learned"] = near["head_label"].map({"learned": 0.0, "tied": -0.0004}).fillna(0.51)
-    assert [r.split(" | ")[-4] for r in lm_heads_markdown(near).splitlines()[2:]] == ["0", "+0.000", "+0.510"]
+    assert [r.split(" | ")[-5] for r in lm_heads_markdown(near).splitlines()[2:]] == ["0", "+0.000", "+0.510"]
     real = lm_heads_markdown(lm_heads(df[df["config.data.dataset"] == "real-text"])).splitlines()
     assert "entropy" not in real[0] and real[2].startswith("| 8,192 | learned | 64 | 4.00 | 6,400 | 2 | 5.000 |")
     # A learning-rate check: each head is held against the learned head at its own rate, and the rate is a column.

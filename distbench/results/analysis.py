@@ -19,7 +19,7 @@ import pandas as pd
 from distbench import results
 from distbench.config import defaults
 from distbench.model.structure.freeze import parse_rule
-from distbench.results.curves import flat, loss_fell
+from distbench.results.curves import doubling_start, flat, loss_fell
 
 # Settings that define a variant rather than the experiment: they may differ from the baseline.
 VARIANT_COLUMNS = (
@@ -323,6 +323,21 @@ def curve_at(curve: list, spc: float, key: str = "top1") -> float:
     return float("nan") if not seen or seen[-1] is None else seen[-1]
 
 
+def gap_moved(curve: list | None, baseline: list | None) -> float:
+    """How far a run's held-out loss against the learned head's (`baseline`: that run's curve) moved over the
+    run's last doubling of tokens: the gap at its end minus the gap where that doubling starts (negative: it
+    closed). A gap that holds while both curves still fall is a comparison settled before the curves are; NaN
+    without a doubling, or without a baseline point there."""
+    start = doubling_start(curve) if curve else None
+    if start is None or start.get("eval_loss") is None or curve[-1].get("eval_loss") is None:
+        return float("nan")
+
+    def gap(point: dict) -> float:
+        return point["eval_loss"] - curve_at(baseline, point["samples_per_class"], "eval_loss")
+
+    return gap(curve[-1]) - gap(start)
+
+
 def longest_runs(runs: pd.DataFrame, keys: list[str], budget: str) -> pd.DataFrame:
     """The longest of `runs` (largest `budget`; the last finished among equals) for each value of `keys`, indexed
     by `keys`: the baseline a study holds its other runs against (its `accuracy.curve` and `run_id`)."""
@@ -438,7 +453,8 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     entry), with `excess_loss` = held-out loss minus the task's entropy rate (NaN on real text: no oracle),
     `loss_vs_learned` = its loss minus the learned head's at the same V and budget (read from the learned run's
     curve), `gap` = the learned head's top-1 there minus this run's (points), `mb_per_step` (payload per rank),
-    `tokens_per_s` and `peak_mb`; `loss_fell`: how far its loss fell over the curve's last doubling of tokens, and
+    `tokens_per_s` and `peak_mb`; `loss_fell`: how far its loss fell over the curve's last doubling of tokens,
+    `gap_moved`: how far its `loss_vs_learned` moved over that doubling (`gap_moved`; NaN for a learned head), and
     `flat` by the --until-flat rule at LM_FLAT."""
     d = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
     if d.empty or "accuracy.perplexity" not in d:
@@ -464,9 +480,12 @@ def lm_heads(df: pd.DataFrame) -> pd.DataFrame:
     d["tokens_per_s"] = d["perf.samples_per_s"] * d["config.model.seq_len"]
     d["peak_mb"] = d["perf.peak_memory_bytes"] / 1e6
     d["loss_fell"] = [loss_fell(c) for c in d["accuracy.curve"]]
+    learned = d["config.model.head"] == "learned"
+    d["gap_moved"] = [float("nan") if own else gap_moved(c, curves.get(k))
+                      for own, c, (k, _) in zip(learned, d["accuracy.curve"], at, strict=True)]  # fmt: skip
     d["flat"] = [flat(c, LM_FLAT, v) for c, v in zip(d["accuracy.curve"], d["V"], strict=True)]
     cols = [*keys, "head_label", "tokens_per_entry", "loss", "excess_loss", "loss_vs_learned", "gap", "accuracy.top1",
-            "accuracy.oracle_top1", "mb_per_step", "tokens_per_s", "peak_mb", "loss_fell", "flat",
+            "accuracy.oracle_top1", "mb_per_step", "tokens_per_s", "peak_mb", "loss_fell", "gap_moved", "flat",
             "run_id"]  # fmt: skip
     for c in cols:
         if c not in d:
@@ -478,6 +497,11 @@ def _maybe(value, spec: str) -> str:
     return "" if pd.isna(value) else format(value, spec)
 
 
+def _signed(value: float) -> str:
+    """Nats against the learned head: "0" for none, else signed to three decimals (never "-0.000")."""
+    return "" if pd.isna(value) else "0" if value == 0 else f"{round(value, 3) + 0.0:+.3f}"
+
+
 # The order a language-model table lists its heads in: the baseline, then by bytes sent and loss given up.
 LM_HEAD_ORDER = ("learned", "sharded", "tied", "fixed-srht, alpha from the rule", "fixed-srht, authors' alpha")
 
@@ -487,7 +511,8 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
     several), then head (LM_HEAD_ORDER), then budget:
     bytes per step and rank, tokens per second (all ranks) and peak memory (MB, max over ranks), held-out loss and
     perplexity, the loss above the entropy rate (a column only where the task has one), against the learned head
-    at the same tokens, top-1, and the fall over the last doubling with `flat`."""
+    at the same tokens, top-1, and the fall over the last doubling, how far the loss against the learned head moved
+    over it, and `flat`."""
     if table.empty:
         return "no language-model runs"
     oracle = bool(table["excess_loss"].notna().any())
@@ -497,7 +522,8 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
     runs = runs.sort_values(["V", "lr", "_order", "head_label", "tokens_per_entry"])
     head = ["V", *["lr"] * rates, "head", "tokens / entry", "MB / step / rank", "tokens / s", "peak MB"]
     head += ["held-out loss (nats)", "perplexity"]
-    head += ["above the entropy rate"] * oracle + ["vs learned", "top-1", "fell over the last doubling", "flat"]
+    head += ["above the entropy rate"] * oracle + ["vs learned", "top-1", "fell over the last doubling"]
+    head += ["vs learned, moved over that doubling", "flat"]
     rows = [
         "| " + " | ".join(head) + " |",
         "|---:|" + "---:|" * rates + "---|" + "---:|" * (len(head) - 3 - rates) + ":-:|",
@@ -508,9 +534,7 @@ def lm_heads_markdown(table: pd.DataFrame) -> str:
                  f"{r['loss']:.3f}", f"{math.exp(r['loss']):,.1f}"]  # fmt: skip
         if oracle:
             cells.append(f"{r['excess_loss']:.3f}")
-        vs = r["loss_vs_learned"]
-        cells += ["" if pd.isna(vs) else "0" if vs == 0 else f"{round(vs, 3) + 0.0:+.3f}",  # no "-0.000"
-                  f"{100 * r['accuracy.top1']:.1f}%", _maybe(r["loss_fell"], ".3f"),
-                  "yes" if r["flat"] else "no"]  # fmt: skip
+        cells += [_signed(r["loss_vs_learned"]), f"{100 * r['accuracy.top1']:.1f}%", _maybe(r["loss_fell"], ".3f"),
+                  _signed(r["gap_moved"]), "yes" if r["flat"] else "no"]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 
-def _half(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
+def doubling_start(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The last point at or before half the last point's samples per class: where a doubling starts."""
     last = curve[-1]
     half = [p for p in curve[:-1] if p["samples_per_class"] <= last["samples_per_class"] / 2]
@@ -22,7 +22,7 @@ def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
     curve before its take-off can sit at chance top-1 while its loss falls. Three points at least: a record's
     curve should show its plateau, not one step onto it (a run at 100% from its first point ended at its second).
     A loss that rises while top-1 holds counts as flat: over-fitting, where more samples would not help."""
-    if not curve or len(curve) < 3 or (half := _half(curve)) is None:
+    if not curve or len(curve) < 3 or (half := doubling_start(curve)) is None:
         return False
     rose = curve[-1]["top1"] - half["top1"]
     return abs(rose) <= tol and loss_fell(curve) <= tol * math.log(classes)
@@ -31,7 +31,7 @@ def flat(curve: list[dict[str, Any]], tol: float, classes: int) -> bool:
 def loss_fell(curve: list[dict[str, Any]]) -> float:
     """How far the held-out loss fell over the curve's last doubling of samples per class (nats; negative where
     it rose); NaN without a point at half the last one's or without their losses."""
-    half = _half(curve) if curve else None
+    half = doubling_start(curve) if curve else None
     if half is None or half.get("eval_loss") is None or curve[-1].get("eval_loss") is None:
         return float("nan")
     return half["eval_loss"] - curve[-1]["eval_loss"]
