@@ -305,12 +305,24 @@ def progress(line: dict[str, Any], status: str) -> str:
         if latest is not None:
             kept = " kept" if status == "ok" else ""
             stopped = " (stopped by a signal)" if latest.get("stopped") and status != "ok" else ""
-            return f"checkpoint{kept} at step {latest['step']:,} of {checkpoint.end_step(line['config']):,}{stopped}"
+            at = f"checkpoint{kept} at step {latest['step']:,} of {checkpoint.end_step(line['config']):,}{stopped}"
+            return at + _curve_end(latest.get("curve_end"))
         if status != "ok" and (found := shorter(line)) is not None:
             return f"would continue {found[1]['run_id']} from step {found[1]['step']:,}"
     except checkpoint.CheckpointError as e:
         return str(e)
     return ""
+
+
+def _curve_end(point: Any) -> str:
+    """The last learning-curve point a checkpoint holds, in words ("" without one, or with one not distbench's)."""
+    number = (int, float)
+    if not isinstance(point, dict) or not all(isinstance(point.get(k), number) for k in ("samples_per_class", "top1")):
+        return ""
+    loss = f"held-out loss {point['eval_loss']:.3f}, " if isinstance(point.get("eval_loss"), number) else ""
+    spc = point["samples_per_class"]
+    spc = f"{spc:,.0f}" if spc >= 100 or spc == int(spc) else f"{spc:.3g}"
+    return f"; {loss}top-1 {100 * point['top1']:.1f}% at {spc} samples per class"
 
 
 def _stopped_since(directory: Path, since: float) -> bool:

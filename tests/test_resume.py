@@ -340,9 +340,12 @@ def test_resume_checkpoints_replace_each_other_whole(tmp_path):
         run_id="r", started_at="t", step=4, timed_ms=[1.0], traffic=[StepTraffic({"all_reduce": 8}, 8, 1)]
     )
     store.save(_Engine(1.0), state, "every 4 steps")
+    assert read_latest(tmp_path)["curve_end"] is None  # no curve yet
     state.step = 8
+    state.curve = [{"step": 8, "samples_per_class": 0.5, "top1": 0.25, "top5": 0.5, "eval_loss": 2.0}]
     torch.manual_seed(123)
     store.save(_Engine(2.0), state, "SIGTERM")
+    assert read_latest(tmp_path)["curve_end"] == state.curve[-1]  # for `sweep list`
     next_draw = torch.rand(1)  # what the run would have drawn next
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000008"]  # the older one removed
     # A save that dies before `latest` moves on leaves the previous checkpoint in force.

@@ -154,12 +154,13 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     grid.write_text(CONTINUED.replace("[4, 9]", "[4, 9, 20]"))
     (short, line, longer) = expand(grid, results=str(tmp_path / "runs.jsonl"))[0]  # ends at 5, 10 and 21
 
-    def kept(name: str, source: dict, step: int, ranks: int = 1, reason: str = "end", **train) -> None:
+    def kept(name: str, source: dict, step: int, ranks: int = 1, reason: str = "end", end=None, **train) -> None:
         config = {**source["config"], "train": {**source["config"]["train"], **train}}
         directory = tmp_path / "checkpoints" / name / f"step-{step:08d}"
         directory.mkdir(parents=True)
         (directory / "loop-rank0.pt").write_text(name)
         latest = {"step": step, "dir": directory.name, "reason": reason, "world_size": ranks, "run_id": name}
+        latest |= {"curve_end": end} if end else {}  # the last curve point, as Checkpoints.save writes it
         (directory.parent / "latest").write_text(json.dumps(latest | {"config": config, "recorded": "runs.jsonl"}))
 
     kept("two-ranks", short, 5, ranks=2)
@@ -171,7 +172,8 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     ckpt = checkpoint_dir(line)
     assert continue_shorter(line) is None and not ckpt.exists() and progress(line, "pending") == ""
     kept("short", short, 5)
-    kept("longer", longer, 8, reason="SIGTERM")  # the 20-step line stopped at 8: the furthest the 9-step line may take
+    point = {"step": 8, "samples_per_class": 0.56, "top1": 0.4, "top5": 0.9, "eval_loss": 2.5}
+    kept("longer", longer, 8, reason="SIGTERM", end=point)  # stopped at 8: the furthest the 9-step line may take
     assert continue_shorter({**line, "keep_checkpoint": False}) is None  # a sweep that keeps none continues none
     assert progress(line, "pending") == "would continue longer from step 8"  # what `sweep list` says
     said = continue_shorter(line)
@@ -186,7 +188,8 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     )
     assert os.stat(adopted).st_ino == os.stat(source).st_ino  # a link, not a copy
     assert continue_shorter(line) is None  # it has its own checkpoint now
-    assert progress(line, "pending") == "checkpoint at step 8 of 10"
+    said = "checkpoint at step 8 of 10; held-out loss 2.500, top-1 40.0% at 0.56 samples per class"
+    assert progress(line, "pending") == said  # where its curve stands, as the adopted checkpoint left it
 
 
 def test_a_line_stopped_in_training_says_so_without_a_traceback_and_resumes(tmp_path):

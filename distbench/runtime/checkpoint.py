@@ -340,6 +340,8 @@ class Checkpoints:
                     "world_size": self.world_size,
                     "run_id": state.run_id,
                     "config": self.config,
+                    # where the learning curve stands, for a look at a long line without loading its state
+                    "curve_end": state.curve[-1] if state.curve else None,
                 },
             )
             for old in self.directory.glob("step-*"):
