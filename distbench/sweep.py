@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import shlex
 import shutil
@@ -316,10 +317,13 @@ def progress(line: dict[str, Any], status: str) -> str:
 
 def _curve_end(point: Any) -> str:
     """The last learning-curve point a checkpoint holds, in words ("" without one, or with one not distbench's)."""
-    number = (int, float)
-    if not isinstance(point, dict) or not all(isinstance(point.get(k), number) for k in ("samples_per_class", "top1")):
+
+    def number(key: str) -> bool:
+        return isinstance(point.get(key), int | float) and math.isfinite(point[key])
+
+    if not isinstance(point, dict) or not (number("samples_per_class") and number("top1")):
         return ""
-    loss = f"held-out loss {point['eval_loss']:.3f}, " if isinstance(point.get("eval_loss"), number) else ""
+    loss = f"held-out loss {point['eval_loss']:.3f}, " if number("eval_loss") else ""
     spc = point["samples_per_class"]
     spc = f"{spc:,.0f}" if spc >= 100 or spc == int(spc) else f"{spc:.3g}"
     return f"; {loss}top-1 {100 * point['top1']:.1f}% at {spc} samples per class"

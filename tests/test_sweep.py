@@ -148,7 +148,7 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     import json
     import os
 
-    from distbench.sweep import checkpoint_dir, continue_shorter, expand, progress
+    from distbench.sweep import _curve_end, checkpoint_dir, continue_shorter, expand, progress
 
     grid = tmp_path / "grid.toml"
     grid.write_text(CONTINUED.replace("[4, 9]", "[4, 9, 20]"))
@@ -190,6 +190,8 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     assert continue_shorter(line) is None  # it has its own checkpoint now
     said = "checkpoint at step 8 of 10; held-out loss 2.500, top-1 40.0% at 0.56 samples per class"
     assert progress(line, "pending") == said  # where its curve stands, as the adopted checkpoint left it
+    for odd in (None, [1], {"samples_per_class": float("nan"), "top1": 0.4}, {"samples_per_class": "8", "top1": 0.4}):
+        assert _curve_end(odd) == ""  # a `latest` from before curve_end, or edited: said without the curve
 
 
 def test_a_line_stopped_in_training_says_so_without_a_traceback_and_resumes(tmp_path):
