@@ -22,6 +22,7 @@ Grid file:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -307,7 +308,8 @@ def progress(line: dict[str, Any], status: str) -> str:
             kept = " kept" if status == "ok" else ""
             stopped = " (stopped by a signal)" if latest.get("stopped") and status != "ok" else ""
             at = f"checkpoint{kept} at step {latest['step']:,} of {checkpoint.end_step(line['config']):,}{stopped}"
-            return at + _curve_end(latest.get("curve_end"))
+            # A recorded line's final evaluation is in its record, after the checkpoint's last curve point.
+            return at + ("" if status == "ok" else _curve_end(latest.get("curve_end")))
         if status != "ok" and (found := shorter(line)) is not None:
             return f"would continue {found[1]['run_id']} from step {found[1]['step']:,}"
     except checkpoint.CheckpointError as e:
@@ -319,7 +321,8 @@ def _curve_end(point: Any) -> str:
     """The last learning-curve point a checkpoint holds, in words ("" without one, or with one not distbench's)."""
 
     def number(key: str) -> bool:
-        return isinstance(point.get(key), int | float) and math.isfinite(point[key])
+        value = point.get(key)
+        return (isinstance(value, float) and math.isfinite(value)) or (type(value) is int and abs(value) < 1e18)
 
     if not isinstance(point, dict) or not (number("samples_per_class") and number("top1")):
         return ""
@@ -369,10 +372,15 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
     started, since = results.now(), time.time() - 1  # file times have coarser steps than time.time()
     # Its own session: a Ctrl-C in the terminal reaches torchrun once, passed on from here, not twice.
     proc = relay.start(cmd)
-    tail: list[str] = []
-    for text in _without_launcher_traceback(proc.stderr):  # pass stderr through, keep the tail for the record
+    tail: collections.deque[str] = collections.deque(maxlen=200)  # for a failed record: all of it, unfiltered
+
+    def kept(stream: Iterable[str]) -> Iterator[str]:
+        for text in stream:
+            tail.append(text.rstrip())
+            yield text
+
+    for text in _without_launcher_traceback(kept(proc.stderr)):  # pass stderr through
         sys.stderr.write(text)
-        tail = [*tail[-199:], text.rstrip()]
     code = relay.wait()
     wrote = Path(out).exists() and line["run_id"] in {r["run_id"] for r in results.read_records(out)} - before
     if code != 0 and not wrote and (_stopped_since(ckpt, since) or relay.received):
@@ -390,23 +398,38 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
 
 
 _LAUNCHER_SIGNALLED = "torch.distributed.elastic.multiprocessing.api.SignalException:"
+_CHAINS = ("During handling of the above exception", "The above exception was the direct cause")
 
 
 def _without_launcher_traceback(stream: Iterable[str]) -> Iterator[str]:
     """`stream` less torchrun's own traceback of the signal that stopped it: torchrun, signalled, passes the
     signal on, waits for its ranks to checkpoint and exit, and then re-raises it as a `SignalException` with a
     Python traceback of its launcher. The line stopped as it should, but the log read as a crash. Any other
-    traceback, or one cut short by another line, passes whole."""
-    held: list[str] = []
+    traceback, one cut short by another line, or one that is a link of a chain (a second signal that cut
+    torchrun's shutdown short; another error while it ended) passes whole."""
+    held: list[str] = []  # a traceback being read
+    dropped: list[str] = []  # torchrun's, left out unless the next line chains another traceback to it
+    chained = False  # the last line out said that a traceback follows from the one before
     for text in stream:
+        if dropped:
+            if not text.strip():
+                dropped.append(text)
+                continue
+            if text.startswith(_CHAINS):
+                yield from dropped
+            dropped = []
         if not held and not text.startswith("Traceback (most recent call last):"):
+            chained = text.startswith(_CHAINS) if text.strip() else chained
             yield text
             continue
         held.append(text)
         if len(held) > 1 and not text[:1].isspace():  # the exception's line ends a traceback
-            if not (text.startswith(_LAUNCHER_SIGNALLED) and all(t[:1].isspace() for t in held[1:-1])):
+            launcher = text.startswith(_LAUNCHER_SIGNALLED) and all(t[:1].isspace() for t in held[1:-1])
+            if launcher and not chained:
+                dropped = held
+            else:
                 yield from held
-            held = []
+            held, chained = [], False
     yield from held
 
 

@@ -148,7 +148,7 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     import json
     import os
 
-    from distbench.sweep import _curve_end, checkpoint_dir, continue_shorter, expand, progress
+    from distbench.sweep import checkpoint_dir, continue_shorter, expand, progress
 
     grid = tmp_path / "grid.toml"
     grid.write_text(CONTINUED.replace("[4, 9]", "[4, 9, 20]"))
@@ -190,8 +190,12 @@ def test_a_line_continues_only_the_same_training_on_as_many_ranks_before_its_end
     assert continue_shorter(line) is None  # it has its own checkpoint now
     said = "checkpoint at step 8 of 10; held-out loss 2.500, top-1 40.0% at 0.56 samples per class"
     assert progress(line, "pending") == said  # where its curve stands, as the adopted checkpoint left it
-    for odd in (None, [1], {"samples_per_class": float("nan"), "top1": 0.4}, {"samples_per_class": "8", "top1": 0.4}):
-        assert _curve_end(odd) == ""  # a `latest` from before curve_end, or edited: said without the curve
+    assert progress(line, "ok") == "checkpoint kept at step 8 of 10"  # a recorded line's final point is its record's
+    own = ckpt / "latest"
+    for odd in (None, [1], {"samples_per_class": float("nan"), "top1": 0.4}, {"samples_per_class": "8", "top1": 0.4},
+                {"samples_per_class": 10**400, "top1": 0.4}):  # fmt: skip
+        own.write_text(json.dumps({**json.loads(own.read_text()), "curve_end": odd}))
+        assert progress(line, "pending") == "checkpoint at step 8 of 10"  # from before curve_end, or edited
 
 
 def test_a_line_stopped_in_training_says_so_without_a_traceback_and_resumes(tmp_path):
@@ -217,11 +221,17 @@ def test_a_line_stopped_in_training_says_so_without_a_traceback_and_resumes(tmp_
         [*sweep_py, "run-all", str(sweep)], env=held, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
-    wait_for((tmp_path / "training.rank0").exists, what="the line's rank in training", proc=proc)
-    proc.send_signal(signal.SIGTERM)
-    wait_for((tmp_path / "training.rank0.SIGTERM").exists, what="the signal passed on to the rank", proc=proc)
-    (tmp_path / "training.go").touch()
-    log, _ = proc.communicate(timeout=240)
+    try:
+        wait_for((tmp_path / "training.rank0").exists, what="the line's rank in training", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        wait_for((tmp_path / "training.rank0.SIGTERM").exists, what="the signal passed on to the rank", proc=proc)
+    finally:  # the rank goes on whatever happened (held, it would wait 600 s), and the sweep ends, passing it on
+        (tmp_path / "training.go").touch()
+        try:
+            log, _ = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # passed on to the line's torchrun, in its own session
+            log, _ = proc.communicate(timeout=60)
     assert proc.returncode == 75, log[-3000:]
     said = re.search(r"stopped by SIGTERM during training, after step (\d+) of 31", log)
     assert said, log[-3000:]
@@ -234,3 +244,27 @@ def test_a_line_stopped_in_training_says_so_without_a_traceback_and_resumes(tmp_
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     (record,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert record["status"] == "ok" and record["perf"]["resumed_from_steps"] == [int(said[1])]
+
+
+def test_only_torchrun_s_own_signal_traceback_is_left_out_of_a_line_s_log():
+    """What a sweep relays of a line's stderr: torchrun's traceback of the signal it passed on is left out; a
+    traceback of anything else, one cut short, and every link of a chain (a second signal during torchrun's
+    shutdown; another error after it) pass whole, in order."""
+    from distbench.sweep import _without_launcher_traceback as relayed
+
+    def tb(error: str) -> list[str]:
+        return ["Traceback (most recent call last):\n", '  File "torchrun", line 6\n', "    main()\n", error]
+
+    signalled = "torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 15\n"
+    during = ["\n", "During handling of the above exception, another exception occurred:\n", "\n"]
+    cause = ["\n", "The above exception was the direct cause of the following exception:\n", "\n"]
+    before, after = ["W torchrun: Received 15 death signal, shutting down workers\n"], ["stopped r: checkpoint\n"]
+    assert list(relayed([*before, *tb(signalled), *after])) == [*before, *after]
+    for kept in (
+        tb("ValueError: not torchrun's signal\n"),
+        tb(signalled)[:3],  # cut short by the end of the stream
+        [*tb(signalled), *during, *tb(signalled)],  # a second signal cut the shutdown short
+        [*tb(signalled), *cause, *tb("RuntimeError: rendezvous shutdown failed\n")],
+        [*tb("KeyError: 'x'\n"), *during, *tb(signalled)],
+    ):
+        assert list(relayed([*before, *kept, *after])) == [*before, *kept, *after]

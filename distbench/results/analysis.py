@@ -326,7 +326,8 @@ def curve_at(curve: list, spc: float, key: str = "top1") -> float:
 def gap_moved(curve: list | None, baseline: list | None) -> float:
     """How far a run's held-out loss against the learned head's (`baseline`: that run's curve) moved over the
     run's last doubling of tokens: the gap at its end minus the gap where that doubling starts (negative: it
-    closed). A gap that holds while both curves still fall is a comparison settled before the curves are; NaN
+    closed). A gap that holds while both curves still fall is a comparison settled before the curves are. Past
+    the baseline's end its last point stands in (as for `loss_vs_learned`: a flat baseline's converged loss); NaN
     without a doubling, or without a baseline point there."""
     start = doubling_start(curve) if curve else None
     if start is None or start.get("eval_loss") is None or curve[-1].get("eval_loss") is None:
