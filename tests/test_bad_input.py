@@ -18,7 +18,7 @@ from test_data import make_imagefolder
 from distbench.config import ConfigError
 from distbench.results import validate
 from distbench.runtime.checkpoint import read_latest
-from distbench.runtime.checks import parse_and_check
+from distbench.runtime.checks import check_devices, parse_and_check
 
 KEPT = '{"earlier": "record"}\n'  # must survive every refused run untouched
 
@@ -36,6 +36,19 @@ def test_bad_input_a_size_that_cannot_fit_is_refused_up_front(args, field):
     with pytest.raises(ConfigError, match="GB are available") as e:
         parse_and_check(args)
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("ranks,gpus", [(2, 1), (9, 8), (3, 2)])
+def test_bad_input_more_ranks_on_a_node_than_gpus_is_refused_naming_nproc(ranks, gpus):
+    # A GPU path, held here by the function it runs through (tests/test_gpu.py runs it under torchrun on CUDA).
+    with pytest.raises(ConfigError, match=f"{ranks} ranks on this node.*start at most {gpus}") as e:
+        check_devices(ranks, gpus)
+    assert str(e.value).startswith("--nproc-per-node (launch.nproc_per_node): ")
+
+
+@pytest.mark.parametrize("ranks,gpus", [(1, 1), (2, 2), (4, 8), (2, 0), (16, 0)])
+def test_bad_input_ranks_within_the_gpus_or_on_cpu_pass(ranks, gpus):
+    check_devices(ranks, gpus)  # 0 GPUs: the ranks share the host's CPUs
 
 
 def test_bad_input_a_huge_batch_is_one_line_and_quick(tmp_path):

@@ -20,3 +20,10 @@ def test_gpu_run_uses_nccl_and_exact_bytes(tmp_path, head):
     assert rec["config"]["train"]["precision"] == "auto" and rec["env"]["nccl"]
     assert rec["comm"]["payload_bytes_per_step"] == rec["comm"]["expected_bytes_per_step"]
     assert rec["perf"]["peak_memory_bytes"] > 0
+
+
+def test_gpu_more_ranks_than_gpus_is_one_line_naming_nproc(tmp_path):
+    n = torch.cuda.device_count()
+    r = torchrun([*FAST, "--num-classes", "1000"], tmp_path / "runs.jsonl", nproc=n + 1, gpu=True)
+    assert r.returncode != 0 and not r.records
+    assert f"--nproc-per-node (launch.nproc_per_node): {n + 1} ranks on this node" in r.stderr, r.stderr[-3000:]

@@ -68,6 +68,8 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     check_language_model(cfg)
     check_data(cfg.data, m.num_classes, (m.seq_len or DEFAULT_SEQ_LEN) if is_language_model(m.model) else None)
     backbone = check_structure(cfg)
+    if not cfg.output.dry_run:
+        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
     check_resources(cfg, backbone, world_size)
     check_writable(cfg, world_size)
     return cfg
@@ -190,6 +192,19 @@ def available_memory(ranks_here: int) -> tuple[int, str] | None:
         return info["MemAvailable"] // max(ranks_here, 1), f"per rank here ({ranks_here} on this host)"
     except (OSError, KeyError, ValueError):
         return None
+
+
+def check_devices(ranks_here: int, gpus: int) -> None:
+    """On CUDA each rank takes the GPU of its local rank (`init_distributed`): more ranks on a node than GPUs
+    it can see would fail in start-up with CUDA's "invalid device ordinal", in a failed record naming no flag.
+    `gpus` 0 (no CUDA): the ranks share the host's CPUs, as many as asked for."""
+    if gpus and ranks_here > gpus:
+        visible = f"{gpus} GPU{'s' if gpus > 1 else ''}"
+        raise ConfigError(
+            "launch.nproc_per_node",
+            f"{ranks_here} ranks on this node, one GPU each, but it has {visible} (CUDA_VISIBLE_DEVICES included): "
+            f"start at most {gpus}",
+        )
 
 
 def check_resources(cfg: RunConfig, backbone: torch.nn.Module, world_size: int | None = None) -> None:
