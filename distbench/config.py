@@ -50,6 +50,11 @@ class DataError(RuntimeError):
     """Bad data met while running (an unreadable image): one line naming the file, never a traceback."""
 
 
+class StorageError(RuntimeError):
+    """A file the run writes could not be written (a full disk, a quota, a file-size limit): one line naming
+    it, never a traceback, and what was written before stays as it was."""
+
+
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A config field: its default and its help. `added=True` marks a field added after sweeps had run: at its
     default it is left out of a sweep line's id (`distbench.sweep.run_id_for`), so a new option does not

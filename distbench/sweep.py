@@ -391,7 +391,10 @@ def run_line(line: dict[str, Any], force: bool = False, relay: _Relay | None = N
     if code != 0 and not wrote:
         ours = [t for t in tail if t.startswith("run.py: error:")]
         error = (ours or [t for t in tail if t.strip()] or [f"exit status {code}"])[-1]
-        results.append(out, results.failed_record(line["run_id"], line["config"], error, started))
+        try:
+            results.append(out, results.failed_record(line["run_id"], line["config"], error, started))
+        except OSError as e:  # a full disk: the line's own output above says what happened
+            print(f"could not record {line['run_id']} as failed in {out}: {e}", file=sys.stderr, flush=True)
     if wrote and statuses([line])[line["run_id"]] == "ok" and not line.get("keep_checkpoint"):
         shutil.rmtree(ckpt, ignore_errors=True)
     return code

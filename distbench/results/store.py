@@ -151,8 +151,9 @@ def append(path: str | os.PathLike, record: dict[str, Any], check: Callable[[dic
             # first, so this record is a line of its own and readers skip only the broken one.
             line = b"\n" + line
         try:
-            if os.write(fd, line) != len(line):
-                raise OSError("short write")
+            rest = memoryview(line)
+            while rest:  # a short write (the disk filled part-way): the next one raises the reason, ENOSPC
+                rest = rest[os.write(fd, rest) :]
             os.fsync(fd)
         except BaseException:
             os.ftruncate(fd, size)

@@ -25,17 +25,18 @@ the engine saves itself, and the caller passes the barrier.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distbench.config import ConfigError, RunConfig, defaults, trajectory
+from distbench.config import ConfigError, RunConfig, StorageError, defaults, trajectory
 from distbench.runtime.stop import hold
 
 if TYPE_CHECKING:
@@ -82,22 +83,55 @@ def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to `path`, whole or not at all (a temporary name, fsync, rename)."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with _replacing(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
+    with _replacing(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary name to write `path` under, renamed to it once written. A write that fails (a full disk)
+    removes it: left behind, it would hold the very space whose lack made the save fail."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError at the root of `error` (torch.save reports a full disk as a RuntimeError raised while
+    handling it), or None for an error that is not the storage's."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _storing(what: str) -> Iterator[None]:
+    """Turn a failed write (a full disk, a quota) into a StorageError that names `what` and the reason."""
+    try:
+        yield
+    except Exception as e:
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot save {what}: {cause.strerror or cause}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -319,31 +353,40 @@ class Checkpoints:
 
     def save(self, engine, state: LoopState, reason: str) -> Path:
         step_dir = self.directory / f"step-{state.step:08d}"
-        step_dir.mkdir(parents=True, exist_ok=True)
-        # At the step it resumed at (a stop before the first step, a run flat where it resumed) the engine is as
-        # loaded, and its files may be hard links into another run's checkpoint (`adopt`), which an engine that
-        # writes in place (DeepSpeed's torch.save to the path) would change under it: they stay as they are.
-        if not (self.latest and self.latest["dir"] == step_dir.name):
-            engine.save_checkpoint(step_dir)
-        loop = {"state": asdict(state), "rng": _rng_state(self.device)}
-        atomic_save(loop, step_dir / f"loop-rank{self.rank}.pt")
+        try:
+            with _storing(f"the checkpoint of step {state.step} in {step_dir}"):
+                step_dir.mkdir(parents=True, exist_ok=True)
+                # At the step it resumed at (a stop before the first step, a run flat where it resumed) the engine
+                # is as loaded, and its files may be hard links into another run's checkpoint (`adopt`), which an
+                # engine that writes in place (DeepSpeed's torch.save to the path) would change under it: they
+                # stay as they are.
+                if not (self.latest and self.latest["dir"] == step_dir.name):
+                    engine.save_checkpoint(step_dir)
+                loop = {"state": asdict(state), "rng": _rng_state(self.device)}
+                atomic_save(loop, step_dir / f"loop-rank{self.rank}.pt")
+        except StorageError:
+            # What the failed save wrote goes, to give back the space it took, unless `latest` names this very
+            # directory (a second save at the same step): that checkpoint stays in force.
+            with contextlib.suppress(Exception):
+                if (read_latest(self.directory) or {}).get("dir") != step_dir.name:
+                    shutil.rmtree(step_dir, ignore_errors=True)
+            raise
         hold("save")
         self.barrier()  # every rank's files are in place
         if self.rank == 0:
             _fsync_dir(step_dir)
-            _write_json(
-                self.directory / LATEST,
-                {
-                    "step": state.step,
-                    "dir": step_dir.name,
-                    "reason": reason,
-                    "world_size": self.world_size,
-                    "run_id": state.run_id,
-                    "config": self.config,
-                    # where the learning curve stands, for a look at a long line without loading its state
-                    "curve_end": state.curve[-1] if state.curve else None,
-                },
-            )
+            pointer = {
+                "step": state.step,
+                "dir": step_dir.name,
+                "reason": reason,
+                "world_size": self.world_size,
+                "run_id": state.run_id,
+                "config": self.config,
+                # where the learning curve stands, for a look at a long line without loading its state
+                "curve_end": state.curve[-1] if state.curve else None,
+            }
+            with _storing(f"{self.directory / LATEST} for the checkpoint of step {state.step}"):
+                _write_json(self.directory / LATEST, pointer)
             for old in self.directory.glob("step-*"):
                 if old != step_dir and old.is_dir():
                     shutil.rmtree(old, ignore_errors=True)

@@ -13,6 +13,7 @@ Imports nothing heavy at module level: a stop during start-up is handled before 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from distbench import config, results
-from distbench.config import DataError
+from distbench.config import DataError, StorageError
 from distbench.runtime.stop import EXIT_STOPPED, START_UP, Stopped, StopRequest, hold
 
 log = logging.getLogger("distbench")
@@ -93,9 +94,32 @@ class Outcome:
         if cfg is None or not self.rank0 or self.recorded:
             return
         run_id = self.run_id or cfg.output.run_id or f"failed-{results.new_run_id(self.started_at)}"
+        self._append(results.failed_record(run_id, cfg.to_dict(), message, self.started_at))
+
+    def _append(self, record: dict[str, Any]) -> bool:
+        """Append `record` to the results file. One that cannot be written (a full disk) is not lost: it goes to
+        stdout as one JSON line, for the user to append once there is room, and the reason to stderr."""
         self.writing = True
-        results.append(cfg.output.out, results.failed_record(run_id, cfg.to_dict(), message, self.started_at))
-        self.recorded, self.writing = True, False
+        try:
+            results.append(self.cfg.output.out, record)
+            return True
+        except OSError as e:
+            try:
+                print(json.dumps(results.finite(record), allow_nan=False), flush=True)
+                shown = "the record is the JSON line above on stdout"
+            except OSError as printing:  # stdout a file on the same full disk
+                shown = f"nor could it be printed ({one_line(printing)}): the record is lost"
+            message = f"cannot append the {record['status']} record to {self.cfg.output.out} ({one_line(e)})"
+            latest = self.in_force() if record["status"] != "failed" else None
+            if latest is not None:  # the end-of-training checkpoint: a rerun only evaluates and writes the record
+                message += (
+                    f"; the checkpoint of step {latest.get('step')} in {self.cfg.output.checkpoint_dir} stays in "
+                    "force: once there is room, the same command writes the record without training again"
+                )
+            print(f"run.py: error: {message}; {shown}", file=sys.stderr, flush=True)
+            return False
+        finally:
+            self.recorded, self.writing = True, False
 
     # ------------------------------------------------------------------------------------------ endings
     def finished(self, record: dict[str, Any]) -> int:
@@ -104,9 +128,8 @@ class Outcome:
             from distbench.runtime import loop
 
             hold("record", self.request)
-            self.writing = True
-            results.append(self.cfg.output.out, record)
-            self.recorded, self.writing = True, False
+            if not self._append(record):
+                return EXIT_FAILED
             if self.cfg.output.checkpoint_dir:
                 from distbench.runtime.checkpoint import mark_recorded
 
@@ -154,8 +177,13 @@ class Outcome:
         if self.request.signal is not None:  # the stop came first: a peer that stopped, a loader worker ended
             where = self.request.phase if self.request.phase != START_UP else START_UP
             return self.stopped(Stopped(self.request.signal, where), peers=False)
+        if isinstance(error, StorageError) and (latest := self.in_force()) is not None:
+            message += (
+                f"; the checkpoint of step {latest.get('step')} stays in force: once there is room, run the same "
+                "command again to resume"
+            )
         _note_failure(message)
-        expected = isinstance(error, DataError) or "did not answer within" in message
+        expected = isinstance(error, (DataError, StorageError)) or "did not answer within" in message
         if self.rank0 or not expected:
             if expected:
                 log.error("%s", message)
