@@ -18,7 +18,7 @@ from test_signals import SHORT, SHORT_TOTAL, held, release
 
 from distbench import results
 from distbench.results import validate
-from distbench.runtime.checkpoint import read_latest
+from distbench.runtime.checkpoint import read_latest, storage_reason
 
 KEPT = '{"earlier": "record"}\n'
 
@@ -53,31 +53,50 @@ def test_full_disk_a_record_that_does_not_fit_leaves_the_file_as_it_was(tmp_path
 
 
 def test_full_disk_at_a_checkpoint_save_is_one_line_and_the_last_checkpoint_resumes(tmp_path):
+    """Rank 1's disk fills (a node-local one) after the first save: its second save fails, rank 0 records why."""
     out, ckpt = tmp_path / "runs.jsonl", tmp_path / "ckpt"
     proc = start_torchrun([*SHORT, "--checkpoint-every", "2"], out, ckpt, hold=f"save:{tmp_path}")
     wait_for(held(tmp_path, "save"), what="both ranks in the first save", proc=proc)
-    # Room for `latest` and a failed record, not for the next save's model and optimizer state (about 380 KB).
-    limit_file_size(workers(proc).values(), 64 * 1024)
+    limit_file_size([workers(proc)[1]], 64 * 1024)  # not room for its model and optimizer state (about 380 KB)
     release(tmp_path, "save")
     code, log = finish(proc)
     assert code != 0
     (failed,) = _records(out)
     validate(failed)
-    assert failed["status"] == "failed"
     said = f"StorageError: cannot save the checkpoint of step 4 in {ckpt}/step-00000004: File too large"
-    # Both ranks fail alike; rank 0 records its own error or, when it learns of it first, rank 1's.
-    assert f"{said}; the checkpoint of step 2 stays in force" in failed["error"], failed["error"]
-    assert failed["error"].startswith(("StorageError", "rank 1 failed: StorageError")), failed["error"]
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith(f"rank 1 failed: {said}; the checkpoint of step 2 stays in force"), failed
+    assert said in log.split("rank 1 failed:")[0]  # rank 1 says it too: its disk may be its node's own
     assert not rank_tracebacks(log), log[-3000:]
     assert read_latest(ckpt)["step"] == 2
-    left = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*"))
-    assert not [p for p in left if p.endswith(".tmp") or p.startswith("step-00000004")], left  # space given back
+    assert not list(ckpt.rglob("*.tmp"))  # the file cut short is gone
 
-    again = torchrun([*SHORT, "--checkpoint-dir", str(ckpt)], out)
-    assert again.returncode == 0, again.stderr[-3000:]
-    ok = again.records[-1]
+    # The same command resumes from step 2; what the failed save completed (rank 0's part) is gone before any
+    # rank writes again.
+    again = start_torchrun([*SHORT, "--checkpoint-every", "2"], out, ckpt, hold=f"start-up:{tmp_path}")
+    wait_for(held(tmp_path, "start-up"), what="both ranks resumed", proc=again)
+    assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000002"]
+    release(tmp_path, "start-up")
+    code, log = finish(again)
+    assert code == 0, log[-3000:]
+    ok = _records(out)[-1]
     assert ok["status"] == "ok" and ok["run_id"] == failed["run_id"]
     assert ok["perf"]["resumed_from_steps"] == [2]
+
+
+def test_full_disk_a_write_torch_makes_itself_is_named_a_storage_failure(tmp_path):
+    """DeepSpeed hands torch.save a path: its C++ writer keeps no errno, only its own words."""
+    code = (
+        "import torch\nfrom distbench.runtime.checkpoint import storage_reason\n"
+        f"try:\n    torch.save({{'x': torch.zeros(100_000)}}, {str(tmp_path / 'x.pt')!r})\n"
+        "except Exception as e:\n    print(storage_reason(e))"
+    )
+    p = limited_python(code, 64 * 1024)
+    assert p.stdout.startswith("torch could not write it ("), p.stdout + p.stderr[-2000:]
+    chained = RuntimeError("unexpected pos")
+    chained.__context__ = OSError(28, "No space left on device")
+    assert storage_reason(chained) == "No space left on device"
+    assert storage_reason(ValueError("a bug, not the disk")) is None
 
 
 def test_full_disk_at_the_record_prints_it_and_the_same_command_writes_it(tmp_path):

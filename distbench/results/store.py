@@ -5,6 +5,7 @@ back, skipping a line that is not a record; the environment block, failed record
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib.metadata
 import json
@@ -153,7 +154,10 @@ def append(path: str | os.PathLike, record: dict[str, Any], check: Callable[[dic
         try:
             rest = memoryview(line)
             while rest:  # a short write (the disk filled part-way): the next one raises the reason, ENOSPC
-                rest = rest[os.write(fd, rest) :]
+                written = os.write(fd, rest)
+                if written == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                rest = rest[written:]
             os.fsync(fd)
         except BaseException:
             os.ftruncate(fd, size)

@@ -110,16 +110,24 @@ def _replacing(path: Path) -> Iterator[Path]:
         raise
 
 
-def _os_error(error: BaseException | None) -> OSError | None:
-    """The OSError at the root of `error` (torch.save reports a full disk as a RuntimeError raised while
-    handling it), or None for an error that is not the storage's."""
-    seen = set()
+# How torch.save reports a write that failed when it was given a path (DeepSpeed's saves): its C++ stream
+# keeps no errno, only these words.
+_WRITER_FAILURES = ("inline_container.cc", "iostream error", "PytorchStreamWriter failed")
+
+
+def storage_reason(error: BaseException | None) -> str | None:
+    """Why a write failed, if the storage made it fail: the OSError's reason anywhere in `error`'s chain
+    (torch.save given a file reports a full disk as a RuntimeError raised while handling it), or torch's
+    stream writer's words (given a path); None for an error that is not the storage's (a bug)."""
+    seen, writer = set(), None
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError):
-            return error
+            return error.strerror or str(error)
+        if writer is None and any(words in str(error) for words in _WRITER_FAILURES):
+            writer = " ".join(str(error).split())[:200]
         error = error.__cause__ or error.__context__
-    return None
+    return f"torch could not write it ({writer})" if writer else None
 
 
 @contextlib.contextmanager
@@ -128,10 +136,10 @@ def _storing(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        cause = _os_error(e)
-        if cause is None:
+        reason = storage_reason(e)
+        if reason is None:
             raise
-        raise StorageError(f"cannot save {what}: {cause.strerror or cause}") from None
+        raise StorageError(f"cannot save {what}: {reason}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -353,28 +361,19 @@ class Checkpoints:
 
     def save(self, engine, state: LoopState, reason: str) -> Path:
         step_dir = self.directory / f"step-{state.step:08d}"
-        try:
-            with _storing(f"the checkpoint of step {state.step} in {step_dir}"):
-                step_dir.mkdir(parents=True, exist_ok=True)
-                # At the step it resumed at (a stop before the first step, a run flat where it resumed) the engine
-                # is as loaded, and its files may be hard links into another run's checkpoint (`adopt`), which an
-                # engine that writes in place (DeepSpeed's torch.save to the path) would change under it: they
-                # stay as they are.
-                if not (self.latest and self.latest["dir"] == step_dir.name):
-                    engine.save_checkpoint(step_dir)
-                loop = {"state": asdict(state), "rng": _rng_state(self.device)}
-                atomic_save(loop, step_dir / f"loop-rank{self.rank}.pt")
-        except StorageError:
-            # What the failed save wrote goes, to give back the space it took, unless `latest` names this very
-            # directory (a second save at the same step): that checkpoint stays in force.
-            with contextlib.suppress(Exception):
-                if (read_latest(self.directory) or {}).get("dir") != step_dir.name:
-                    shutil.rmtree(step_dir, ignore_errors=True)
-            raise
+        with _storing(f"the checkpoint of step {state.step} in {step_dir}"):
+            step_dir.mkdir(parents=True, exist_ok=True)
+            # At the step it resumed at (a stop before the first step, a run flat where it resumed) the engine
+            # is as loaded, and its files may be hard links into another run's checkpoint (`adopt`), which an
+            # engine that writes in place (DeepSpeed's torch.save to the path) would change under it: they
+            # stay as they are.
+            if not (self.latest and self.latest["dir"] == step_dir.name):
+                engine.save_checkpoint(step_dir)
+            loop = {"state": asdict(state), "rng": _rng_state(self.device)}
+            atomic_save(loop, step_dir / f"loop-rank{self.rank}.pt")
         hold("save")
         self.barrier()  # every rank's files are in place
         if self.rank == 0:
-            _fsync_dir(step_dir)
             pointer = {
                 "step": state.step,
                 "dir": step_dir.name,
@@ -386,6 +385,7 @@ class Checkpoints:
                 "curve_end": state.curve[-1] if state.curve else None,
             }
             with _storing(f"{self.directory / LATEST} for the checkpoint of step {state.step}"):
+                _fsync_dir(step_dir)
                 _write_json(self.directory / LATEST, pointer)
             for old in self.directory.glob("step-*"):
                 if old != step_dir and old.is_dir():
@@ -396,6 +396,12 @@ class Checkpoints:
     def load(self, engine) -> LoopState | None:
         """Restore the latest checkpoint into `engine` and the RNGs; its loop state, or None if none."""
         latest = read_latest(self.directory)
+        if self.rank == 0:
+            # A save that failed (a full disk) or was cut short left a step directory `latest` does not name; no
+            # rank writes before the first save, so it goes now, giving back its space before this run needs it.
+            for stale in self.directory.glob("step-*"):
+                if stale.is_dir() and stale.name != (latest or {}).get("dir"):
+                    shutil.rmtree(stale, ignore_errors=True)
         if latest is None:
             return None
         step_dir = self.directory / latest["dir"]

@@ -69,7 +69,9 @@ def check(cfg: RunConfig, world_size: int | None = None) -> RunConfig:
     check_data(cfg.data, m.num_classes, (m.seq_len or DEFAULT_SEQ_LEN) if is_language_model(m.model) else None)
     backbone = check_structure(cfg)
     if not cfg.output.dry_run:
-        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
+        # as init_distributed decides: GPUs only where CUDA works (NVML may count GPUs a too-old driver cannot run)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), gpus)
     check_resources(cfg, backbone, world_size)
     check_writable(cfg, world_size)
     return cfg

@@ -13,6 +13,7 @@ Imports nothing heavy at module level: a stop during start-up is handled before 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -108,7 +109,7 @@ class Outcome:
                 print(json.dumps(results.finite(record), allow_nan=False), flush=True)
                 shown = "the record is the JSON line above on stdout"
             except OSError as printing:  # stdout a file on the same full disk
-                shown = f"nor could it be printed ({one_line(printing)}): the record is lost"
+                shown = f"nor could it be printed whole ({one_line(printing)})"
             message = f"cannot append the {record['status']} record to {self.cfg.output.out} ({one_line(e)})"
             latest = self.in_force() if record["status"] != "failed" else None
             if latest is not None:  # the end-of-training checkpoint: a rerun only evaluates and writes the record
@@ -116,7 +117,8 @@ class Outcome:
                     f"; the checkpoint of step {latest.get('step')} in {self.cfg.output.checkpoint_dir} stays in "
                     "force: once there is room, the same command writes the record without training again"
                 )
-            print(f"run.py: error: {message}; {shown}", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):  # stderr, too, may be a file on that disk
+                print(f"run.py: error: {message}; {shown}", file=sys.stderr, flush=True)
             return False
         finally:
             self.recorded, self.writing = True, False
@@ -133,7 +135,14 @@ class Outcome:
             if self.cfg.output.checkpoint_dir:
                 from distbench.runtime.checkpoint import mark_recorded
 
-                mark_recorded(self.cfg.output.checkpoint_dir, self.cfg.output.out)
+                try:
+                    mark_recorded(self.cfg.output.checkpoint_dir, self.cfg.output.out)
+                except OSError as e:  # the record is written: the run is complete all the same
+                    log.warning(
+                        "the record is written, but %s could not be marked as recorded (%s): the same command, "
+                        "run again, would evaluate once more and append a second record of run %s",
+                        self.cfg.output.checkpoint_dir, one_line(e), record["run_id"],
+                    )  # fmt: skip
             log.info("%s\n  record       appended to %s", loop.summary(record), self.cfg.output.out)
             if self.request.signal is not None:
                 log.info("(%s came after the run had finished: its record is written)", self.request.signal)
@@ -175,6 +184,8 @@ class Outcome:
         if peer is not None:
             return self._fail(peer, error)
         if self.request.signal is not None:  # the stop came first: a peer that stopped, a loader worker ended
+            if isinstance(error, StorageError):  # a save the signal asked for: the next one will meet it too
+                log.error("%s", message)
             where = self.request.phase if self.request.phase != START_UP else START_UP
             return self.stopped(Stopped(self.request.signal, where), peers=False)
         if isinstance(error, StorageError) and (latest := self.in_force()) is not None:
@@ -184,7 +195,8 @@ class Outcome:
             )
         _note_failure(message)
         expected = isinstance(error, (DataError, StorageError)) or "did not answer within" in message
-        if self.rank0 or not expected:
+        # A full disk may be one node's own: every rank that meets it says so.
+        if self.rank0 or not expected or isinstance(error, StorageError):
             if expected:
                 log.error("%s", message)
             else:
