@@ -387,11 +387,14 @@ class Checkpoints:
             with _storing(f"{self.directory / LATEST} for the checkpoint of step {state.step}"):
                 _fsync_dir(step_dir)
                 _write_json(self.directory / LATEST, pointer)
-            for old in self.directory.glob("step-*"):
-                if old != step_dir and old.is_dir():
-                    shutil.rmtree(old, ignore_errors=True)
+            self._remove_steps_but(step_dir.name)
         self.barrier()  # no rank exits (and has torchrun stop the others) before `latest` is written
         return step_dir
+
+    def _remove_steps_but(self, keep: str | None) -> None:
+        for step_dir in self.directory.glob("step-*"):
+            if step_dir.is_dir() and step_dir.name != keep:
+                shutil.rmtree(step_dir, ignore_errors=True)
 
     def load(self, engine) -> LoopState | None:
         """Restore the latest checkpoint into `engine` and the RNGs; its loop state, or None if none."""
@@ -399,9 +402,7 @@ class Checkpoints:
         if self.rank == 0:
             # A save that failed (a full disk) or was cut short left a step directory `latest` does not name; no
             # rank writes before the first save, so it goes now, giving back its space before this run needs it.
-            for stale in self.directory.glob("step-*"):
-                if stale.is_dir() and stale.name != (latest or {}).get("dir"):
-                    shutil.rmtree(stale, ignore_errors=True)
+            self._remove_steps_but(latest["dir"] if latest else None)
         if latest is None:
             return None
         step_dir = self.directory / latest["dir"]

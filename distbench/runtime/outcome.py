@@ -183,20 +183,21 @@ class Outcome:
         peer = self._peer_failure()
         if peer is not None:
             return self._fail(peer, error)
+        storage = isinstance(error, StorageError)
         if self.request.signal is not None:  # the stop came first: a peer that stopped, a loader worker ended
-            if isinstance(error, StorageError):  # a save the signal asked for: the next one will meet it too
+            if storage:  # a save the signal asked for: the next one will meet it too
                 log.error("%s", message)
             where = self.request.phase if self.request.phase != START_UP else START_UP
             return self.stopped(Stopped(self.request.signal, where), peers=False)
-        if isinstance(error, StorageError) and (latest := self.in_force()) is not None:
+        if storage and (latest := self.in_force()) is not None:
             message += (
                 f"; the checkpoint of step {latest.get('step')} stays in force: once there is room, run the same "
                 "command again to resume"
             )
         _note_failure(message)
-        expected = isinstance(error, (DataError, StorageError)) or "did not answer within" in message
+        expected = storage or isinstance(error, DataError) or "did not answer within" in message
         # A full disk may be one node's own: every rank that meets it says so.
-        if self.rank0 or not expected or isinstance(error, StorageError):
+        if self.rank0 or not expected or storage:
             if expected:
                 log.error("%s", message)
             else:
