@@ -4,7 +4,7 @@ Two ranks, batch 32 per rank, distbench's DDPEngine (counting comm hook, SGD wit
 that differ only in the head: `learned` (a trainable N x C linear layer) or `fixed` (Hoffer et al. 2018:
 a fixed Hadamard C x N buffer, learned scale and bias). Backbone (`--backbone`):
 - `mlp` (default): Linear(512, 512) + ReLU on 512-dim inputs, so the model is Linear 512-512-100K, the
-  shape of the plain-torch reference measurement (3.0x at batch 32);
+  shape of the plain-torch reference measurement (3.0x at batch 32, as its issue reported it; not a record here);
 - `tiny`: distbench's tiny CNN (N = 256) on 3x32x32 inputs.
 Inputs are random and generated before timing. The headline ratio comes from un-instrumented steps
 (`run_steps`: distbench's timed loop), blocks alternating between the heads (ABBA order), medians on

@@ -3,7 +3,8 @@ forward) than its transform (`hadamard.srht`: one Hadamard transform of size m p
 where does the head's choice between them (`hadamard.dense_pays`) stand against the measured crossover?
 
 For each R x N x C in `--shapes` (default: 1,024 rows = one rank's 16 sequences of 64 tokens, N = 64, at the
-language-model study's 8K and 32K vocabularies; 256 rows, N = 128, at the image study's 100K classes; then
+language-model study's 8K and 32K vocabularies; 128 rows, N = 256, at the image study's 100K classes (one rank's
+batch of `analysis/head_scaling_100k.toml`, the tiny CNN at width 256); then
 N = 128 to 1,024 at 8K classes, across DENSE_MAX_FEATURES): forward + backward of the head alone (input
 requires grad; alpha learned, no bias, as in the study; a fixed random upstream gradient), one untimed call per
 path, then `--reps` calls per path interleaved in ABBA order, median. Both paths' logits are compared first
@@ -26,7 +27,7 @@ from distbench.runtime.timing import Stopwatch
 
 from common import interleave, shape_bench
 
-SHAPES = "1024x64x8192,1024x64x32768,256x128x100000,1024x128x8192,1024x256x8192,1024x512x8192,1024x1024x8192"
+SHAPES = "1024x64x8192,1024x64x32768,128x256x100000,1024x128x8192,1024x256x8192,1024x512x8192,1024x1024x8192"
 
 
 def time_shape(rows: int, n: int, c: int, reps: int, device: torch.device, gen: torch.Generator) -> dict:

@@ -246,7 +246,7 @@ BENCHES = (
     Bench(
         "head_speedup",
         "learned-head / fixed-head DDP step at 100K classes, Linear 512-512 backbone (the plain-torch reference "
-        "shape, 3.0x measured on this machine), batch 32, 2 ranks; split by `no_sync()` steps (exposed "
+        "shape), batch 32, 2 ranks; split by `no_sync()` steps (exposed "
         "communication) and barrier-separated forward / backward / optimizer phases",
         "report",
         _head,
@@ -283,7 +283,7 @@ BENCHES = (
         "forward+backward of the `fixed-srht` head alone (no bias, learned alpha): its transform "
         "(`hadamard.srht`, one FWHT of size m per block of classes) / its dense path (one product with the C x N "
         "matrix, rebuilt each forward), at the language-model study's shapes (1,024 rows, N = 64, V = 8K and 32K), "
-        "the image study's (256 rows, N = 128, 100K classes) and N = 128 to 1,024 at 8K classes; the path the "
+        "the image study's (128 rows, N = 256, 100K classes) and N = 128 to 1,024 at 8K classes; the path the "
         "head picks at each (`hadamard.dense_pays`), one thread",
         "the head picks the faster path",
         _srht_paths,
