@@ -15,7 +15,6 @@ knows which one is wanted (a run must install its signal handling before torch l
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -179,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[name][0](rest)
-    except BrokenPipeError:  # `distbench counts | head`: the reader has gone, so no traceback for it to miss
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the flush at exit raises again
-        return 1  # as the Python docs' recipe for SIGPIPE does
+    except BrokenPipeError:
+        from distbench.config import reader_gone
+
+        return reader_gone()
 
 
 if __name__ == "__main__":

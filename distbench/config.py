@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import time
 import tomllib
@@ -545,6 +546,14 @@ def fail(error: Exception, prog: str = "run.py", quiet: bool = False, grace_s: f
     else:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
     return 2
+
+
+def reader_gone() -> int:
+    """stdout's reader has gone (`run.py --dry-run | head`, `distbench counts | head`): no traceback for it to
+    miss. stdout now points at /dev/null, else the flush at exit raises again; exit status 1, as the Python
+    docs' recipe for SIGPIPE has it."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def markdown() -> str:

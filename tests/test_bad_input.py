@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHORT, flags, python_run
+from conftest import RUN, SHORT, flags, python_run
 from test_data import make_imagefolder
 
 from distbench.config import ConfigError
@@ -216,17 +216,24 @@ def test_checkpoint_the_package_never_unpickles_code():
 
 
 # ------------------------------------------------------------------------------------------ a closed pipe
-def test_bad_input_a_reader_that_left_is_no_traceback():
-    """`distbench counts | head`: the reader may close the pipe before the table is written. No traceback,
-    and a non-zero exit (as Python's recipe for SIGPIPE), not a hang."""
+@pytest.mark.parametrize(
+    "argv",
+    [["-m", "distbench", "counts", "--models", "tiny", "--num-classes", "10"], [str(RUN), "--dry-run"]],
+    ids=["counts", "run-dry-run"],
+)
+def test_bad_input_a_reader_that_left_is_no_traceback(tmp_path, argv):
+    """`distbench counts | head`, `run.py --dry-run | head`: the reader may close the pipe before the output is
+    written. No traceback, and a non-zero exit (as Python's recipe for SIGPIPE), not a hang; and the dry run,
+    which once recorded its BrokenPipeError as a `failed` run, records nothing."""
     read, write = os.pipe()
     os.close(read)  # no reader at all: the first write fails, whenever it comes
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "distbench", "counts", "--models", "tiny", "--num-classes", "10"],
-            check=False, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+            [sys.executable, *argv], check=False, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+            cwd=tmp_path,  # the dry run's --out default, results/runs.jsonl, would be here
         )  # fmt: skip
     finally:
         os.close(write)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert not (tmp_path / "results").exists()

@@ -123,6 +123,26 @@ def test_models_never_talk_to_process_groups():
             assert "torch.distributed" not in path.read_text(), name
 
 
+# Where a process group is touched (docs/architecture.md): the engines, the taps that meter their collectives,
+# and commbench, which times collectives themselves. torch.distributed.algorithms is the DDP hooks' maths
+# (comm.expected borrows PowerSGD's test of whether a gradient is compressed), not a process group.
+TALKERS = ("distbench.runtime.engines", "distbench.comm.taps", "distbench.perfmodel.commbench")
+
+
+def test_only_the_engines_the_taps_and_commbench_talk_to_process_groups():
+    def process_group_imports(path: Path) -> list[str]:
+        found = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            found += [n for n in names if n.startswith("torch.distributed") and ".algorithms." not in n]
+        return found
+
+    talking = {name: found for name, path in modules().items() if (found := process_group_imports(path))}
+    assert talking and all(name.startswith(TALKERS) for name in talking), talking
+
+
 def test_at_most_eight_top_level_modules():
     top = list((ROOT / "distbench").glob("*.py"))
     assert len(top) <= 8, sorted(p.name for p in top)

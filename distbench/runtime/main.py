@@ -35,11 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.output.dry_run:
             from distbench.runtime import loop
 
-            print(loop.describe(cfg)) if rank0 else None
-            return 0
+            return _say(loop.describe(cfg)) if rank0 else 0
         if (done := already_recorded(cfg)) is not None:
-            print(done) if rank0 else None
-            return 0
+            return _say(done) if rank0 else 0
         from distbench.runtime import loop
 
         return end.finished(loop.run(cfg, REQUEST, end.run_id))
@@ -52,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         end.close()
         REQUEST.settled()  # how this process ends is decided: a signal now must not turn it into a death
+
+
+def _say(text: str) -> int:
+    """Print the answer of a run that trains nothing. A reader that has gone is no failure of the run: it must
+    not turn into a `failed` record."""
+    from distbench.config import reader_gone
+
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        return reader_gone()
+    return 0
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ class Outcome:
 
     def _append_failed(self, message: str) -> None:
         cfg = self.config()
-        if cfg is None or not self.rank0 or self.recorded:
+        if cfg is None or not self.rank0 or self.recorded or cfg.output.dry_run:  # a dry run records nothing
             return
         run_id = self.run_id or cfg.output.run_id or f"failed-{results.new_run_id(self.started_at)}"
         self._append(results.failed_record(run_id, cfg.to_dict(), message, self.started_at))
@@ -281,44 +281,17 @@ def already_recorded(cfg: config.RunConfig) -> str | None:
 
 
 # --------------------------------------------------------------------------------- peers' one-line errors
-_KEY = "distbench/failed/{}"
-
-
-def _store():
-    """The job's key-value store (torchrun's), or None without a process group."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return None
-    return dist.distributed_c10d._get_default_store()
-
-
+# In the job's store (`runtime.engines`); without torch.distributed imported there is no process group to ask.
 def _note_failure(message: str) -> None:
-    """Leave this rank's error where rank 0 can read it, before this rank exits and ends the job."""
-    if "torch.distributed" not in sys.modules:
-        return
-    try:
-        store = _store()
-        if store is not None:
-            store.set(_KEY.format(os.environ.get("RANK", "0")), message.encode())
-    except Exception:  # the store went with a peer: rank 0 records its own error instead
-        pass
+    if "torch.distributed" in sys.modules:
+        from distbench.runtime.engines import note_failure
+
+        note_failure(message)
 
 
 def _peer_failures() -> dict[int, str]:
     if "torch.distributed" not in sys.modules:
         return {}
-    import torch.distributed as dist
+    from distbench.runtime.engines import peer_failures
 
-    try:
-        store = _store()
-        if store is None:
-            return {}
-        own, found = dist.get_rank(), {}
-        for r in range(dist.get_world_size()):
-            key = _KEY.format(r)
-            if r != own and store.check([key]):
-                found[r] = store.get(key).decode()
-        return found
-    except Exception:
-        return {}
+    return peer_failures()

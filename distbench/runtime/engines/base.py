@@ -31,6 +31,8 @@ __all__ = [
     "close_distributed",
     "gather_objects",
     "init_distributed",
+    "note_failure",
+    "peer_failures",
     "replicas_identical",
 ]
 
@@ -121,6 +123,40 @@ class StopVote:
         t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return [bool(v) for v in t.tolist()]
+
+
+_FAILED = "distbench/failed/{}"  # a rank's one-line error, in the job's store
+
+
+def _store():
+    """The job's key-value store (torchrun's), or None without a process group."""
+    return dist.distributed_c10d._get_default_store() if dist.is_initialized() else None
+
+
+def note_failure(message: str) -> None:
+    """Leave this rank's error where rank 0 can read it, before this rank exits and torchrun ends the job."""
+    try:
+        store = _store()
+        if store is not None:
+            store.set(_FAILED.format(dist.get_rank()), message.encode())
+    except Exception:  # the store went with a peer: rank 0 records its own error instead
+        pass
+
+
+def peer_failures() -> dict[int, str]:
+    """The errors other ranks have left (`note_failure`), by rank; {} without a process group or its store."""
+    try:
+        store = _store()
+        if store is None:
+            return {}
+        own, found = dist.get_rank(), {}
+        for r in range(dist.get_world_size()):
+            key = _FAILED.format(r)
+            if r != own and store.check([key]):
+                found[r] = store.get(key).decode()
+        return found
+    except Exception:
+        return {}
 
 
 def gather_objects(obj) -> list:
