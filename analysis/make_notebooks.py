@@ -47,13 +47,14 @@ NOTEBOOKS = {
         new_code_cell("report.fig_comm_savings(df);"),
         new_markdown_cell(
             "Bytes per step by variant (head, freeze rule, parameterisation, engine, hook, precision; world size where "
-            "several), for each data set, model and class count. A cell holds one configuration: bytes depend on "
-            "nothing else, so repeats agree."
+            "several), for each data set, model, feature width (where the model was built at another) and class "
+            "count. A cell holds one configuration: bytes depend on nothing else, so repeats agree."
         ),
         new_code_cell(
-            'index = ["config.data.dataset", "config.model.model", "config.model.num_classes"]\n'
-            'df.reindex(columns=[*index, "variant", "comm.payload_bytes_per_step"]).pivot_table(\n'
-            '    index=index, columns="variant", values="comm.payload_bytes_per_step", aggfunc="max")'
+            'index = ["config.data.dataset", "config.model.model", "config.model.width", "config.model.num_classes"]\n'
+            'cells = df.reindex(columns=[*index, "variant", "comm.payload_bytes_per_step"])\n'
+            'cells["config.model.width"] = cells["config.model.width"].astype("Int64").astype(str)  # <NA>: default\n'
+            'cells.pivot_table(index=index, columns="variant", values="comm.payload_bytes_per_step", aggfunc="max")'
         ),
         new_markdown_cell(
             "## Bytes per bucket\n\n"
@@ -129,10 +130,12 @@ NOTEBOOKS = {
         new_code_cell("report.fig_accuracy(df);"),
         new_markdown_cell(
             "## The price of fixing the head (issue 24's study)\n\n"
-            "Learned against fixed heads over C / N at two feature widths N and two bodies, the same samples per "
-            "class for every fixed head at a class count (`analysis/head_scaling.toml`; longer lines in "
-            "`head_scaling_long.toml`, 100K classes in `head_scaling_100k.toml`); the learned head's lines from "
-            "N = 128, C = 256 on end when their curve is flat (`--until-flat`). `learned_top1` is the learned "
+            "Learned against fixed heads over C / N at feature widths N = 32 and 128 (two bodies each) and "
+            "N = 256 at 100K classes, every head of a grid line at the same samples per class "
+            "(`analysis/head_scaling.toml`; longer lines, at more samples per class, in "
+            "`head_scaling_long.toml`; 100K classes in `head_scaling_100k.toml`); the learned head's lines from "
+            "N = 128 on end when their curve is flat (`--until-flat`; all but the tiny body's at C = 64, run "
+            "before the rule). `learned_top1` is the learned "
             "head's top-1 at this run's samples per class (`spc`), from its longest run's curve (its last point "
             "past the curve's end); `gap` that minus "
             "this head's top-1, in points; `capacity` is C x N over the backbone's parameters (what a learned "
@@ -159,8 +162,9 @@ NOTEBOOKS = {
             "minus the learned head's at the same tokens per vocabulary entry, `mb_per_step` what a rank sends; "
             "`loss_fell` how far the loss fell over the line's last doubling of tokens, and `flat` the `--until-flat` "
             "rule at the language models' tolerance (`analysis.LM_FLAT`: 0.0025 ln V nats per doubling, 0.25 points "
-            "of top-1). Longer lines, each until flat: `lm_heads_long.toml`, `lm_corpus_long.toml`. Each figure "
-            "draws its own study's records only."
+            "of top-1). Longer lines, each until flat or its cap: `lm_heads_long.toml`, `lm_corpus_long.toml` "
+            "(on real text every line so far reached its cap still falling). Each figure draws its own study's "
+            "records only; its cost column compares the heads at the largest tokens per entry they all have run."
         ),
         new_code_cell(
             "lm = {}\n"
@@ -211,8 +215,11 @@ NOTEBOOKS = {
         ),
         new_markdown_cell(
             "## The `measured` preset against this machine's collective benchmark\n\n"
-            "`nccl.MEASURED` is fitted to the committed commbench records (`python -m distbench.perfmodel.costmodel "
-            "--fit-preset`); the tests hold a fresh benchmark at 2 and 4 gloo ranks within 0.75x..1.33x of it."
+            "`nccl.MEASURED` is fitted to the medians (`time_us`) of the committed commbench records "
+            "(`commbench_measured.jsonl`; `python -m distbench.perfmodel.costmodel --fit-preset`); the tests hold "
+            "the median over runs of each (ranks, size) within 0.75x..1.33x of it, and a fresh benchmark at 2 and "
+            "4 gloo ranks too. `ratio` below is each record's prediction over its own median: one record scatters "
+            "more than the median over runs does."
         ),
         new_code_cell(
             "bench = report.load_commbench(RESULTS)\n"
@@ -222,8 +229,8 @@ NOTEBOOKS = {
             '    ar = bench[bench["op"] == "all_reduce"].copy()\n'
             '    pairs = zip(ar["bytes"], ar["world_size"], strict=True)\n'
             '    ar["predicted_us"] = [nccl.collective_time("all_reduce", b, n, "measured") * 1e6 for b, n in pairs]\n'
-            '    ar["ratio"] = ar["predicted_us"] / ar["time_us_min"]\n'
-            '    display(ar[["world_size", "bytes", "time_us_min", "predicted_us", "ratio"]])'
+            '    ar["ratio"] = ar["predicted_us"] / ar["time_us"]\n'
+            '    display(ar[["world_size", "bytes", "time_us", "predicted_us", "ratio"]])'
         ),
     ],
 }

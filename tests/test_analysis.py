@@ -51,6 +51,7 @@ def test_derived_columns_on_a_hand_made_frame():
             row("other-batch", head="fixed", batch=64, payload=200, sps=30.0),  # no baseline with batch 64
             row("base-100k", classes=100_000, payload=5000, sps=2.0, top1=0.1),
             row("fixed-100k", head="fixed", classes=100_000, payload=900, sps=6.0, top1=0.2),
+            {**row("fixed-rule", head="fixed", payload=200, sps=14.0), "config.train.until_flat": 0.01},
             {**row("broken"), "status": "failed"},
         ]
     )
@@ -64,10 +65,11 @@ def test_derived_columns_on_a_hand_made_frame():
     assert out.loc["fixed-100k", "baseline_run_id"] == "base-100k"
     assert out.loc["fixed-100k", "speedup"] == pytest.approx(3.0)
     assert math.isnan(out.loc["other-batch", "speedup"])
+    assert out.loc["fixed-rule", "baseline_run_id"] == "base"  # a stop rule changes no step: still matched
     assert out.loc["base", "bytes_saved_frac"] == 0 and out.loc["base", "speedup"] == 1
     assert out.loc["mask", "variant"] == "learned head, fraction:0.1 (mask)"
     md = to_markdown(summary_table(out.reset_index()))
-    assert md.count("\n") == 7 + 1 and "| 0.800 |" in md
+    assert md.count("\n") == 8 + 1 and "| 0.800 |" in md
 
 
 def test_every_setting_that_changes_a_step_is_in_the_label_and_the_baseline_match():
@@ -98,6 +100,20 @@ def test_every_setting_that_changes_a_step_is_in_the_label_and_the_baseline_matc
     assert with_baselines(pd.DataFrame(rows[:4]))["variant"].tolist() == [
         "learned head", "fixed head", "learned head, FSDP2", "fixed head, FSDP2"
     ]  # fmt: skip
+
+
+def test_a_figure_label_tells_runs_that_would_read_the_same_apart():
+    """A study's longer lines read like its grid's runs but for their step count, a learning-rate check's but for
+    the rate: a figure's label says what sets them apart, and only where it is needed."""
+    from distbench.results.report import _label
+
+    df = pd.DataFrame([row("a"), {**row("b"), "config.train.steps": 400}, row("c", classes=20)])
+    df.loc[df["config.train.steps"].isna(), "config.train.steps"] = 100
+    labels = _label(with_baselines(df)).tolist()
+    assert labels == ["resnet18 C=1,000: learned head (steps 100)", "resnet18 C=1,000: learned head (steps 400)",
+                      "resnet18 C=20: learned head"], labels  # fmt: skip
+    rates = _label(with_baselines(pd.DataFrame([{**row("a"), "config.train.lr": lr} for lr in (3e-4, 1e-3)])))
+    assert sorted(rates.str.extract(r"\((lr .*)\)$")[0]) == ["lr 0.0003", "lr 0.001"], rates.tolist()
 
 
 def test_fraction_one_is_no_freeze():
@@ -291,7 +307,7 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
 
     from distbench.results.analysis import gap_moved, lm_heads, lm_heads_markdown
     from distbench.results.curves import loss_fell
-    from distbench.results.report import fig_lm_heads
+    from distbench.results.report import fig_lm_heads, matched
 
     def run(run_id, head, losses, every=32.0, oracle=2.0, payload=4_000_000, init="authors", dataset="synthetic",
             top1=None, lr=1e-3):  # fmt: skip
@@ -358,3 +374,9 @@ def test_lm_heads_reads_loss_against_the_oracle_and_the_learned_head():
     loss_panel, cost_panel = fig.axes[0], fig.axes[1]
     assert len(loss_panel.lines) == 3 + 1  # learned, tied, fixed and the entropy rate
     assert len(cost_panel.lines) == 3 + 1  # a point per run and the zero line
+    # Its cost column compares the heads where all have a line: at 512 per entry, not at the learned line's 2,176.
+    heads = ["learned", "learned", "tied", "tied", "learned"]
+    budgets = [512.0, 2176.0, 1728.0, 512.0, 64.0]
+    lines = pd.DataFrame({"V": [8192] * 4 + [32768], "head_label": heads, "tokens_per_entry": budgets})
+    lines["run_id"] = list("abcde")
+    assert sorted(matched(lines)["run_id"]) == ["a", "d", "e"]

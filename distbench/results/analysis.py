@@ -35,7 +35,10 @@ VARIANT_COLUMNS = (
     "config.freeze.frozen_init",
     "config.freeze.freeze_dim",
 )
-IGNORED_PREFIXES = ("config.output.", "config.data.workers")
+# Settings that change neither what a step sends and costs nor what a budget trains: where the output goes, the
+# loader's workers, and the stop rule (a learned line that ended once flat is the baseline of a fixed head run to
+# the whole budget beside it: the gap is then read against the learned curve's last point, a lower bound).
+IGNORED_PREFIXES = ("config.output.", "config.data.workers", "config.train.until_flat")
 
 
 def learns_everything(freeze: str) -> bool:

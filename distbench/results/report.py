@@ -25,6 +25,7 @@ from distbench.results.analysis import (
     lm_heads,
     lm_heads_markdown,
     load_runs,
+    setting_columns,
     studies,
     summary_table,
     to_markdown,
@@ -38,13 +39,29 @@ def _empty(ax, what: str) -> None:
     ax.set_axis_off()
 
 
-def _label(df: pd.DataFrame) -> pd.Series:
-    """'tiny C=100,000: fixed head'; a tiny CNN built at another feature width says so ('tiny N=128 ...')."""
+def _label(df: pd.DataFrame, apart: bool = True) -> pd.Series:
+    """'tiny C=100,000: fixed head'; a tiny CNN built at another feature width says so ('tiny N=128 ...'), and
+    (`apart`) runs that would read the same say the settings that set them apart ('... (steps 6,395)', a study's
+    longer line; '(lr 0.003)', a learning-rate check)."""
     model = df["config.model.model"]
     if "config.model.width" in df:
         width = df["config.model.width"]
         model = model + width.map(lambda w: "" if w is None or pd.isna(w) else f" N={int(w)}")
-    return model + " C=" + df["config.model.num_classes"].map("{:,}".format) + ": " + df["variant"]
+    label = model + " C=" + df["config.model.num_classes"].map("{:,}".format) + ": " + df["variant"]
+    same = label.duplicated(keep=False)
+    if not apart or not same.any():
+        return label
+
+    def shown(value) -> str:
+        return f"{value:,}" if isinstance(value, int) or (isinstance(value, float) and value >= 1000) else f"{value:g}"
+
+    label = label.copy()
+    for _, group in df[same].groupby(label[same]):
+        varying = [c for c in setting_columns(group) if group[c].map(repr).nunique() > 1]
+        for i, run in group.iterrows():
+            what = ", ".join(f"{c.rsplit('.', 1)[-1]} {shown(run[c]) if pd.notna(run[c]) else '-'}" for c in varying)
+            label[i] += f" ({what})" if what else ""
+    return label
 
 
 def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
@@ -65,7 +82,7 @@ def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
     y = range(len(d))
     ax.barh(y, d["comm.payload_bytes_per_step"] / MB, color="tab:blue", label="payload (measured)")
     ax.scatter(d["comm.expected_bytes_per_step"] / MB, y, color="black", marker="|", s=200, label="expected")
-    labels = _label(d)
+    labels = _label(d, apart=False)  # one bar per configuration: bytes depend on nothing that sets runs apart
     if d["config.data.dataset"].nunique() > 1:
         labels = d["config.data.dataset"] + " " + labels
     ax.set_yticks(list(y), labels)
@@ -276,9 +293,10 @@ def fig_price_of_fixing(df: pd.DataFrame) -> plt.Figure:
 def fig_lm_heads(df: pd.DataFrame, title: str = "synthetic text") -> plt.Figure:
     """Language-model heads (issue 27's study): held-out loss (top row) and next-token top-1 (bottom row) against
     target tokens seen per vocabulary entry, one column per vocabulary size and a line per head (the longest run
-    of each), the task's entropy rate and Bayes-optimal top-1 dashed where they are known; the last column sets
-    what each head sends per step against what it costs, its loss and top-1 against the learned head's at the
-    same budget. Pass only the runs of one study (`distbench report` gives it its own file)."""
+    of each: a line run until flat may go on past the others), the task's entropy rate and Bayes-optimal top-1
+    dashed where they are known; the last column sets what each head sends per step against what it costs, its
+    loss and top-1 against the learned head's, at the largest budget every head of that V has run to (`matched`).
+    Pass only the runs of one study (`distbench report` gives it its own file)."""
     table = lm_heads(df) if not df.empty else pd.DataFrame()
     sizes = sorted(table["V"].unique()) if not table.empty else []
     cols = len(sizes) + 1
@@ -311,25 +329,41 @@ def fig_lm_heads(df: pd.DataFrame, title: str = "synthetic text") -> plt.Figure:
     axes[0][0].set_ylabel("held-out loss (nats / token)")
     axes[1][0].set_ylabel("next-token top-1 (%)")
     axes[0][0].legend(fontsize=7)
+    at = matched(table)
     for ax, y, label in (
-        (axes[0][-1], longest["loss_vs_learned"], "loss minus the learned head's (nats / token)"),
-        (axes[1][-1], longest["gap"], "learned head's top-1 minus this head's (points)"),
+        (axes[0][-1], at["loss_vs_learned"], "loss minus the learned head's (nats / token)"),
+        (axes[1][-1], at["gap"], "learned head's top-1 minus this head's (points)"),
     ):
-        for (_, row), value in zip(longest.iterrows(), y, strict=True):
+        for (_, row), value in zip(at.iterrows(), y, strict=True):
             ax.plot([row["mb_per_step"]], [value], marker="o", color=colors[row["head_label"]])
-            ax.annotate(f"{row['V'] // 1024}K", (row["mb_per_step"], value), xytext=(4, 2),
-                        textcoords="offset points", fontsize=7)  # fmt: skip
+            ax.annotate(f"{row['V'] // 1024}K at {row['tokens_per_entry']:,.0f}", (row["mb_per_step"], value),
+                        xytext=(4, 2), textcoords="offset points", fontsize=7)  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0][-1].set_title("what a head saves against what it costs")
+    axes[0][-1].set_title(
+        "what a head saves against what it costs,\nat the tokens per entry every head has run", fontsize=10
+    )
     axes[1][-1].set_xlabel("bytes sent per step and rank (MB)")
-    fig.suptitle(f"Language-model heads, gpt-tiny on {title}\nthe same tokens for every head, one seed")
+    fig.suptitle(f"Language-model heads, gpt-tiny on {title}, one seed\ncurves: every head sees the same tokens, "
+                 "each line to where it ended (lines run until flat go on past the others)")  # fmt: skip
     fig.tight_layout()
     return fig
+
+
+def matched(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per head and V (of `analysis.lm_heads`): its line at the largest tokens per entry that every head
+    of that V has a line at, so that the heads compared have seen the same tokens; where they share none, each
+    head's longest line (the figure labels every point with its tokens per entry)."""
+    rows = []
+    for _, own in table.sort_values("tokens_per_entry").groupby("V"):
+        budgets = set.intersection(*(set(g["tokens_per_entry"]) for _, g in own.groupby("head_label")))
+        at = own[own["tokens_per_entry"] == max(budgets)] if budgets else own
+        rows.append(at.drop_duplicates("head_label", keep="last"))
+    return pd.concat(rows) if rows else table.iloc[0:0]
 
 
 # The README's planner figure: one panel per model and class count, the heads that matter there.
