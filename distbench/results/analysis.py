@@ -202,11 +202,14 @@ def studies(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant and setting: bytes, throughput, accuracy and the derived ratios."""
+    """One row per run: its data set, model, class count, variant and steps (what tells a study's runs apart), its
+    bytes, throughput, accuracy and the derived ratios."""
     cols = {
+        "config.data.dataset": "data",
         "config.model.model": "model",
         "config.model.num_classes": "classes",
         "variant": "variant",
+        "config.train.steps": "steps",
         "params.trainable": "trainable",
         "params.conv_learned_fraction": "conv learned",
         "comm.payload_bytes_per_step": "bytes/step",
@@ -218,7 +221,9 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     }
     present = [c for c in cols if c in df]
     out = df[present].rename(columns=cols)
-    return out.sort_values([c for c in ("model", "classes", "variant") if c in out]).reset_index(drop=True)
+    return out.sort_values([c for c in ("data", "model", "classes", "variant", "steps") if c in out]).reset_index(
+        drop=True
+    )
 
 
 def to_markdown(table: pd.DataFrame) -> str:
