@@ -53,7 +53,8 @@ NOTEBOOKS = {
         new_code_cell(
             'index = ["config.data.dataset", "config.model.model", "config.model.width", "config.model.num_classes"]\n'
             'cells = df.reindex(columns=[*index, "variant", "comm.payload_bytes_per_step"])\n'
-            'cells["config.model.width"] = cells["config.model.width"].astype("Int64").astype(str)  # <NA>: default\n'
+            'width = cells["config.model.width"]\n'
+            'cells["config.model.width"] = width.map(lambda w: "default" if pd.isna(w) else str(int(w)))\n'
             'cells.pivot_table(index=index, columns="variant", values="comm.payload_bytes_per_step", aggfunc="max")'
         ),
         new_markdown_cell(

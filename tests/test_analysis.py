@@ -52,6 +52,8 @@ def test_derived_columns_on_a_hand_made_frame():
             row("base-100k", classes=100_000, payload=5000, sps=2.0, top1=0.1),
             row("fixed-100k", head="fixed", classes=100_000, payload=900, sps=6.0, top1=0.2),
             {**row("fixed-rule", head="fixed", payload=200, sps=14.0), "config.train.until_flat": 0.01},
+            {**row("fixed-other-rule", head="fixed", payload=200, sps=14.0), "config.train.until_flat": 0.02},
+            {**row("base-rule", payload=1000, finished="2025-12-31T00:00:00"), "config.train.until_flat": 0.01},
             {**row("broken"), "status": "failed"},
         ]
     )
@@ -65,11 +67,13 @@ def test_derived_columns_on_a_hand_made_frame():
     assert out.loc["fixed-100k", "baseline_run_id"] == "base-100k"
     assert out.loc["fixed-100k", "speedup"] == pytest.approx(3.0)
     assert math.isnan(out.loc["other-batch", "speedup"])
-    assert out.loc["fixed-rule", "baseline_run_id"] == "base"  # a stop rule changes no step: still matched
+    # A stop rule changes no step: a run is matched under its own rule where the study has it, else under another.
+    assert out.loc["fixed-rule", "baseline_run_id"] == "base-rule"  # though "base" finished later
+    assert out.loc["fixed-other-rule", "baseline_run_id"] == "base" and out.loc["fixed", "baseline_run_id"] == "base"
     assert out.loc["base", "bytes_saved_frac"] == 0 and out.loc["base", "speedup"] == 1
     assert out.loc["mask", "variant"] == "learned head, fraction:0.1 (mask)"
     md = to_markdown(summary_table(out.reset_index()))
-    assert md.count("\n") == 8 + 1 and "| 0.800 |" in md
+    assert md.count("\n") == 10 + 1 and "| 0.800 |" in md
 
 
 def test_every_setting_that_changes_a_step_is_in_the_label_and_the_baseline_match():
@@ -114,6 +118,12 @@ def test_a_figure_label_tells_runs_that_would_read_the_same_apart():
                       "resnet18 C=20: learned head"], labels  # fmt: skip
     rates = _label(with_baselines(pd.DataFrame([{**row("a"), "config.train.lr": lr} for lr in (3e-4, 1e-3)])))
     assert sorted(rates.str.extract(r"\((lr .*)\)$")[0]) == ["lr 0.0003", "lr 0.001"], rates.tolist()
+    # A text setting, and two studies concatenated (their index repeats): each run's label its own.
+    runs = pd.concat([pd.DataFrame([{**row("s"), "config.train.optimizer": "sgd"}]),
+                      pd.DataFrame([{**row("w"), "config.train.optimizer": "adamw"}])])  # fmt: skip
+    assert _label(with_baselines(runs).set_index(pd.Index([0, 0]))).str.rsplit(" (", n=1).str[1].tolist() == [
+        "optimizer sgd)", "optimizer adamw)"
+    ]  # fmt: skip
 
 
 def test_fraction_one_is_no_freeze():

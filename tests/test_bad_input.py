@@ -15,6 +15,7 @@ import pytest
 from conftest import RUN, SHORT, flags, python_run
 from test_data import make_imagefolder
 
+from distbench import config
 from distbench.config import ConfigError
 from distbench.results import validate
 from distbench.runtime.checkpoint import read_latest
@@ -237,3 +238,35 @@ def test_bad_input_a_reader_that_left_is_no_traceback(tmp_path, argv):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_bad_input_a_dry_run_is_never_recorded_even_when_it_fails(tmp_path):
+    """A dry run trains nothing, so nothing of it goes into --out, whatever ends it; the same failure in a run
+    that trains is recorded."""
+    from distbench.runtime.outcome import Outcome
+    from distbench.runtime.stop import StopRequest
+
+    out = tmp_path / "runs.jsonl"
+    for argv, recorded in ((["--dry-run"], False), ([], True)):
+        end = Outcome(StopRequest(), None, rank0=True)
+        end.set_config(config.parse_args([*argv, "--out", str(out)]))
+        assert end.failed(RuntimeError("describe broke")) == 1
+        assert out.exists() == recorded
+
+
+# ------------------------------------------------------------------------------------------ a broken install
+def test_bad_input_an_engine_that_cannot_be_imported_is_still_recorded(tmp_path):
+    """A module the engines need cannot be imported (a broken install; here one made unimportable on purpose): the
+    run ends in a `failed` record naming it, the error not raised again while the failure is being handled."""
+    out = tmp_path / "runs.jsonl"
+    script = (
+        "import sys\n"
+        "import torch  # torch.distributed is loaded, the engines are not\n"
+        "sys.modules['distbench.comm.taps'] = None\n"
+        "from distbench.runtime.main import main\n"
+        f"sys.exit(main(['--steps', '2', '--warmup-steps', '1', '--nosync-steps', '0', '--out', {str(out)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["status"] == "failed" and "distbench.comm.taps" in record["error"], record["error"]

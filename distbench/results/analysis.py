@@ -122,7 +122,7 @@ def setting_columns(df: pd.DataFrame) -> list[str]:
 def with_baselines(df: pd.DataFrame) -> pd.DataFrame:
     """`df` (from results.load) plus `variant`, the baseline's run_id and the derived columns. Runs with
     no baseline among the results get NaN. Only ok runs are compared."""
-    df = df[df["status"] == "ok"].copy() if "status" in df else df.copy()
+    df = (df[df["status"] == "ok"] if "status" in df else df).reset_index(drop=True)
     if df.empty:
         return df
     df["variant"] = df.apply(variant, axis=1)
@@ -132,9 +132,6 @@ def with_baselines(df: pd.DataFrame) -> pd.DataFrame:
         & df["config.freeze.freeze"].map(learns_everything)
         & (df.get("config.model.param", pd.Series("none", index=df.index)) == "none")
     )
-    keys = setting_columns(df)
-    key = df[keys].map(repr).agg("|".join, axis=1)  # repr: None, NaN and numbers all become text
-    base = df[is_base].assign(_key=key[is_base]).sort_values("finished_at").groupby("_key").last()
     metrics = {
         "comm.payload_bytes_per_step": "base_payload",
         "perf.samples_per_s": "base_samples_per_s",
@@ -143,8 +140,21 @@ def with_baselines(df: pd.DataFrame) -> pd.DataFrame:
         "perf.step_time_ms.p50": "base_step_p50",
         "perf.step_time_ms.p90": "base_step_p90",
     }
-    joined = base[[m for m in metrics if m in base]].rename(columns=metrics)
-    df = df.assign(_key=key).merge(joined, left_on="_key", right_index=True, how="left").drop(columns="_key")
+
+    def baselines(keys: list[str]) -> pd.DataFrame:
+        """Each run's baseline: the learned run of the same `keys` that finished last."""
+        key = df[keys].map(repr).agg("|".join, axis=1)  # repr: None, NaN and numbers all become text
+        base = df[is_base].assign(_key=key[is_base]).sort_values("finished_at").groupby("_key").last()
+        joined = base[[m for m in metrics if m in base]].rename(columns=metrics)
+        return (
+            pd.DataFrame({"_key": key}).merge(joined, left_on="_key", right_index=True, how="left").drop(columns="_key")
+        )
+
+    keys = setting_columns(df)
+    found = baselines(keys)
+    if "config.train.until_flat" in df:  # one under the same stop rule first, where the study has one
+        found = baselines([*keys, "config.train.until_flat"]).fillna(found)
+    df = pd.concat([df, found.set_index(df.index)], axis=1)
     df["bytes_saved_frac"] = 1 - df["comm.payload_bytes_per_step"] / df["base_payload"]
     df["speedup"] = df["perf.samples_per_s"] / df["base_samples_per_s"]
     df["top1_delta"] = df["accuracy.top1"] - df["base_top1"]

@@ -48,20 +48,27 @@ def _label(df: pd.DataFrame, apart: bool = True) -> pd.Series:
         width = df["config.model.width"]
         model = model + width.map(lambda w: "" if w is None or pd.isna(w) else f" N={int(w)}")
     label = model + " C=" + df["config.model.num_classes"].map("{:,}".format) + ": " + df["variant"]
-    same = label.duplicated(keep=False)
+    same = label.duplicated(keep=False).to_numpy()
     if not apart or not same.any():
         return label
+    texts = label.tolist()  # by position: the frame's index may repeat (studies concatenated)
+    settings = [*setting_columns(df), *(c for c in ("config.train.until_flat",) if c in df)]
+    for rows in pd.Series(range(len(df)))[same].groupby(label[same].to_numpy()):
+        group = df.iloc[rows[1].to_list()]
+        varying = [c for c in settings if group[c].map(repr).nunique() > 1]
+        for i, (_, run) in zip(rows[1], group.iterrows(), strict=True):
+            what = ", ".join(f"{c.rsplit('.', 1)[-1]} {_shown(run[c])}" for c in varying)
+            texts[i] += f" ({what})" if what else ""
+    return pd.Series(texts, index=label.index)
 
-    def shown(value) -> str:
-        return f"{value:,}" if isinstance(value, int) or (isinstance(value, float) and value >= 1000) else f"{value:g}"
 
-    label = label.copy()
-    for _, group in df[same].groupby(label[same]):
-        varying = [c for c in setting_columns(group) if group[c].map(repr).nunique() > 1]
-        for i, run in group.iterrows():
-            what = ", ".join(f"{c.rsplit('.', 1)[-1]} {shown(run[c]) if pd.notna(run[c]) else '-'}" for c in varying)
-            label[i] += f" ({what})" if what else ""
-    return label
+def _shown(value) -> str:
+    """A setting's value in a label: 6,395 steps, lr 0.0003, amp True, optimizer adamw; '-' where unset."""
+    if isinstance(value, bool | str) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    if value != value:  # NaN: a setting this run's record does not have
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
 
 
 def fig_comm_savings(df: pd.DataFrame) -> plt.Figure:
@@ -359,7 +366,7 @@ def matched(table: pd.DataFrame) -> pd.DataFrame:
     of that V has a line at, so that the heads compared have seen the same tokens; where they share none, each
     head's longest line (the figure labels every point with its tokens per entry)."""
     rows = []
-    for _, own in table.sort_values("tokens_per_entry").groupby("V"):
+    for _, own in table.sort_values("tokens_per_entry", kind="stable").groupby("V"):
         budgets = set.intersection(*(set(g["tokens_per_entry"]) for _, g in own.groupby("head_label")))
         at = own[own["tokens_per_entry"] == max(budgets)] if budgets else own
         rows.append(at.drop_duplicates("head_label", keep="last"))

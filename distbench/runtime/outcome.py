@@ -250,7 +250,7 @@ class Outcome:
         print(f"run.py: {message}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if "torch.distributed" in sys.modules:  # never imported: there is no process group to close
+        if _ENGINES in sys.modules:  # never imported: there is no process group to close
             from distbench.runtime.engines import close_distributed
 
             close_distributed()
@@ -281,16 +281,20 @@ def already_recorded(cfg: config.RunConfig) -> str | None:
 
 
 # --------------------------------------------------------------------------------- peers' one-line errors
-# In the job's store (`runtime.engines`); without torch.distributed imported there is no process group to ask.
+# In the job's store (`runtime.engines`). A process group exists only once the engines are imported (they make it),
+# so nothing is imported here to ask: an error in importing them must still reach the record, not happen again.
+_ENGINES = "distbench.runtime.engines"
+
+
 def _note_failure(message: str) -> None:
-    if "torch.distributed" in sys.modules:
+    if _ENGINES in sys.modules:
         from distbench.runtime.engines import note_failure
 
         note_failure(message)
 
 
 def _peer_failures() -> dict[int, str]:
-    if "torch.distributed" not in sys.modules:
+    if _ENGINES not in sys.modules:
         return {}
     from distbench.runtime.engines import peer_failures
 
