@@ -37,7 +37,8 @@ VARIANT_COLUMNS = (
 )
 # Settings that change neither what a step sends and costs nor what a budget trains: where the output goes, the
 # loader's workers, and the stop rule (a learned line that ended once flat is the baseline of a fixed head run to
-# the whole budget beside it: the gap is then read against the learned curve's last point, a lower bound).
+# the whole budget beside it: the gap is then read against the learned curve's last point, a lower bound;
+# `with_baselines` still prefers a baseline under the run's own rule where the study has one).
 IGNORED_PREFIXES = ("config.output.", "config.data.workers", "config.train.until_flat")
 
 
