@@ -240,6 +240,23 @@ def test_bad_input_a_reader_that_left_is_no_traceback(tmp_path, argv):
     assert not (tmp_path / "results").exists()
 
 
+def test_bad_input_a_finished_run_asked_again_with_its_reader_gone_appends_nothing(tmp_path):
+    """The other answer of a run that trains nothing: the same command again after the run finished, its stdout
+    a pipe nobody reads. No traceback, exit 1, and the results file keeps its one record."""
+    out, args = tmp_path / "runs.jsonl", [*flags(**SHORT), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    first = python_run(args, out)
+    assert first.returncode == 0 and len(first.records) == 1, first.stderr[-2000:]
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, str(RUN), "--out", str(out), *args], check=False, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert out.read_text().count("\n") == 1
+
+
 def test_bad_input_a_dry_run_is_never_recorded_even_when_it_fails(tmp_path):
     """A dry run trains nothing, so nothing of it goes into --out, whatever ends it; the same failure in a run
     that trains is recorded."""
