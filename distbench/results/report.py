@@ -51,12 +51,14 @@ def _label(df: pd.DataFrame, apart: bool = True) -> pd.Series:
     same = label.duplicated(keep=False).to_numpy()
     if not apart or not same.any():
         return label
-    texts = label.tolist()  # by position: the frame's index may repeat (studies concatenated)
+    plain = label.tolist()  # by position: the frame's index may repeat (studies concatenated)
+    texts = list(plain)
     settings = [*setting_columns(df), *(c for c in ("config.train.until_flat",) if c in df)]
-    for rows in pd.Series(range(len(df)))[same].groupby(label[same].to_numpy()):
-        group = df.iloc[rows[1].to_list()]
+    for text in set(label[same]):
+        rows = [i for i, t in enumerate(plain) if t == text]
+        group = df.iloc[rows]
         varying = [c for c in settings if group[c].map(repr).nunique() > 1]
-        for i, (_, run) in zip(rows[1], group.iterrows(), strict=True):
+        for i, (_, run) in zip(rows, group.iterrows(), strict=True):
             what = ", ".join(f"{c.rsplit('.', 1)[-1]} {_shown(run[c])}" for c in varying)
             texts[i] += f" ({what})" if what else ""
     return pd.Series(texts, index=label.index)
