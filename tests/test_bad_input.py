@@ -217,6 +217,18 @@ def test_checkpoint_the_package_never_unpickles_code():
 
 
 # ------------------------------------------------------------------------------------------ a closed pipe
+def reader_gone(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Python with `argv`, its stdout a pipe whose reading end is closed before it starts: the first write fails,
+    whenever it comes."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, *argv], check=False, stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=300, cwd=cwd)  # fmt: skip
+    finally:
+        os.close(write)
+
+
 @pytest.mark.parametrize(
     "argv",
     [["-m", "distbench", "counts", "--models", "tiny", "--num-classes", "10"], [str(RUN), "--dry-run"]],
@@ -226,15 +238,7 @@ def test_bad_input_a_reader_that_left_is_no_traceback(tmp_path, argv):
     """`distbench counts | head`, `run.py --dry-run | head`: the reader may close the pipe before the output is
     written. No traceback, and a non-zero exit (as Python's recipe for SIGPIPE), not a hang; and the dry run,
     which once recorded its BrokenPipeError as a `failed` run, records nothing."""
-    read, write = os.pipe()
-    os.close(read)  # no reader at all: the first write fails, whenever it comes
-    try:
-        done = subprocess.run(
-            [sys.executable, *argv], check=False, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
-            cwd=tmp_path,  # the dry run's --out default, results/runs.jsonl, would be here
-        )  # fmt: skip
-    finally:
-        os.close(write)
+    done = reader_gone(argv, cwd=tmp_path)  # the dry run's --out default, results/runs.jsonl, would be here
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert not (tmp_path / "results").exists()
@@ -246,13 +250,7 @@ def test_bad_input_a_finished_run_asked_again_with_its_reader_gone_appends_nothi
     out, args = tmp_path / "runs.jsonl", [*flags(**SHORT), "--checkpoint-dir", str(tmp_path / "ckpt")]
     first = python_run(args, out)
     assert first.returncode == 0 and len(first.records) == 1, first.stderr[-2000:]
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        done = subprocess.run([sys.executable, str(RUN), "--out", str(out), *args], check=False, stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
-    finally:
-        os.close(write)
+    done = reader_gone([str(RUN), "--out", str(out), *args], cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert out.read_text().count("\n") == 1
 
